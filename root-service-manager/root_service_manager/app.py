@@ -1,0 +1,89 @@
+"""Flask app factory of the root service manager."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from oakestra_net import store
+from oakestra_net.log import get_logger
+
+from .errors import ApiError
+from .jwt_keys import KeyProvider
+from .metrics import init_metrics
+from .openapi import SPEC, SWAGGER_PAGE
+from .state import Root
+from .views import net, netinfo
+
+log = get_logger(__name__)
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """config keys: DB (a pymongo database), KEYS (KeyProvider), OUTBOX_AUTOSTART (bool),
+    OUTBOX_TIMEOUT (seconds). Unset keys come from the environment."""
+    app = Flask(__name__)
+    app.config.update(OUTBOX_AUTOSTART=True, OUTBOX_TIMEOUT=2.0)
+    app.config.update(config or {})
+    db = app.config.get("DB")
+    if db is None:
+        db = store.connect("root")
+    keys = app.config.get("KEYS") or KeyProvider.from_env(os.environ)
+    root = Root.build(db, keys, outbox_timeout=app.config["OUTBOX_TIMEOUT"])
+    app.extensions["root"] = root
+    if app.config["OUTBOX_AUTOSTART"]:
+        root.outbox.start()
+    app.register_blueprint(net.bp)
+    app.register_blueprint(netinfo.bp)
+    _register_errors(app)
+    _register_ops(app, root)
+    init_metrics(app)
+    return app
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def api_error(err: ApiError):
+        return jsonify({"error": _status_name(err.status), "reason": err.reason}), err.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(err: HTTPException):
+        return jsonify({"error": err.name, "reason": err.description}), err.code
+
+    @app.errorhandler(Exception)
+    def unexpected(err: Exception):
+        log.exception("unexpected error")
+        return jsonify({"error": "Internal Server Error", "reason": str(err)[:200]}), 500
+
+
+def _status_name(status: int) -> str:
+    from http import HTTPStatus
+
+    return HTTPStatus(status).phrase
+
+
+def _register_ops(app: Flask, root: Root) -> None:
+    @app.get("/healthz")
+    def healthz():
+        try:
+            root.db.command("ping")
+            ok = True
+        except Exception as err:  # noqa: BLE001 - health reports, it does not raise
+            log.warning("store ping failed", reason=str(err))
+            ok = False
+        body = {
+            "status": "ok" if ok else "store unavailable",
+            "store": "embedded" if store.is_embedded(root.db) else "mongodb",
+            "outbox_depth": root.outbox.depth() if ok else None,
+        }
+        return jsonify(body), 200 if ok else 503
+
+    @app.get("/docs/openapi.json")
+    def openapi():
+        return jsonify(SPEC)
+
+    @app.get("/api/docs")
+    def swagger():
+        return SWAGGER_PAGE

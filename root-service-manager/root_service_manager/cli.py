@@ -1,0 +1,54 @@
+"""`root-service-manager`: serve the app with gunicorn on [::]:${MY_PORT:-10099}.
+
+With the embedded store (no MONGO_URL / ROOT_MONGO_URL) there is exactly one worker
+process, because the in-memory store cannot be shared; with a real MongoDB the
+worker count comes from GUNICORN_WORKERS (default 2).
+"""
+
+from __future__ import annotations
+
+import os
+
+from gunicorn.app.base import BaseApplication
+
+from oakestra_net import store
+from oakestra_net.log import get_logger, setup_logging
+
+log = get_logger(__name__)
+
+
+class _Server(BaseApplication):
+    def __init__(self, options: dict) -> None:
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from .app import create_app
+
+        return create_app()
+
+
+def main() -> None:
+    setup_logging("root-service-manager")
+    port = int(os.environ.get("MY_PORT", "10099"))
+    embedded = store.mongo_url_from_env("root") is None
+    workers = 1 if embedded else int(os.environ.get("GUNICORN_WORKERS", "2"))
+    log.info("starting", port=port, workers=workers, store="embedded" if embedded else "mongodb")
+    _Server(
+        {
+            "bind": [os.environ.get("BIND", f"[::]:{port}")],
+            "workers": workers,
+            "worker_class": "gthread",
+            "threads": int(os.environ.get("GUNICORN_THREADS", "8")),
+            "timeout": 30,
+            "accesslog": "-" if os.environ.get("ACCESS_LOG") else None,
+        }
+    ).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""Services and their instances: the root's source of truth for addresses and locations.
+
+Every operation is idempotent and atomic per MongoDB operation: addresses are
+reserved first, then attached with a conditional update; when the update does not
+apply (a concurrent caller won), the reservations are released again, so nothing
+leaks. Removing an instance or a service returns its addresses to the pools.
+Changes are announced to interested clusters through the outbox.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bson import ObjectId
+from bson.errors import InvalidId
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from oakestra_net.addressing import Pool, PoolExhausted, index_of
+from oakestra_net.log import get_logger
+
+from .clusters import Clusters
+from .descriptor import ServiceRequest
+from .errors import ApiError
+from .ipam import AddressTaken, Allocator
+from .outbox import Outbox
+
+log = get_logger(__name__)
+
+LOCATION_FIELDS = ("namespace_ip", "namespace_ip_v6", "host_ip", "host_port")
+SERVICE_IP_KINDS = (("RR", "rr", Pool.RR_V6), ("Closest", "closest", Pool.CLOSEST_V6))
+
+
+def object_id(value: Any, field: str = "_id") -> ObjectId:
+    try:
+        return ObjectId(value)
+    except (InvalidId, TypeError):
+        raise ApiError(400, f"{field} must be a 24-character hex object id") from None
+
+
+class Services:
+    def __init__(self, db: Any, allocator: Allocator, clusters: Clusters, outbox: Outbox) -> None:
+        self.jobs = db["jobs"]
+        self.allocator = allocator
+        self.clusters = clusters
+        self.outbox = outbox
+
+    def ensure_indexes(self) -> None:
+        self.jobs.create_index("job_name", unique=True)
+
+    # -- services -------------------------------------------------------------
+
+    def deploy_service(self, job_id: ObjectId, request: ServiceRequest) -> tuple[dict, bool]:
+        """Register a service and give it RR and Closest IPs; (job, created)."""
+        existing = self._same_job(job_id, request.job_name)
+        if existing is not None:
+            return existing, False
+        doc = {**request.fields, "_id": job_id, "job_name": request.job_name}
+        doc.update(service_ip_list=[], instance_list=[], state="allocating")
+        try:
+            self.jobs.insert_one(doc)
+        except DuplicateKeyError:
+            return self._same_job(job_id, request.job_name) or self._conflict(job_id), False
+        try:
+            service_ips = self._reserve_service_ips(request)
+        except BaseException:
+            self.jobs.delete_one({"_id": job_id})
+            raise
+        job = self.jobs.find_one_and_update(
+            {"_id": job_id},
+            {"$set": {"service_ip_list": service_ips}, "$unset": {"state": ""}},
+            return_document=ReturnDocument.AFTER,
+        )
+        log.info("service deployed", job_name=request.job_name, service_ips=service_ips)
+        return job, True
+
+    def remove_service(self, job_id: ObjectId) -> dict:
+        job = self.jobs.find_one_and_delete({"_id": job_id, "instance_list": {"$size": 0}})
+        if job is None:
+            if self.jobs.find_one({"_id": job_id}, {"_id": 1}) is None:
+                raise ApiError(404, f"no service with id {job_id}")
+            raise ApiError(400, "There are services still deployed: undeploy its instances first")
+        for entry in job.get("service_ip_list", []):
+            self._release(entry.get("Address"), entry.get("Address_v6"))
+        self.clusters.drop_interest_everywhere(job["job_name"])
+        log.info("service removed", job_name=job["job_name"])
+        return job
+
+    def _same_job(self, job_id: ObjectId, job_name: str) -> dict | None:
+        job = self.jobs.find_one({"job_name": job_name})
+        if job is not None and job["_id"] != job_id:
+            raise ApiError(409, f"{job_name} is already deployed with _id {job['_id']}")
+        return job
+
+    def _conflict(self, job_id: ObjectId) -> dict:
+        raise ApiError(409, f"_id {job_id} is already used by another job")
+
+    def _reserve_service_ips(self, request: ServiceRequest) -> list[dict]:
+        taken: list[tuple[Pool, str]] = []
+        try:
+            entries = []
+            for ip_type, kind, pool_v6 in SERVICE_IP_KINDS:
+                owner = {"kind": kind, "job_name": request.job_name}
+                v4 = self._reserve(Pool.SERVICE_V4, request.chosen.get(f"{kind}_v4"), owner)
+                taken.append((Pool.SERVICE_V4, v4))
+                v6 = self._reserve(pool_v6, request.chosen.get(f"{kind}_v6"), owner)
+                taken.append((pool_v6, v6))
+                entries.append({"IpType": ip_type, "Address": v4, "Address_v6": v6})
+            return entries
+        except BaseException:
+            for pool, address in taken:
+                self.allocator.release(pool, address)
+            raise
+
+    def _reserve(self, pool: Pool, chosen: str | None, owner: dict) -> str:
+        try:
+            if chosen:
+                return self.allocator.reserve_specific(pool, chosen, owner)
+            return self.allocator.reserve(pool, owner)
+        except AddressTaken as err:
+            raise ApiError(400, str(err)) from None
+        except PoolExhausted as err:
+            raise ApiError(503, str(err)) from None
+
+    # -- instances ------------------------------------------------------------
+
+    def deploy_instance(self, job_id: ObjectId, number: int, cluster_id: str) -> dict:
+        """Give an instance its instance IPs; again for the same instance changes nothing."""
+        job = self._job(job_id)
+        current = _instance(job, number)
+        if current is not None:
+            return self._move_instance(job, current, cluster_id)
+        owner = {"kind": "instance", "job_name": job["job_name"], "instance_number": number}
+        v4 = self._reserve(Pool.SERVICE_V4, None, owner)
+        try:
+            v6 = self._reserve(Pool.INSTANCE_V6, None, owner)
+        except BaseException:
+            self.allocator.release(Pool.SERVICE_V4, v4)
+            raise
+        instance = {"instance_number": number, "instance_ip": v4, "instance_ip_v6": v6}
+        instance["cluster_id"] = cluster_id
+        result = self.jobs.update_one(
+            {"_id": job_id, "instance_list.instance_number": {"$ne": number}},
+            {"$push": {"instance_list": instance}},
+        )
+        if result.modified_count == 1:
+            log.info("instance deployed", job_name=job["job_name"], **instance)
+            return instance
+        self._release(v4, v6)  # a concurrent request added it first, or the job left
+        return self.deploy_instance(job_id, number, cluster_id)
+
+    def _move_instance(self, job: dict, instance: dict, cluster_id: str) -> dict:
+        if instance.get("cluster_id") == cluster_id:
+            return instance
+        wipe = {f"instance_list.$.{f}": None for f in LOCATION_FIELDS}
+        self.jobs.update_one(
+            {"_id": job["_id"], "instance_list.instance_number": instance["instance_number"]},
+            {"$set": {"instance_list.$.cluster_id": cluster_id, **wipe}},
+        )
+        log.info("instance moved", job_name=job["job_name"], cluster_id=cluster_id)
+        return {**instance, "cluster_id": cluster_id, **dict.fromkeys(LOCATION_FIELDS)}
+
+    def undeploy_instance(self, job_id: ObjectId, number: int) -> list[dict]:
+        """Remove one instance (or all with -1); returns the removed instances."""
+        if number == -1:
+            before = self.jobs.find_one_and_update({"_id": job_id}, {"$set": {"instance_list": []}})
+        else:
+            before = self.jobs.find_one_and_update(
+                {"_id": job_id, "instance_list.instance_number": number},
+                {"$pull": {"instance_list": {"instance_number": number}}},
+            )
+        if before is None:
+            self._job(job_id)  # 404 when the job itself is unknown
+            return []
+        removed = [i for i in before["instance_list"] if number in (-1, i["instance_number"])]
+        for instance in removed:
+            self._release(instance.get("instance_ip"), instance.get("instance_ip_v6"))
+        if removed:
+            self.outbox.notify(
+                self.clusters.interested_in(before["job_name"]),
+                before["job_name"],
+                number,
+                "UNDEPLOYMENT",
+            )
+            log.info("instances undeployed", job_name=before["job_name"], count=len(removed))
+        return removed
+
+    def update_locations(self, job_id: ObjectId, reports: list[dict]) -> tuple[list, list]:
+        """Store where instances run (net_deploy_status); (updated, unknown) numbers."""
+        job = self._job(job_id)
+        updated, unknown = [], []
+        for report in reports:
+            number = report["instance_number"]
+            fields = {f"instance_list.$.{f}": report[f] for f in LOCATION_FIELDS}
+            result = self.jobs.update_one(
+                {"_id": job_id, "instance_list.instance_number": number}, {"$set": fields}
+            )
+            (updated if result.matched_count else unknown).append(number)
+        interested = self.clusters.interested_in(job["job_name"])
+        for number in updated:
+            self.outbox.notify(interested, job["job_name"], number, "DEPLOYMENT")
+        return updated, unknown
+
+    # -- lookups --------------------------------------------------------------
+
+    def find_by_name(self, job_name: str) -> dict | None:
+        return self.jobs.find_one({"job_name": job_name, "state": {"$exists": False}})
+
+    def find_by_ip(self, address: str) -> dict | None:
+        for pool in Pool:
+            if index_of(pool, address) is None:
+                continue
+            owner = self.allocator.owner_of(pool, address)
+            if owner and owner.get("job_name"):
+                return self.find_by_name(owner["job_name"])
+        return None
+
+    def _job(self, job_id: ObjectId) -> dict:
+        job = self.jobs.find_one({"_id": job_id})
+        if job is None:
+            raise ApiError(404, f"no service with id {job_id}")
+        return job
+
+    def _release(self, v4: str | None, v6: str | None) -> None:
+        """Return a v4 and a v6 service address to whichever pool holds each."""
+        for address in (v4, v6):
+            for pool in (Pool.SERVICE_V4, Pool.INSTANCE_V6, Pool.RR_V6, Pool.CLOSEST_V6):
+                if address and index_of(pool, address) is not None:
+                    self.allocator.release(pool, address)
+
+
+def _instance(job: dict, number: int) -> dict | None:
+    return next((i for i in job.get("instance_list", []) if i["instance_number"] == number), None)
+
+
+def public_job(job: dict) -> dict:
+    """A job document as the API returns it: `_id` as a string, internal fields removed."""
+    out = {k: v for k, v in job.items() if k != "state"}
+    out["_id"] = str(job["_id"])
+    return out

@@ -1,0 +1,1 @@
+"""HTTP views, one blueprint per resource; they parse input, call the domain, shape output."""

@@ -1,0 +1,69 @@
+"""Address allocation: atomic under concurrency, recycling only after the cursor went round."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from oakestra_net.addressing import Pool, PoolExhausted, nth, pool_size
+from root_service_manager.ipam import AddressTaken, Allocator
+
+
+def test_2000_instance_ips_from_16_threads_are_distinct(db):
+    allocator = Allocator(db)
+    owner = {"kind": "instance", "job_name": "a.b.c.d"}
+    with ThreadPoolExecutor(16) as pool:
+        addresses = list(pool.map(lambda _: allocator.reserve(Pool.SERVICE_V4, owner), range(2000)))
+    assert len(set(addresses)) == 2000
+    assert allocator.used(Pool.SERVICE_V4) == 2000
+
+
+def test_freed_address_comes_back_only_after_the_cursor_went_round(db):
+    allocator = Allocator(db)
+    owner = {"kind": "rr", "job_name": "a.b.c.d"}
+    first = allocator.reserve(Pool.SERVICE_V4, owner)
+    assert first == nth(Pool.SERVICE_V4, 0)
+    allocator.release(Pool.SERVICE_V4, first)
+    second = allocator.reserve(Pool.SERVICE_V4, owner)
+    assert second != first
+    # move the cursor to the pool's end, as if 65,531 more addresses had been handed out
+    db["ip_cursors"].update_one(
+        {"_id": "service_v4"}, {"$set": {"next": pool_size(Pool.SERVICE_V4) - 1}}
+    )
+    last = allocator.reserve(Pool.SERVICE_V4, owner)
+    assert last == nth(Pool.SERVICE_V4, pool_size(Pool.SERVICE_V4) - 1)
+    assert allocator.reserve(Pool.SERVICE_V4, owner) == first  # wrapped: the freed one
+    assert allocator.reserve(Pool.SERVICE_V4, owner) == nth(Pool.SERVICE_V4, 2)  # second is held
+
+
+def test_specific_address_is_exclusive(db):
+    allocator = Allocator(db)
+    mine = {"kind": "rr", "job_name": "a.b.c.d"}
+    assert allocator.reserve_specific(Pool.SERVICE_V4, "10.30.1.30", mine) == "10.30.1.30"
+    assert allocator.reserve_specific(Pool.SERVICE_V4, "10.30.1.30", mine) == "10.30.1.30"
+    with pytest.raises(AddressTaken, match="a.b.c.d"):
+        allocator.reserve_specific(Pool.SERVICE_V4, "10.30.1.30", {"kind": "rr", "job_name": "x"})
+    # the cursor skips an address somebody chose
+    db["ip_cursors"].insert_one({"_id": "service_v4", "next": 1 * 256 + 29})
+    assert allocator.reserve(Pool.SERVICE_V4, mine) == "10.30.1.31"
+
+
+def test_exhaustion_is_reported(db, monkeypatch):
+    import root_service_manager.ipam as ipam
+
+    monkeypatch.setattr(ipam, "MAX_PROBES", 5)
+    allocator = Allocator(db)
+    owner = {"kind": "subnet"}
+    for n in range(5):
+        allocator.reserve_specific(Pool.SUBNET_V4, nth(Pool.SUBNET_V4, n), owner)
+    with pytest.raises(PoolExhausted):
+        allocator.reserve(Pool.SUBNET_V4, owner)
+
+
+def test_preview_lists_the_next_free_addresses_without_reserving(db):
+    allocator = Allocator(db)
+    allocator.reserve_specific(Pool.SERVICE_V4, "10.30.0.2", {"kind": "rr", "job_name": "j"})
+    preview = allocator.preview(Pool.SERVICE_V4, 3)
+    assert preview == ["10.30.0.1", "10.30.0.3", "10.30.0.4"]
+    assert allocator.used(Pool.SERVICE_V4) == 1
