@@ -70,9 +70,9 @@ def _chosen(descriptor: dict[str, Any], kind: str) -> str | None:
     for key, value in ((top_key, top), (f"addresses.{nested_key}", nested)):
         if value not in (None, ""):
             try:
-                values[key] = parse_user_address(pool, value)
+                values[key] = parse_user_address(pool, value, field=key)
             except InvalidAddress as err:
-                raise ApiError(400, f"{key}: {err}") from None
+                raise ApiError(400, str(err)) from None
     if len(set(values.values())) > 1:
         raise ApiError(400, f"conflicting addresses given: {values}")
     return next(iter(values.values()), None)
