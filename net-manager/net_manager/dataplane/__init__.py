@@ -1,0 +1,32 @@
+"""The node's data plane core: service-IP translation of packets, bytes in, bytes out.
+
+packet parses headers and fixes checksums, flows keeps the flow table and the fragment
+map, policies picks endpoints, translate ties them into a Translator working on a table
+Snapshot. The TUN/UDP loop that feeds it lives elsewhere.
+"""
+
+from net_manager.dataplane.translate import (
+    DELIVER,
+    DROP_REASONS,
+    LOCAL,
+    Action,
+    Endpoint,
+    ServiceEntry,
+    Snapshot,
+    Translator,
+    Verdict,
+    build_snapshot,
+)
+
+__all__ = [
+    "DELIVER",
+    "DROP_REASONS",
+    "LOCAL",
+    "Action",
+    "Endpoint",
+    "ServiceEntry",
+    "Snapshot",
+    "Translator",
+    "Verdict",
+    "build_snapshot",
+]
