@@ -33,6 +33,8 @@ $(VENV)/.stamp: requirements-dev.txt $(foreach c,$(COMPONENTS),$(c)/pyproject.to
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements-dev.txt
+	# only for its Compose file JSON schema (static check of docker-compose.yml)
+	$(PIP) install -q --no-deps docker-compose==1.29.2
 	$(PIP) install -q --no-deps $(foreach c,$(COMPONENTS),-e ./$(c))
 	touch $@
 

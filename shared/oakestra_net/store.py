@@ -32,7 +32,12 @@ from oakestra_net.log import get_logger
 
 log = get_logger(__name__)
 
-COMPONENTS = ("root", "cluster")
+# Oakestra's variable names per component: (host, port)
+_OAKESTRA_VARIABLES = {
+    "root": ("ROOT_MONGO_URL", "ROOT_MONGO_PORT"),
+    "cluster": ("CLUSTER_MONGO_URL", "CLUSTER_MONGO_PORT"),
+}
+COMPONENTS = tuple(_OAKESTRA_VARIABLES)
 EMBEDDED_SCHEME = "mongomock://"
 _URL_SCHEMES = ("mongodb://", "mongodb+srv://")
 _embedded_warned = False
@@ -45,8 +50,7 @@ def mongo_url_from_env(component: str, env: Mapping[str, str] = os.environ) -> s
     url = env.get("MONGO_URL", "").strip()
     if url:
         return _checked_url(url, "MONGO_URL")
-    prefix = component.upper()
-    host_var, port_var = f"{prefix}_MONGO_URL", f"{prefix}_MONGO_PORT"
+    host_var, port_var = _OAKESTRA_VARIABLES[component]
     host, port = env.get(host_var, "").strip(), env.get(port_var, "").strip()
     if host.startswith(EMBEDDED_SCHEME):
         return None
