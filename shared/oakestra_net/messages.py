@@ -385,7 +385,10 @@ class TableQueryInstance(Message):
             instance_ip_v6=r.ip("instance_ip_v6", 6),
             cluster_id=r.string_or_int("cluster_id"),
             namespace_ip=r.ip("namespace_ip", 4, missing_ok=True),
-            namespace_ip_v6=r.ip("namespace_ip_v6", 6, missing_ok=True),
+            # upstream unikernels report "<nil>": read as no IPv6 address
+            namespace_ip_v6=r.ip(
+                "namespace_ip_v6", 6, missing_ok=True, also=(NIL_ADDRESS,)
+            ).replace(NIL_ADDRESS, ""),
             host_ip=r.ip("host_ip", None, missing_ok=True),
             host_port=r.port("host_port", missing_ok=True),
             service_ip=r.objects("service_ip", ServiceIp._read, max_items=MAX_SERVICE_IPS),

@@ -391,7 +391,6 @@ BAD_ADDRESSES = [
     (TableQueryInstance, "instance_ip", "10.30.0"),
     (TableQueryInstance, "instance_ip_v6", "fdff::g"),
     (TableQueryInstance, "namespace_ip", "fc00::102"),
-    (TableQueryInstance, "namespace_ip_v6", "<nil>"),  # only the reports may carry <nil>
     (TableQueryInstance, "host_ip", "node-b.example"),
     (ServiceDeployed, "nsip", "10.18.0.66\n"),
     (ServiceDeployed, "nsipv6", "10.18.0.66"),
@@ -592,3 +591,18 @@ def test_any_valid_port_round_trips(port, as_text):
     assert json.loads(report.to_json())["host_port"] == str(port)
     instance = TableQueryInstance.from_json({**INSTANCE, "host_port": given_port})
     assert json.loads(instance.to_json())["host_port"] == port
+
+
+def test_table_query_instance_reads_upstream_nil_v6_as_no_address():
+    raw = {
+        "instance_number": 0,
+        "instance_ip": "10.30.0.5",
+        "instance_ip_v6": "fdff::5",
+        "cluster_id": "c1",
+        "namespace_ip": "10.16.0.3",
+        "namespace_ip_v6": "<nil>",
+        "host_ip": "198.18.0.2",
+        "host_port": 50103,
+        "service_ip": [],
+    }
+    assert TableQueryInstance.from_json(raw).namespace_ip_v6 == ""
