@@ -232,7 +232,7 @@ def test_concurrent_queries_for_one_key_publish_once(
 
     for _ in range(8):
         waiters.append(Waiter(ask))
-    wait_until(lambda: queries.snapshot().get(X1, {}).get("queries") == 8)
+    wait_until(lambda: queries.snapshot().get(X1, {}).get("queries") == 8, timeout=30)
     answer = result()
     assert queries.on_result(answer) == 1
     assert [waiter.join() for waiter in waiters] == [answer] * 8
