@@ -1,0 +1,83 @@
+"""HTTP API for the node engine (reference §2.3): routes and JSON exactly as upstream.
+
+Served on the unix socket (default /etc/netmanager/netmanager.sock) and optionally a
+TCP port. Bad JSON or fields → 400 `{"error", "reason"}` and nothing changes; every
+call before `/register` → 400. `GET /status` and `GET /metrics` are ours.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from oakestra_net.log import get_logger
+
+from .daemon import DaemonError, NodeDaemon
+
+log = get_logger(__name__)
+
+
+def _body() -> dict[str, Any]:
+    body = request.get_json(silent=True, force=True)
+    if not isinstance(body, dict):
+        raise DaemonError(400, "request body must be a JSON object")
+    return body
+
+
+def _field(body: dict[str, Any], name: str, kind: type, default: Any = ...) -> Any:
+    value = body.get(name, default)
+    if value is ...:
+        raise DaemonError(400, f"field '{name}' is required")
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise DaemonError(400, f"field '{name}' must be of type {kind.__name__}")
+    return value
+
+
+def create_app(daemon: NodeDaemon) -> Flask:
+    app = Flask(__name__)
+
+    @app.errorhandler(DaemonError)
+    def refused(err: DaemonError):
+        log.info("call refused", path=request.path, status=err.status, reason=err.reason)
+        return jsonify({"error": "refused", "reason": err.reason}), err.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(err: HTTPException):
+        return jsonify({"error": err.name, "reason": err.description}), err.code
+
+    @app.errorhandler(Exception)
+    def unexpected(err: Exception):
+        log.exception("unexpected error", path=request.path)
+        return jsonify({"error": "internal", "reason": str(err)[:200]}), 500
+
+    @app.post("/register")
+    def register():
+        body = _body()
+        daemon.register(_field(body, "client_id", str), _field(body, "cluster_address", str, ""))
+        return "", 200
+
+    @app.post("/container/deploy")
+    def container_deploy():
+        body = _body()
+        answer = daemon.deploy_container(
+            _field(body, "pid", int),
+            _field(body, "serviceName", str),
+            _field(body, "instanceNumber", int),
+            _field(body, "portMappings", str, ""),
+        )
+        return jsonify(answer)
+
+    @app.post("/container/undeploy")
+    @app.post("/docker/undeploy")
+    def container_undeploy():
+        body = _body()
+        daemon.undeploy(_field(body, "serviceName", str), _field(body, "instanceNumber", int))
+        return "", 200
+
+    @app.get("/status")
+    def status():
+        return jsonify(daemon.status())
+
+    return app

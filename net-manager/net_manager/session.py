@@ -1,0 +1,109 @@
+"""The node's MQTT session with its cluster service manager (reference §3).
+
+Moves typed messages between the node daemon and the broker: the subnet request
+and its answer, table queries and their results, `jobs/<job>/updates_available`
+for every job the node follows, and the node's own reports. Client id = node id.
+What the messages mean is the daemon's business.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from oakestra_net import topics
+from oakestra_net.log import get_logger
+from oakestra_net.messages import (
+    InvalidMessage,
+    Message,
+    SubnetRequest,
+    SubnetResult,
+    TableQueryRequest,
+    TableQueryResult,
+)
+from oakestra_net.mqtt import MqttClient, MqttConfig
+
+log = get_logger(__name__)
+
+SUBNET_RETRY_SECONDS = 2.0
+
+
+class NodeSession:
+    def __init__(
+        self,
+        config: MqttConfig,
+        node_id: str,
+        *,
+        on_table_result: Callable[[TableQueryResult], None],
+        on_job_update: Callable[[str], None],
+        client_factory: Callable[[MqttConfig], MqttClient] = MqttClient,
+    ) -> None:
+        self.node_id = node_id
+        self.client = client_factory(config)
+        self._on_table_result = on_table_result
+        self._on_job_update = on_job_update
+        self._subnet: SubnetResult | None = None
+        self._subnet_arrived = threading.Event()
+        self.client.subscribe(self._topic(topics.SUBNET_RESULT), self._subnet_result)
+        self.client.subscribe(self._topic(topics.TABLEQUERY_RESULT), self._table_result)
+
+    def _topic(self, kind: str) -> str:
+        return topics.node_topic(self.node_id, kind)
+
+    def start(self) -> None:
+        self.client.start()
+
+    def stop(self) -> None:
+        self.client.stop()
+
+    @property
+    def connected(self) -> bool:
+        return self.client.connected
+
+    def publish(self, kind: str, message: Message) -> None:
+        self.client.publish(self._topic(kind), message)
+
+    def request_subnet(self, timeout: float) -> SubnetResult | None:
+        """Ask the cluster for this node's subnet; None when no answer came in time."""
+        self._subnet_arrived.clear()
+        deadline = threading.Event()
+        timer = threading.Timer(timeout, deadline.set)
+        timer.start()
+        try:
+            while not deadline.is_set():
+                self.publish(topics.SUBNET, SubnetRequest(method="GET"))
+                if self._subnet_arrived.wait(min(SUBNET_RETRY_SECONDS, timeout)):
+                    return self._subnet
+        finally:
+            timer.cancel()
+        return None
+
+    def query(self, request: TableQueryRequest) -> None:
+        self.publish(topics.TABLEQUERY_REQUEST, request)
+
+    def follow_job(self, job_name: str) -> None:
+        self.client.subscribe(topics.job_updates_topic(job_name), self._job_update)
+
+    def unfollow_job(self, job_name: str) -> None:
+        self.client.unsubscribe(topics.job_updates_topic(job_name))
+
+    def _subnet_result(self, topic: str, payload: bytes) -> None:
+        try:
+            self._subnet = SubnetResult.from_json(payload)
+        except InvalidMessage as err:
+            log.warning("invalid subnet answer dropped", topic=topic, reason=str(err))
+            return
+        self._subnet_arrived.set()
+
+    def _table_result(self, topic: str, payload: bytes) -> None:
+        try:
+            result = TableQueryResult.from_json(payload)
+        except InvalidMessage as err:
+            log.warning("invalid table query result dropped", topic=topic, reason=str(err))
+            return
+        self._on_table_result(result)
+
+    def _job_update(self, topic: str, _payload: bytes) -> None:
+        job_name = topics.parse_job_updates_topic(topic)
+        if job_name:
+            self._on_job_update(job_name)
