@@ -96,6 +96,7 @@ class NodeDaemon:
         self.table_listeners: list[Callable[[], None]] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._next_address_check = clock() + config.address_watch_interval
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -401,17 +402,21 @@ class NodeDaemon:
     # -- housekeeping ---------------------------------------------------------
 
     def _housekeeping(self) -> None:
-        next_address_check = self.clock() + self.config.address_watch_interval
         while not self._stop.wait(HOUSEKEEPING_SECONDS):
             try:
-                self.queries.expire()
-                for job_name in self.interests.expired():
-                    self._drop_job(job_name)
-                if self.clock() >= next_address_check:
-                    next_address_check = self.clock() + self.config.address_watch_interval
-                    self.check_public_address()
+                self.tick()
             except Exception:  # noqa: BLE001 - housekeeping must go on
                 log.exception("housekeeping round failed")
+
+    def tick(self) -> None:
+        """One housekeeping round: query timeouts, idle interests, the public address."""
+        now = self.clock()
+        self.queries.expire(now)
+        for job_name in self.interests.expired(now):
+            self._drop_job(job_name)
+        if now >= self._next_address_check:
+            self._next_address_check = now + self.config.address_watch_interval
+            self.check_public_address()
 
     def check_public_address(self) -> bool:
         """Re-read the public address; on a change tell the cluster for every local instance."""
@@ -466,7 +471,7 @@ class NodeDaemon:
             "interests": self.interests.snapshot(),
             "pending_queries": self.queries.pending_keys(),
             "counters": {
-                "mqtt": session.client.stats() if session else {},
+                "mqtt": session.stats() if session else {},
                 "reconciler_syncs": self.reconciler.sync_count,
                 "reconciler_last_error": self.reconciler.last_error,
             },

@@ -60,6 +60,9 @@ class NodeSession:
     def connected(self) -> bool:
         return self.client.connected
 
+    def stats(self) -> dict[str, int]:
+        return self.client.stats()
+
     def publish(self, kind: str, message: Message) -> None:
         self.client.publish(self._topic(kind), message)
 

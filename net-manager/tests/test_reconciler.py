@@ -6,6 +6,7 @@ import logging
 import threading
 
 import pytest
+from nm_fakes import FakeKernel
 
 from net_manager.kernel import TUN, KernelError, NamespaceNotFound
 from net_manager.portmap import PortMapping
@@ -42,72 +43,6 @@ def container(n: int, *mappings: PortMapping) -> ContainerSpec:
         namespace_ip_v6=f"fc00::{n + 1:x}",
         port_mappings=mappings,
     )
-
-
-class FakeKernel:
-    """The kernel module's interface over sets; records calls; can be told to fail."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple] = []
-        self.links: set[str] = set()
-        self.mappings: set[tuple[str, PortMapping]] = set()
-        self.namespaces: set[str] = set()
-        self.fail: dict[str, Exception] = {}
-
-    def _call(self, name: str, *args) -> None:
-        self.calls.append((name, *args))
-        if name in self.fail:
-            raise self.fail[name]
-
-    def _require_ns(self, path: str) -> None:
-        if path not in self.namespaces:
-            raise NamespaceNotFound(f"network namespace {path} not found")
-
-    def names(self) -> list[str]:
-        return [call[0] for call in self.calls]
-
-    def ensure_sysctls(self):
-        self._call("ensure_sysctls")
-
-    def ensure_bridge(self, name, v4_cidr, v6_cidr, mtu):
-        self._call("ensure_bridge", name, v4_cidr, v6_cidr, mtu)
-        self.links.add(name)
-
-    def ensure_base_rules(self, bridge, tun, subnet_v4, subnet_v6):
-        self._call("ensure_base_rules", bridge, tun, subnet_v4, subnet_v6)
-
-    def ensure_veth(self, host_name, peer_name, bridge, mtu):
-        self._call("ensure_veth", host_name, peer_name, bridge, mtu)
-        self.links.add(host_name)
-
-    def move_into_container(self, peer_name, netns_path, new_name="eth0"):
-        self._call("move_into_container", peer_name, netns_path, new_name)
-        self._require_ns(netns_path)
-
-    def configure_container(self, netns_path, ifname, v4_cidr, v6_cidr, gw_v4, gw_v6, mtu):
-        self._call("configure_container", netns_path, ifname, v4_cidr, v6_cidr, gw_v4, gw_v6, mtu)
-        self._require_ns(netns_path)
-
-    def ensure_port_mapping(self, mapping, namespace_ip, namespace_ip_v6=None):
-        self._call("ensure_port_mapping", mapping, namespace_ip, namespace_ip_v6)
-        self.mappings.add((namespace_ip, mapping))
-
-    def delete_port_mapping(self, mapping, namespace_ip, namespace_ip_v6=None):
-        self._call("delete_port_mapping", mapping, namespace_ip)
-        self.mappings.discard((namespace_ip, mapping))
-
-    def list_port_mappings(self):
-        return sorted(self.mappings, key=str)
-
-    def delete_link(self, name):
-        self._call("delete_link", name)
-        self.links.discard(name)
-
-    def list_links(self, prefix="oak"):
-        return sorted(name for name in self.links if name.startswith(prefix))
-
-    def namespace_exists(self, netns_path):
-        return netns_path in self.namespaces
 
 
 @pytest.fixture

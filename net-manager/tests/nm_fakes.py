@@ -1,0 +1,136 @@
+"""Fakes at the node daemon's boundaries, shared by its pure tests."""
+
+from __future__ import annotations
+
+from net_manager.kernel import NamespaceNotFound
+from net_manager.portmap import PortMapping
+
+
+class FakeKernel:
+    """The kernel module's interface over sets; records calls; can be told to fail."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.links: set[str] = set()
+        self.mappings: set[tuple[str, PortMapping]] = set()
+        self.namespaces: set[str] = set()
+        self.fail: dict[str, Exception] = {}
+
+    def _call(self, name: str, *args) -> None:
+        self.calls.append((name, *args))
+        if name in self.fail:
+            raise self.fail[name]
+
+    def _require_ns(self, path: str) -> None:
+        if path not in self.namespaces:
+            raise NamespaceNotFound(f"network namespace {path} not found")
+
+    def names(self) -> list[str]:
+        return [call[0] for call in self.calls]
+
+    def ensure_sysctls(self):
+        self._call("ensure_sysctls")
+
+    def ensure_bridge(self, name, v4_cidr, v6_cidr, mtu):
+        self._call("ensure_bridge", name, v4_cidr, v6_cidr, mtu)
+        self.links.add(name)
+
+    def ensure_base_rules(self, bridge, tun, subnet_v4, subnet_v6):
+        self._call("ensure_base_rules", bridge, tun, subnet_v4, subnet_v6)
+
+    def ensure_veth(self, host_name, peer_name, bridge, mtu):
+        self._call("ensure_veth", host_name, peer_name, bridge, mtu)
+        self.links.add(host_name)
+
+    def move_into_container(self, peer_name, netns_path, new_name="eth0"):
+        self._call("move_into_container", peer_name, netns_path, new_name)
+        self._require_ns(netns_path)
+
+    def configure_container(self, netns_path, ifname, v4_cidr, v6_cidr, gw_v4, gw_v6, mtu):
+        self._call("configure_container", netns_path, ifname, v4_cidr, v6_cidr, gw_v4, gw_v6, mtu)
+        self._require_ns(netns_path)
+
+    def ensure_port_mapping(self, mapping, namespace_ip, namespace_ip_v6=None):
+        self._call("ensure_port_mapping", mapping, namespace_ip, namespace_ip_v6)
+        self.mappings.add((namespace_ip, mapping))
+
+    def delete_port_mapping(self, mapping, namespace_ip, namespace_ip_v6=None):
+        self._call("delete_port_mapping", mapping, namespace_ip)
+        self.mappings.discard((namespace_ip, mapping))
+
+    def list_port_mappings(self):
+        return sorted(self.mappings, key=str)
+
+    def delete_link(self, name):
+        self._call("delete_link", name)
+        self.links.discard(name)
+
+    def list_links(self, prefix="oak"):
+        return sorted(name for name in self.links if name.startswith(prefix))
+
+    def namespace_exists(self, netns_path):
+        return netns_path in self.namespaces
+
+    # what the node daemon uses beyond the reconciler
+    public_address = "198.18.0.10"
+
+    def default_route_address(self, interface=None):
+        self._call("default_route_address", interface)
+        return self.public_address
+
+    def close(self):
+        pass
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeSession:
+    """The node's MQTT session without a broker: records what the daemon publishes."""
+
+    def __init__(self, config, node_id, *, on_table_result, on_job_update, subnet=None):
+        from oakestra_net.messages import SubnetResult
+
+        self.node_id = node_id
+        self.on_table_result = on_table_result
+        self.on_job_update = on_job_update
+        self.subnet = subnet or SubnetResult(address="10.16.0.0", addressv6="fc00::")
+        self.published: list[tuple[str, object]] = []
+        self.queries: list = []
+        self.followed: set[str] = set()
+        self.connected = True
+
+    def start(self):
+        pass
+
+    def stop(self):
+        self.connected = False
+
+    def stats(self):
+        return {"published": len(self.published)}
+
+    def request_subnet(self, timeout):
+        return self.subnet
+
+    def publish(self, kind, message):
+        self.published.append((kind, message))
+
+    def query(self, request):
+        self.queries.append(request)
+
+    def follow_job(self, job_name):
+        self.followed.add(job_name)
+
+    def unfollow_job(self, job_name):
+        self.followed.discard(job_name)
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.published]
