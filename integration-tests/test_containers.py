@@ -34,7 +34,7 @@ def test_compose_file_matches_the_compose_schema():
     # docker-compose 1.x is installed (without its dependencies) only for this schema
     path = metadata.distribution("docker-compose").locate_file("compose/config/compose_spec.json")
     schema = json.loads(Path(path).read_text())
-    jsonschema.validate(COMPOSE, schema)
+    jsonschema.Draft201909Validator(schema).validate(COMPOSE)
 
 
 def _dockerfile(service: str) -> tuple[Path, Path, str]:
