@@ -45,6 +45,9 @@ def main() -> None:
             "worker_class": "gthread",
             "threads": int(os.environ.get("GUNICORN_THREADS", "8")),
             "timeout": 30,
+            # gunicorn's per-user control socket (~/.gunicorn) clashes between servers on
+            # one host, and the image's user has no home directory
+            "control_socket_disable": True,
             "accesslog": "-" if os.environ.get("ACCESS_LOG") else None,
         }
     ).run()

@@ -126,7 +126,7 @@ BAD_REQUESTS = [
             "instances": [
                 {
                     "instance_number": 0,
-                    "namespace_ip": None,
+                    "namespace_ip": 5,
                     "namespace_ip_v6": "fc00::2",
                     "host_ip": "198.18.0.1",
                     "host_port": 50103,

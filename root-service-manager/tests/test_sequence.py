@@ -207,3 +207,28 @@ def test_user_chosen_closest_and_v6_addresses(client):
     rr, closest = body["service_ip_list"]
     assert rr["Address_v6"] == "fdff:2000::30"
     assert closest == {"IpType": "Closest", "Address": "10.30.9.9", "Address_v6": "fdff:1000::9"}
+
+
+def test_a_null_location_clears_where_an_instance_runs(client, root):
+    _deploy_example(client)
+    located = {
+        "instance_number": 0,
+        "namespace_ip": "10.16.0.2",
+        "namespace_ip_v6": "fc00::2",
+        "host_ip": "198.18.0.11",
+        "host_port": 50103,
+    }
+    cleared = {
+        "instance_number": 0,
+        "namespace_ip": None,
+        "namespace_ip_v6": None,
+        "host_ip": None,
+        "host_port": None,
+    }
+    for report in (located, cleared):
+        response = client.post(
+            "/api/net/service/net_deploy_status", json={"job_id": X1_ID, "instances": [report]}
+        )
+        assert response.status_code == 200, response.get_json()
+    instance = root.services.find_by_name("X.default.X1.default")["instance_list"][0]
+    assert [instance[f] for f in ("namespace_ip", "host_ip", "host_port")] == [None] * 3

@@ -16,7 +16,7 @@ from oakestra_net.names import decode_path
 
 from ..descriptor import read_descriptor
 from ..errors import ApiError, json_object, path_int, require_int, require_str
-from ..services import object_id, public_job
+from ..services import LOCATION_FIELDS, object_id, public_job
 
 bp = Blueprint("net", __name__, url_prefix="/api/net")
 
@@ -110,16 +110,20 @@ def net_deploy_status():
 
 
 def _location_report(report: object) -> dict:
+    """One instance's location; a report with a null `namespace_ip` clears the location
+    (the cluster sends that when the instance left its node)."""
     if not isinstance(report, dict):
         raise ApiError(400, "every entry of 'instances' must be a JSON object")
-    out = {
-        "instance_number": require_int(report, "instance_number"),
+    number = require_int(report, "instance_number")
+    if report.get("namespace_ip") is None:
+        return {"instance_number": number, **dict.fromkeys(LOCATION_FIELDS)}
+    return {
+        "instance_number": number,
         "namespace_ip": _ip(report, "namespace_ip", 4),
         "namespace_ip_v6": _ip(report, "namespace_ip_v6", 6, optional=True),
         "host_ip": require_str(report, "host_ip"),
         "host_port": require_int(report, "host_port", maximum=65535),
     }
-    return out
 
 
 def _ip(body: dict, field: str, version: int, *, optional: bool = False) -> str:
@@ -127,7 +131,9 @@ def _ip(body: dict, field: str, version: int, *, optional: bool = False) -> str:
     if optional and value in (None, "", "<nil>"):
         return ""
     try:
-        address = ipaddress.ip_address(value)  # type: ignore[arg-type]
+        if not isinstance(value, str):  # ip_address() would take 5 for 0.0.0.5
+            raise TypeError(field)
+        address = ipaddress.ip_address(value)
     except (ValueError, TypeError):
         raise ApiError(400, f"field '{field}' must be an IPv{version} address") from None
     if address.version != version:

@@ -1,0 +1,144 @@
+"""Flask app factory of the cluster service manager: builds the parts and wires them.
+
+`create_app(config)` config keys (all optional): `DB` (a pymongo database; default
+`oakestra_net.store.connect("cluster")`), `SETTINGS` (`config.Settings`; default from
+the environment), `MQTT_AUTOSTART` (default True: connect to the broker now). The
+MQTT client and the lane workers start inside the process that calls create_app, so
+under gunicorn they run in the worker, never in the master. The parts live in
+`app.extensions["cluster_service_manager"]`; `Parts.stop()` ends their threads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from oakestra_net import store
+from oakestra_net.log import get_logger
+from oakestra_net.mqtt import MqttClient
+
+from . import views
+from .cache import JobCache
+from .config import Settings
+from .deployments import Deployments
+from .directory import Directory
+from .handlers import Handlers
+from .lanes import Lanes
+from .metrics import Metrics
+from .mqtt_endpoint import MqttEndpoint
+from .replies import Replies
+from .root_client import NotFound, RootClient, RootRejected, RootUnavailable
+
+log = get_logger(__name__)
+
+REGISTRATION_LANE = "cluster-registration"
+
+
+@dataclass
+class Parts:
+    settings: Settings
+    db: Any
+    metrics: Metrics
+    root: RootClient
+    cache: JobCache
+    lanes: Lanes
+    directory: Directory
+    handlers: Handlers
+    deployments: Deployments
+    endpoint: MqttEndpoint
+
+    def stop(self) -> None:
+        self.endpoint.stop()
+        self.lanes.stop()
+        self.root.close()
+
+
+def build_parts(settings: Settings, db: Any) -> Parts:
+    metrics = Metrics()
+    root = RootClient(
+        settings.root_base_url,
+        timeout=settings.root_timeout,
+        attempts=settings.root_attempts,
+        backoff=settings.root_backoff,
+        on_call=metrics.root_call,
+    )
+    cache = JobCache(db, settings.cluster_id)
+    cache.ensure_indexes()
+    lanes = Lanes(
+        workers=settings.root_workers,
+        retryable=(RootUnavailable,),
+        final=(NotFound, RootRejected),
+        max_age=settings.retry_max_age,
+        name="root-work",
+    )
+    client = MqttClient(settings.mqtt_config(), workers=settings.mqtt_workers, name="cluster-sm")
+    replies = Replies(client.publish)
+    directory = Directory(cache, root)
+    handlers = Handlers(cache, directory, root, lanes, replies, metrics)
+    deployments = Deployments(cache, directory, lanes, replies)
+    shared = settings.mqtt_shared if settings.mqtt_shared is not None else not store.is_embedded(db)
+    endpoint = MqttEndpoint(client, handlers, shared=shared, metrics=metrics)
+    metrics.gauge("oakestra_cluster_pending_root_work", "steps waiting for the root", lanes.pending)
+    metrics.gauge("oakestra_cluster_cached_jobs", "jobs in the cache", cache.count)
+    metrics.gauge("oakestra_cluster_broker_connected", "1 if connected", lambda: client.connected)
+    return Parts(
+        settings, db, metrics, root, cache, lanes, directory, handlers, deployments, endpoint
+    )
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.update(MQTT_AUTOSTART=True)
+    app.config.update(config or {})
+    settings = app.config.get("SETTINGS") or Settings.from_env()
+    db = app.config.get("DB")
+    if db is None:
+        db = store.connect("cluster")
+    parts = build_parts(settings, db)
+    app.extensions["cluster_service_manager"] = parts
+    app.register_blueprint(views.net)
+    app.register_blueprint(views.ops)
+    _register_errors(app)
+    parts.lanes.start()
+    if app.config["MQTT_AUTOSTART"]:
+        parts.endpoint.start()
+    _self_register(parts)
+    log.info(
+        "cluster service manager ready",
+        root=settings.root_base_url,
+        broker=settings.mqtt_config().broker,
+        subscription=parts.endpoint.pattern,
+    )
+    return app
+
+
+def _self_register(parts: Parts) -> None:
+    """Standalone use: register this cluster at the root (Oakestra's system manager does it)."""
+    registration = parts.settings.self_registration
+    if registration is None:
+        return
+    cluster_id, address, port = registration
+
+    def register() -> None:
+        parts.root.register_cluster(cluster_id, address, port)
+        log.info("cluster registered at root", cluster_id=cluster_id, address=address, port=port)
+
+    parts.lanes.submit(REGISTRATION_LANE, "cluster registration", register)
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(views.ApiError)
+    def api_error(err: views.ApiError):
+        return err.response()
+
+    @app.errorhandler(HTTPException)
+    def http_error(err: HTTPException):
+        return jsonify({"error": err.name, "reason": err.description}), err.code
+
+    @app.errorhandler(Exception)
+    def unexpected(err: Exception):
+        log.exception("unexpected error")
+        return jsonify({"error": "Internal Server Error", "reason": str(err)[:200]}), 500

@@ -1,0 +1,87 @@
+"""What the HTTP API does: job deployments announced by the cluster manager, root updates.
+
+`deploy` (cluster manager, before it sends an instance to a node) fetches the job from
+the root now, so the caller learns whether that worked. `remove` drops a cached job.
+`root_update` (the root's push, reference §2.2) is answered at once and applied in
+the job's lane, so updates of one job apply in the order the root sent them:
+`DEPLOYMENT` refreshes a cached job from the root, `UNDEPLOYMENT` removes the
+instance (-1: all) from the cache and, once the job has no instance left and no node
+is interested, forgets it (dropping the root interest). Each change is announced to the nodes on
+`jobs/<job_name>/updates_available`. Input validation is the views' job.
+"""
+
+from __future__ import annotations
+
+from oakestra_net.log import get_logger
+
+from . import jobs
+from .cache import JobCache
+from .directory import Directory
+from .lanes import Lanes, Step
+from .replies import Replies
+from .root_client import NotFound
+
+log = get_logger(__name__)
+
+DEPLOYMENT = "DEPLOYMENT"
+UNDEPLOYMENT = "UNDEPLOYMENT"
+UPDATE_TYPES = (DEPLOYMENT, UNDEPLOYMENT)
+
+
+def job_lane(job_name: str) -> str:
+    return f"job:{job_name}"
+
+
+class Deployments:
+    def __init__(
+        self, cache: JobCache, directory: Directory, lanes: Lanes, replies: Replies
+    ) -> None:
+        self.cache = cache
+        self.directory = directory
+        self.lanes = lanes
+        self.replies = replies
+
+    def deploy(self, job_name: str) -> dict:
+        """Fetch and cache the job; NotFound / RootUnavailable / RootRejected propagate."""
+        job = self.directory.fetch_by_name(job_name)
+        if job is None:
+            raise NotFound(f"root does not know job {job_name}")
+        log.info("job stored", job_name=job_name, instances=len(job["instance_list"]))
+        self.replies.job_update(job_name, DEPLOYMENT)
+        return job
+
+    def remove(self, job_name: str) -> bool:
+        """Drop the cached job; whether it was cached."""
+        if self.cache.delete(job_name) is None:
+            return False
+        log.info("job removed from the cache", job_name=job_name)
+        self.replies.job_update(job_name, UNDEPLOYMENT)
+        return True
+
+    def root_update(self, job_name: str, instance_number: int, kind: str) -> None:
+        what = f"{kind} update {job_name} instance {instance_number}"
+        if kind == DEPLOYMENT:
+            step = lambda: self._refresh(job_name)  # noqa: E731
+        else:
+            step = lambda: self._undeploy(job_name, instance_number)  # noqa: E731
+        self.lanes.submit(job_lane(job_name), what, step)
+
+    def _refresh(self, job_name: str) -> None:
+        cached = self.cache.get(job_name) is not None
+        if cached and self.directory.fetch_by_name(job_name) is None:
+            log.info("root no longer knows the job, removed from the cache", job_name=job_name)
+            self.cache.delete(job_name)
+        self.replies.job_update(job_name, DEPLOYMENT)
+
+    def _undeploy(self, job_name: str, instance_number: int) -> Step | None:
+        result = self.cache.update_instances(
+            job_name, lambda instances: jobs.without_instance(instances, instance_number)
+        )
+        if result is not None:
+            log.info("instance removed", job_name=job_name, instance_number=instance_number)
+        self.replies.job_update(job_name, UNDEPLOYMENT)
+        emptied = result is not None and not result[1]["instance_list"]
+        if emptied and self.cache.forget_if_unused(job_name):
+            log.info("job forgotten: no node interested, no instance here", job_name=job_name)
+            return lambda: self.directory.drop_root_interest(job_name)
+        return None

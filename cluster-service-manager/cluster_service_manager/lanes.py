@@ -1,0 +1,242 @@
+"""Work that must wait for the root: one FIFO lane per key, a bounded pool of workers.
+
+A lane (one per node, one per job for root updates) runs its steps one at a time, in
+submission order; different lanes run in parallel on at most `workers` threads, so a
+slow root delays only the lanes that wait for it. A step may return a follow-up step,
+which runs next and replaces it. A step that raises one of the `retryable`
+exceptions (the root is unavailable) stays at the head of its lane and is tried again
+with exponential backoff, until it succeeds or is older than `max_age`; steps must
+therefore be idempotent. A step that raises one of the `final` exceptions (the root
+refused, or does not know the job) is dropped with a warning naming it. Any other
+exception is a bug: it is logged with its traceback and the step dropped. What a
+step does is the caller's business.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Optional
+
+from oakestra_net.log import get_logger
+
+log = get_logger(__name__)
+
+Step = Callable[[], Optional["Step"]]
+
+
+@dataclass
+class _Item:
+    what: str
+    step: Step
+    created: float
+    barrier: bool
+    attempts: int = 0
+
+
+@dataclass
+class _Counters:
+    done: int = 0
+    retried: int = 0
+    expired: int = 0
+    failed: int = 0
+    rejected: int = 0
+
+
+class Lanes:
+    def __init__(
+        self,
+        *,
+        workers: int = 8,
+        retryable: tuple[type[BaseException], ...] = (),
+        final: tuple[type[BaseException], ...] = (),
+        max_age: float = 600.0,
+        max_per_lane: int = 10_000,
+        min_delay: float = 0.25,
+        max_delay: float = 5.0,
+        name: str = "lanes",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if workers < 1 or max_per_lane < 1:
+            raise ValueError(f"{name}: workers and max_per_lane must be >= 1")
+        self.name = name
+        self.workers = workers
+        self.retryable = retryable
+        self.final = final
+        self.max_age = max_age
+        self.max_per_lane = max_per_lane
+        self.min_delay = min_delay
+        self.max_delay = max_delay
+        self.clock = clock
+        self.counters = _Counters()
+        self._lanes: dict[Hashable, deque[_Item]] = {}
+        self._barriers: dict[Hashable, int] = {}
+        self._running: set[Hashable] = set()
+        self._ready: list[tuple[float, int, Hashable]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self._last_reject_log = 0.0
+
+    # -- public -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._cond:
+            if self._threads:
+                return
+            self._stopping = False
+            for index in range(self.workers):
+                thread = threading.Thread(
+                    target=self._work, name=f"{self.name}-{index}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the workers after their current step; queued steps are abandoned."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            threads, self._threads = self._threads, []
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def submit(self, key: Hashable, what: str, step: Step, *, barrier: bool = True) -> bool:
+        """Queue `step` at the end of lane `key`; False (and a warning) if the lane is full.
+
+        A step that is no `barrier` does not make the lane `busy`.
+        """
+        with self._cond:
+            lane = self._lanes.setdefault(key, deque())
+            if len(lane) >= self.max_per_lane:
+                self.counters.rejected += 1
+                self._log_rejected(key, what)
+                return False
+            lane.append(_Item(what, step, self.clock(), barrier))
+            if barrier:
+                self._barriers[key] = self._barriers.get(key, 0) + 1
+            if len(lane) == 1 and key not in self._running:
+                self._schedule(key, self.clock())
+            return True
+
+    def busy(self, key: Hashable) -> bool:
+        """Whether lane `key` has barrier steps queued or running."""
+        with self._cond:
+            return key in self._barriers
+
+    def pending(self) -> int:
+        with self._cond:
+            return sum(len(lane) for lane in self._lanes.values())
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Whether every lane became empty within `timeout` seconds (for tests and shutdown)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._lanes, timeout)
+
+    # -- workers ------------------------------------------------------------------------
+
+    def _schedule(self, key: Hashable, due: float) -> None:
+        heapq.heappush(self._ready, (due, next(self._seq), key))
+        self._cond.notify()
+
+    def _next_key(self) -> Hashable | None:
+        """Block until a lane is due; None when stopping."""
+        with self._cond:
+            while not self._stopping:
+                if self._ready:
+                    due, _seq, key = self._ready[0]
+                    wait = due - self.clock()
+                    if wait <= 0:
+                        heapq.heappop(self._ready)
+                        self._running.add(key)
+                        return key
+                    self._cond.wait(min(wait, 1.0))
+                else:
+                    self._cond.wait()
+            return None
+
+    def _work(self) -> None:
+        while (key := self._next_key()) is not None:
+            with self._cond:
+                item = self._lanes[key][0]
+            outcome = self._run(key, item)
+            with self._cond:
+                self._running.discard(key)
+                self._finish(key, item, outcome)
+                self._cond.notify_all()
+
+    def _run(self, key: Hashable, item: _Item) -> str:
+        try:
+            follow_up = item.step()
+            while follow_up is not None:
+                item.step = follow_up
+                follow_up = follow_up()
+        except self.retryable as err:
+            item.attempts += 1
+            if item.attempts == 1:
+                log.info(
+                    "waiting for the root, will retry",
+                    lane=str(key),
+                    what=item.what,
+                    reason=str(err),
+                )
+            return "retry"
+        except self.final as err:
+            log.warning("step dropped", lane=str(key), what=item.what, reason=str(err))
+            return "failed"
+        except Exception:
+            log.exception("step failed, dropped", lane=str(key), what=item.what)
+            return "failed"
+        if item.attempts:
+            log.info("done after retries", lane=str(key), what=item.what, attempts=item.attempts)
+        return "done"
+
+    def _finish(self, key: Hashable, item: _Item, outcome: str) -> None:
+        lane = self._lanes[key]
+        now = self.clock()
+        if outcome == "retry" and now - item.created <= self.max_age:
+            self.counters.retried += 1
+            delay = min(self.min_delay * 2 ** (item.attempts - 1), self.max_delay)
+            self._schedule(key, now + delay)
+            return
+        if outcome == "retry":
+            self.counters.expired += 1
+            log.warning(
+                "gave up waiting for the root, step dropped",
+                lane=str(key),
+                what=item.what,
+                attempts=item.attempts,
+                max_age=self.max_age,
+            )
+        elif outcome == "failed":
+            self.counters.failed += 1
+        else:
+            self.counters.done += 1
+        lane.popleft()
+        if item.barrier:
+            self._barriers[key] -= 1
+            if not self._barriers[key]:
+                del self._barriers[key]
+        if lane:
+            self._schedule(key, now)
+        else:
+            del self._lanes[key]
+
+    def _log_rejected(self, key: Hashable, what: str) -> None:
+        now = time.monotonic()
+        if now - self._last_reject_log >= 1.0:
+            self._last_reject_log = now
+            log.warning(
+                "lane full, step dropped",
+                lane=str(key),
+                what=what,
+                max_per_lane=self.max_per_lane,
+                rejected_total=self.counters.rejected,
+            )

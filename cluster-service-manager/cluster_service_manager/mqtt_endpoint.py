@@ -1,0 +1,87 @@
+"""The nodes' side of the broker: `nodes/+/net/#` subscription to handler calls.
+
+One subscription (QoS 1), or the shared `$share/cluster-sm/nodes/+/net/#` when several
+processes serve one cluster. The MQTT wrapper runs handlers on its worker pool with
+the node id as order key: one node's messages are handled in order, different nodes
+in parallel. Every message is parsed into its dataclass here; an invalid one is
+logged once (topic, reason, start of the payload) and dropped. The results this
+service publishes itself come back through the wildcard and are skipped quietly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from oakestra_net import topics
+from oakestra_net.log import get_logger
+from oakestra_net.messages import InvalidMessage, Message
+from oakestra_net.mqtt import MqttClient, payload_preview
+
+from .handlers import Handlers
+from .metrics import Metrics
+
+log = get_logger(__name__)
+
+OWN_RESULTS = frozenset({topics.SUBNET_RESULT, topics.TABLEQUERY_RESULT})
+
+
+def node_of(topic: str) -> str:
+    """The order key of a node topic: its node id (the second level)."""
+    parts = topic.split("/", 2)
+    return parts[1] if len(parts) > 1 else topic
+
+
+class MqttEndpoint:
+    def __init__(
+        self,
+        client: MqttClient,
+        handlers: Handlers,
+        *,
+        shared: bool = False,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.client = client
+        self.pattern = topics.SHARED_CLUSTER_SUBSCRIPTION if shared else topics.CLUSTER_SUBSCRIPTION
+        self.metrics = metrics or Metrics()
+        self._handlers: dict[str, Callable[[str, Message], None]] = {
+            topics.SUBNET: handlers.subnet,
+            topics.TABLEQUERY_REQUEST: handlers.table_query,
+            topics.SERVICE_DEPLOYED: handlers.service_deployed,
+            topics.SERVICE_UNDEPLOYED: handlers.service_undeployed,
+            topics.ADDRESS_CHANGED: handlers.address_changed,
+            topics.INTEREST_REMOVE: handlers.interest_remove,
+        }
+
+    def start(self) -> None:
+        self.client.subscribe(self.pattern, self.on_message, order_key=node_of)
+        self.client.start()
+
+    def stop(self) -> None:
+        self.client.stop()
+
+    @property
+    def connected(self) -> bool:
+        return self.client.connected
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        parsed = topics.parse_node_topic(topic)
+        if parsed is None:
+            self.metrics.message("unknown", "invalid")
+            log.warning("message on an unknown topic dropped", topic=topic[:200])
+            return
+        if parsed.kind in OWN_RESULTS:
+            self.metrics.message(parsed.kind, "ignored")
+            return
+        try:
+            message = parsed.message_class.from_json(payload)
+        except InvalidMessage as err:
+            self.metrics.message(parsed.kind, "invalid")
+            log.warning(
+                "invalid message dropped",
+                topic=topic,
+                reason=str(err),
+                payload=payload_preview(payload),
+            )
+            return
+        self.metrics.message(parsed.kind, "handled")
+        self._handlers[parsed.kind](parsed.node_id, message)

@@ -1,0 +1,146 @@
+"""The job cache on the store: atomic interests, compare-and-set instance lists, subnets."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from cluster_service_manager import jobs
+from cluster_service_manager.cache import JobCache
+
+NAME = "X.default.X3.default"
+
+
+def root_job(instances: int = 3) -> dict:
+    return jobs.from_root(
+        {
+            "_id": "6630f0f0f0f0f0f0f0f0f003",
+            "job_name": NAME,
+            "service_ip_list": [
+                {"IpType": "RR", "Address": "10.30.1.30", "Address_v6": "fdff:2000::1"}
+            ],
+            "instance_list": [
+                {
+                    "instance_number": n,
+                    "instance_ip": f"10.30.0.{n + 2}",
+                    "instance_ip_v6": f"fdff::{n + 1}",
+                    "cluster_id": "c1",
+                }
+                for n in range(instances)
+            ],
+        }
+    )
+
+
+@pytest.fixture
+def cache(db) -> JobCache:
+    cache = JobCache(db)
+    cache.ensure_indexes()
+    return cache
+
+
+def location(n: int) -> dict:
+    return {
+        "namespace_ip": f"10.16.0.{n + 2}",
+        "namespace_ip_v6": f"fc00::{n + 2}",
+        "host_ip": "192.0.2.1",
+        "host_port": 50103,
+    }
+
+
+def run_together(functions) -> None:
+    start = threading.Barrier(len(functions))
+    errors = []
+
+    def run(fn):
+        start.wait()
+        try:
+            fn()
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(fn,)) for fn in functions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert not errors
+
+
+def test_store_refresh_keeps_interests_and_node_reports(cache):
+    cache.store(root_job())
+    assert cache.add_interest(NAME, "nodeA")
+    cache.update_instances(NAME, lambda i: jobs.with_location(i, 1, "nodeA", location(1)))
+    stored = cache.store(root_job())
+    assert stored["interested_nodes"] == ["nodeA"]
+    assert stored["instance_list"][1]["namespace_ip"] == "10.16.0.3"
+    assert cache.get(NAME) == stored
+
+
+def test_lookup_by_any_service_ip_in_canonical_form(cache):
+    cache.store(root_job())
+    for address in ("10.30.1.30", "fdff:2000::1", "10.30.0.3", "fdff:0:0::2"):
+        assert cache.by_ip(address)["job_name"] == NAME
+    assert cache.by_ip("10.30.9.9") is None
+    assert cache.by_ip("no-ip") is None
+
+
+def test_concurrent_reports_and_refreshes_lose_nothing(cache):
+    cache.store(root_job(instances=12))
+
+    def report(n):
+        return lambda: cache.update_instances(
+            NAME, lambda i: jobs.with_location(i, n, f"node{n}", location(n))
+        )
+
+    run_together([report(n) for n in range(12)] + [lambda: cache.store(root_job(12))] * 4)
+    instances = cache.get(NAME)["instance_list"]
+    assert [i["worker_id"] for i in instances] == [f"node{n}" for n in range(12)]
+
+
+def test_concurrent_interests_use_add_to_set_and_pull(cache):
+    cache.store(root_job())
+    nodes = [f"node{n}" for n in range(20)]
+    run_together([lambda n=n: cache.add_interest(NAME, n) for n in nodes * 2])
+    assert sorted(cache.get(NAME)["interested_nodes"]) == sorted(nodes)
+    run_together([lambda n=n: cache.remove_interest(NAME, n) for n in nodes[:10]])
+    assert sorted(cache.get(NAME)["interested_nodes"]) == sorted(nodes[10:])
+    assert not cache.add_interest("Y.default.Y.default", "node0")
+    assert not cache.remove_interest("Y.default.Y.default", "node0")
+
+
+def test_forget_only_without_interest_and_without_local_instances(cache):
+    cache.store(root_job())
+    cache.add_interest(NAME, "nodeA")
+    assert not cache.forget_if_unused(NAME)
+    cache.remove_interest(NAME, "nodeA")
+    cache.update_instances(NAME, lambda i: jobs.with_location(i, 0, "nodeB", location(0)))
+    assert not cache.forget_if_unused(NAME), "an instance runs on node B"
+    cache.update_instances(NAME, lambda i: jobs.without_location(i, 0, "nodeB"))
+    assert cache.forget_if_unused(NAME)
+    assert cache.get(NAME) is None
+    assert not cache.forget_if_unused(NAME)
+
+
+def test_forget_respects_instances_scheduled_to_this_cluster(db):
+    cache = JobCache(db, cluster_id="c1")
+    cache.store(root_job())
+    assert not cache.forget_if_unused(NAME)
+    assert cache.update_instances(NAME, lambda i: jobs.without_instance(i, -1)) is not None
+    assert cache.forget_if_unused(NAME)
+
+
+def test_update_of_an_unknown_job_is_none(cache):
+    assert cache.update_instances(NAME, lambda i: i) is None
+
+
+def test_node_subnet_is_claimed_once(cache):
+    results = []
+    offers = [(f"10.16.0.{64 * n}", f"fc00::{n}00") for n in range(4)]
+    run_together([lambda o=o: results.append(cache.claim_node_subnet("nodeA", o)) for o in offers])
+    assert len(set(results)) == 1 and results[0] in offers
+    assert cache.node_subnet("nodeA") == results[0]
+    assert cache.remove_node_subnet("nodeA") == results[0]
+    assert cache.remove_node_subnet("nodeA") is None
+    assert cache.node_subnet("nodeA") is None

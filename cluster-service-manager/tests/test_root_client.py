@@ -1,0 +1,182 @@
+"""The root client against a scripted HTTP server: paths, timeouts, retries, exceptions."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+from csm_helpers import LiveServer
+
+from cluster_service_manager.root_client import NotFound, RootClient, RootRejected, RootUnavailable
+from oakestra_net.testing import free_port
+
+
+class ScriptedRoot:
+    """A WSGI app answering from a script of (status, body, delay) and recording requests."""
+
+    def __init__(self) -> None:
+        self.script: list[tuple[int, object, float]] = []
+        self.requests: list[tuple[str, str, object]] = []
+        self._lock = threading.Lock()
+
+    def answer(self, *answers: tuple) -> None:
+        self.script.extend((*a, 0.0)[:3] for a in answers)
+
+    def __call__(self, environ, start_response):
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        raw = environ["wsgi.input"].read(length) if length else b""
+        with self._lock:
+            body = json.loads(raw) if raw else None
+            self.requests.append((environ["REQUEST_METHOD"], environ["PATH_INFO"], body))
+            status, answer, delay = self.script.pop(0) if self.script else (200, {}, 0.0)
+        time.sleep(delay)
+        data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
+        start_response(f"{status} X", [("Content-Type", "application/json")])
+        return [data]
+
+
+@pytest.fixture
+def scripted():
+    root = ScriptedRoot()
+    server = LiveServer(root).start()
+    yield root, server.url
+    server.stop()
+
+
+def client(url: str, **options) -> RootClient:
+    sleeps: list[float] = []
+    options = {"timeout": 0.5, "attempts": 3, "backoff": 0.01, "sleep": sleeps.append, **options}
+    made = RootClient(url, **options)
+    made.sleeps = sleeps  # type: ignore[attr-defined]
+    return made
+
+
+JOB = {"_id": "a" * 24, "job_name": "X.default.X3.default", "instance_list": []}
+
+
+def test_table_queries_encode_the_path(scripted):
+    root, url = scripted
+    root.answer((200, JOB), (200, JOB), (200, JOB))
+    rc = client(url)
+    assert rc.job_by_name("X.default.X3.default") == JOB
+    assert rc.job_by_ip("10.30.1.30") == JOB
+    assert rc.job_by_ip("fdff:2000::1") == JOB
+    assert [path for _m, path, _b in root.requests] == [
+        "/api/net/service/X_default_X3_default/instances",
+        "/api/net/service/ip/10_30_1_30/instances",
+        "/api/net/service/ip/fdff:2000::1/instances",
+    ]
+
+
+def test_unknown_jobs_are_not_found(scripted):
+    root, url = scripted
+    root.answer((404, {"error": "Not Found", "reason": "no service"}), (200, {}))
+    rc = client(url)
+    with pytest.raises(NotFound, match="no service"):
+        rc.job_by_name("X.default.X3.default")
+    with pytest.raises(NotFound):  # what upstream roots answer
+        rc.job_by_name("X.default.X3.default")
+
+
+def test_refusals_are_final(scripted):
+    root, url = scripted
+    root.answer((400, {"reason": "Invalid cluster address, is the cluster registered?"}))
+    rc = client(url)
+    with pytest.raises(RootRejected, match="is the cluster registered"):
+        rc.job_by_name("X.default.X3.default")
+    assert len(root.requests) == 1
+
+
+def test_answers_that_are_not_json_objects_are_refusals(scripted):
+    root, url = scripted
+    root.answer((200, b"<html>proxy</html>"), (200, [1]), (200, b"oops"))
+    rc = client(url)
+    with pytest.raises(RootRejected, match="not a JSON object"):
+        rc.job_by_name("X.default.X3.default")
+    with pytest.raises(RootRejected, match="not a JSON object"):
+        rc.job_by_ip("10.30.1.30")
+    with pytest.raises(RootRejected, match="not a JSON object"):
+        rc.new_subnet()
+
+
+def test_overload_is_retried_with_backoff(scripted):
+    root, url = scripted
+    root.answer((503, {}), (502, {}), (200, JOB))
+    rc = client(url)
+    assert rc.job_by_name("X.default.X3.default") == JOB
+    assert len(root.requests) == 3
+    assert rc.sleeps == [0.01, 0.02]
+
+
+def test_persistent_overload_is_unavailable(scripted):
+    root, url = scripted
+    root.answer((503, {}), (503, {}), (503, {}))
+    with pytest.raises(RootUnavailable, match="HTTP 503"):
+        client(url).job_by_name("X.default.X3.default")
+    assert len(root.requests) == 3
+
+
+def test_a_subnet_is_not_requested_twice_after_a_maybe(scripted):
+    root, url = scripted
+    root.answer((503, {}))
+    with pytest.raises(RootUnavailable):
+        client(url).new_subnet()
+    assert len(root.requests) == 1
+    root.answer((200, {"subnet_addr": "10.16.0.0", "subnet_addr_v6": "fc00::"}))
+    assert client(url).new_subnet() == ("10.16.0.0", "fc00::")
+    root.answer((200, {"subnet_addr": "10.16.0.0"}))
+    with pytest.raises(RootRejected, match="subnet_addr_v6"):
+        client(url).new_subnet()
+
+
+def test_timeouts(scripted):
+    root, url = scripted
+    root.answer((200, JOB, 1.0), (200, JOB, 1.0))
+    rc = client(url, timeout=0.2, attempts=2)
+    started = time.monotonic()
+    with pytest.raises(RootUnavailable, match="Timeout"):
+        rc.job_by_name("X.default.X3.default")
+    assert time.monotonic() - started < 1.5
+    assert len(root.requests) == 2
+    root.answer((200, JOB, 1.0))
+    with pytest.raises(RootUnavailable):
+        rc.new_subnet()  # not idempotent: one try only
+    assert len(root.requests) == 3
+
+
+def test_nothing_listening_is_unavailable_and_retried():
+    rc = client(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(RootUnavailable, match="root subnet GET"):
+        rc.new_subnet()  # the request surely never arrived: retrying is safe
+    assert len(rc.sleeps) == 2
+
+
+def test_reports_and_interest_removal(scripted):
+    root, url = scripted
+    rc = client(url)
+    instances = [{"instance_number": 0, "namespace_ip": "10.16.0.2"}]
+    rc.report_locations("a" * 24, instances)
+    rc.remove_interest("X.default.X3.default")
+    rc.release_subnet("10.16.0.0", "fc00::")
+    rc.register_cluster("c1", "192.0.2.10", 10110)
+    assert root.requests == [
+        (
+            "POST",
+            "/api/net/service/net_deploy_status",
+            {"job_id": "a" * 24, "instances": instances},
+        ),
+        ("DELETE", "/api/net/interest/X_default_X3_default", None),
+        ("DELETE", "/api/net/subnet", {"subnet_addr": "10.16.0.0", "subnet_addr_v6": "fc00::"}),
+        (
+            "POST",
+            "/api/net/cluster",
+            {"cluster_id": "c1", "cluster_address": "192.0.2.10", "cluster_port": 10110},
+        ),
+    ]
+
+
+def test_attempts_must_be_positive():
+    with pytest.raises(ValueError, match="attempts"):
+        RootClient("http://x", attempts=0)
