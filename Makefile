@@ -60,13 +60,13 @@ test-system: venv
 
 run: setup
 	@test -f integration-tests/testbed/run.py || { echo "make run: the local cluster (testbed) is not built yet; see README"; exit 2; }
-	$(PY) -m testbed.run
+	PYTHONPATH=integration-tests $(PY) -m testbed.run
 
 bench: setup
 	@test -f integration-tests/testbed/bench.py || { echo "make bench: the benchmark is not built yet; see README"; exit 2; }
-	$(PY) -m testbed.bench
+	PYTHONPATH=integration-tests $(PY) -m testbed.bench
 
 clean:
-	-test -x $(PY) && $(PY) -m testbed.sweep 2>/dev/null || true
+	-test -x $(PY) && PYTHONPATH=integration-tests $(PY) -m testbed.sweep || true
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

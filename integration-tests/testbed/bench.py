@@ -1,0 +1,352 @@
+"""Data-path benchmark: through a service IP vs the direct kernel path, same run.
+
+    python -m testbed.bench [--repeat 3] [--seconds 5] [--sendto] [--offload auto|on|off]
+
+Builds its own namespaces (oakb-…): nodes n1, n2 on an underlay bridge, container c1
+on n1 and c2 on n2, a real data-plane process per node with a static table (X3's RR
+IP 10.30.1.30 served by c2). The direct path is c1 -> c2's namespace IP 10.16.0.66
+over plain routes between the node namespaces (n1: 10.16.0.64/26 via 198.18.0.2, and
+back), so both paths cross the same veths, bridges and underlay; the proxied path adds
+the TUNs, the two data planes and the UDP tunnel. Measurements, each repeated:
+
+- TCP single-stream throughput (iperf3, --seconds each);
+- UDP 1400-byte packets/s at < 1 % loss (iperf3 -u, offered rate stepped up, then
+  bisected);
+- UDP request/response round trip, p50 and p99 (Python ping-pong, 2000 exchanges);
+- CPU per proxied packet (utime + stime of both data-plane processes from /proc/<pid>/
+  stat over the proxied UDP runs, divided by the packets they handled; the same over
+  the TCP runs, where with TUN offload a packet is a TCP segment of up to 64 KiB);
+- first-packet latency of a table miss (the bench answers the resolve at once).
+
+Prints progress on stderr and one table of medians and ratios on stdout. Everything it
+creates is removed on exit (and by `python -m testbed.sweep`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from net_manager.dataplane.supervisor import DataPlaneSupervisor
+from net_manager.dataplane.translate import Endpoint, ServiceEntry
+from testbed.netns import Testbed
+from testbed.topology import BENCH_PREFIX, two_nodes, unique_prefix
+
+N1, N2, PORT = "198.18.0.1", "198.18.0.2", 50103
+X1, X3 = "X.default.X1.default", "X.default.X3.default"
+C1 = Endpoint(X1, 0, "10.16.0.2", "fc00::2", "10.30.0.2", "fdff::2", N1, PORT)
+C2 = Endpoint(X3, 0, "10.16.0.66", "fc00::102", "10.30.0.6", "fdff::6", N2, PORT)
+RR = ServiceEntry("10.30.1.30", "fdff:2000::1e", "RR", (C2,))
+INSTANCE_IPS = [
+    ServiceEntry(e.instance_ip, e.instance_ip_v6, "instance_ip", (e,)) for e in (C1, C2)
+]
+DIRECT, PROXIED = C2.namespace_ip, RR.service_ip
+UDP_SIZE = 1400
+LOSS_LIMIT = 1.0  # percent
+TARGETS = {"tcp": 0.05, "udp": 0.20, "rr_added_ms": 0.15}
+
+ECHO_SERVER = r"""
+import socket
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("0.0.0.0", 7777))
+print("ready", flush=True)
+while True:
+    data, peer = sock.recvfrom(65535)
+    sock.sendto(data, peer)
+"""
+
+PING_PONG = r"""
+import json, socket, sys, time
+host, count = sys.argv[1], int(sys.argv[2])
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.settimeout(2)
+clock, times, payload = time.perf_counter_ns, [], b"p" * 64
+for i in range(count + 50):
+    start = clock()
+    sock.sendto(payload, (host, 7777))
+    sock.recvfrom(2048)
+    if i >= 50:
+        times.append(clock() - start)
+times.sort()
+print(json.dumps({"p50": times[len(times) // 2] / 1e6, "p99": times[int(len(times) * 0.99)] / 1e6}))
+"""
+
+FIRST_PACKET = r"""
+import json, socket, sys, time
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.settimeout(3)
+rtts = []
+for _ in range(2):
+    start = time.perf_counter()
+    sock.sendto(b"first", (sys.argv[1], 7777))
+    sock.recvfrom(2048)
+    rtts.append((time.perf_counter() - start) * 1000)
+print(json.dumps(rtts))
+"""
+
+
+def progress(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Plane:
+    supervisor: DataPlaneSupervisor
+    extra: list[ServiceEntry] = field(default_factory=list)
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.supervisor.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def packets(self) -> int:
+        """Packets handled so far (read from the TUN or the tunnel), from a fresh report."""
+        seen = self.supervisor.reports
+        deadline = time.monotonic() + 5
+        while self.supervisor.reports < seen + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        values = self.supervisor.counters()
+        return values.get("tun_packets_read", 0) + values.get("tunnel_packets_received", 0)
+
+
+class CpuMeter:
+    """CPU seconds and packets of both data planes over the proxied runs."""
+
+    def __init__(self, planes: list[Plane]) -> None:
+        self.planes = planes
+        self.cpu = 0.0
+        self.packets = 0
+
+    def measure(self, run: Callable[[], float]) -> float:
+        cpu = sum(p.cpu_seconds() for p in self.planes)
+        packets = sum(p.packets() for p in self.planes)
+        result = run()
+        self.cpu += sum(p.cpu_seconds() for p in self.planes) - cpu
+        self.packets += sum(p.packets() for p in self.planes) - packets
+        return result
+
+    @property
+    def us_per_packet(self) -> float:
+        return self.cpu / self.packets * 1e6 if self.packets else float("nan")
+
+
+# ---------------------------------------------------------------- setup
+
+
+def start_plane(bed: Testbed, node: str, extra_args: list[str]) -> Plane:
+    plane: Plane
+
+    def on_resolve(service_ip: str, reply: Callable[[bool], None]) -> None:
+        entry = ServiceEntry(service_ip, "", "RR", (C2,))  # an instant control plane
+        plane.extra.append(entry)
+        plane.supervisor.push_snapshot([RR, *INSTANCE_IPS, *plane.extra], [C1], N1)
+        reply(True)
+
+    supervisor = DataPlaneSupervisor(
+        "oaktun0",
+        "10.19.1.254/12",
+        "fcef::dead:beef/7",
+        1450,
+        PORT,
+        on_resolve=on_resolve,
+        on_used=lambda jobs: None,
+        netns_exec=bed.netns_exec(node),
+        extra_args=extra_args,
+    )
+    plane = Plane(supervisor)
+    supervisor.start()
+    if not supervisor.wait_ready(15):
+        raise RuntimeError(f"data plane in {node} did not start")
+    return plane
+
+
+def set_up(bed: Testbed, extra_args: list[str]) -> list[Plane]:
+    bed.ip("n1", "route", "add", "10.16.0.64/26", "via", N2)  # the direct path
+    bed.ip("n2", "route", "add", "10.16.0.0/26", "via", N1)
+    planes = [start_plane(bed, "n1", extra_args), start_plane(bed, "n2", extra_args)]
+    planes[0].supervisor.push_snapshot([RR, *INSTANCE_IPS], [C1], N1)
+    planes[1].supervisor.push_snapshot(INSTANCE_IPS, [C2], N2)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    bed.popen("c2", ["iperf3", "-s", "-p", "5201"], **quiet)
+    echo = bed.popen("c2", [sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True)
+    bed.wait_for_line(echo)
+    deadline = time.monotonic() + 10
+    while not all(p.supervisor.counters().get("snapshots") for p in planes):
+        if time.monotonic() > deadline:
+            raise RuntimeError("data planes did not take their tables")
+        time.sleep(0.05)
+    return planes
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def iperf(bed: Testbed, target: str, *args: str, seconds: float) -> dict:
+    argv = ["iperf3", "-c", target, "-p", "5201", "-J", "-t", str(seconds), *args]
+    for _ in range(3):  # the server takes one test at a time; a busy answer is retried
+        result = bed.run("c1", argv, check=False, timeout=seconds + 30)
+        report = json.loads(result.stdout or "{}")
+        if "error" not in report and result.returncode == 0:
+            return report
+        time.sleep(0.5)
+    raise RuntimeError(f"iperf3 to {target} failed: {report.get('error', result.stderr)}")
+
+
+def tcp_gbps(bed: Testbed, target: str, seconds: float) -> float:
+    report = iperf(bed, target, seconds=seconds)
+    return report["end"]["sum_received"]["bits_per_second"] / 1e9
+
+
+def udp_trial(bed: Testbed, target: str, pps: int, seconds: float = 1.0) -> tuple[float, float]:
+    """(received packets/s, loss %) at an offered rate (4 MB socket buffers both ends)."""
+    bits = pps * UDP_SIZE * 8
+    argv = ["-u", "-b", str(bits), "-l", str(UDP_SIZE), "-w", "4M"]
+    total = iperf(bed, target, *argv, seconds=seconds)["end"]["sum"]
+    received = total["packets"] - total["lost_packets"]
+    return received / total["seconds"], total["lost_percent"]
+
+
+def udp_max_pps(bed: Testbed, target: str) -> float:
+    """The highest received rate with < LOSS_LIMIT % loss: double, then bisect.
+
+    Stops early when the sender cannot offer the rate asked for (iperf3 is CPU-bound).
+    """
+    good, low, bad, rate = 0.0, 0, 0, 20_000
+    while rate <= 1_600_000:
+        received, loss = udp_trial(bed, target, rate)
+        if loss >= LOSS_LIMIT:
+            bad = rate
+            break
+        good, low = max(good, received), rate
+        if received < 0.8 * rate:
+            return good
+        rate *= 2
+    for _ in range(3 if bad else 0):
+        middle = (low + bad) // 2
+        received, loss = udp_trial(bed, target, middle)
+        if loss < LOSS_LIMIT:
+            good, low = max(good, received), middle
+        else:
+            bad = middle
+    return good
+
+
+def ping_pong(bed: Testbed, target: str, count: int = 2000) -> dict:
+    return json.loads(bed.python("c1", PING_PONG, target, str(count), timeout=60))
+
+
+def first_packet_ms(bed: Testbed, service_ip: str) -> tuple[float, float]:
+    first, second = json.loads(bed.python("c1", FIRST_PACKET, service_ip, timeout=20))
+    return first, second
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class Results:
+    tcp: dict[str, list[float]] = field(default_factory=lambda: {"direct": [], "proxied": []})
+    udp: dict[str, list[float]] = field(default_factory=lambda: {"direct": [], "proxied": []})
+    p50: dict[str, list[float]] = field(default_factory=lambda: {"direct": [], "proxied": []})
+    p99: dict[str, list[float]] = field(default_factory=lambda: {"direct": [], "proxied": []})
+    miss: list[tuple[float, float]] = field(default_factory=list)
+    cpu_us: float = float("nan")  # per packet per data plane, UDP runs
+    tcp_cpu_us: float = float("nan")  # per packet per data plane, TCP runs (GSO: 64 KiB)
+
+
+def measure(bed: Testbed, planes: list[Plane], repeat: int, seconds: float) -> Results:
+    results, meter, tcp_meter = Results(), CpuMeter(planes), CpuMeter(planes)
+    paths = {"direct": DIRECT, "proxied": PROXIED}
+    for i in range(1, repeat + 1):
+        for path, target in paths.items():
+            run = lambda t=target: tcp_gbps(bed, t, seconds)  # noqa: E731
+            gbps = tcp_meter.measure(run) if path == "proxied" else run()
+            results.tcp[path].append(gbps)
+            progress(f"TCP {path} {i}/{repeat}: {gbps:.3f} Gbit/s")
+    for i in range(1, repeat + 1):
+        for path, target in paths.items():
+            run = lambda t=target: udp_max_pps(bed, t)  # noqa: E731
+            pps = meter.measure(run) if path == "proxied" else run()
+            results.udp[path].append(pps)
+            progress(f"UDP {path} {i}/{repeat}: {pps:,.0f} packets/s at < {LOSS_LIMIT} % loss")
+    for i in range(1, repeat + 1):
+        for path, target in paths.items():
+            rtt = ping_pong(bed, target)
+            results.p50[path].append(rtt["p50"])
+            results.p99[path].append(rtt["p99"])
+            progress(f"RR {path} {i}/{repeat}: p50 {rtt['p50']:.3f} ms, p99 {rtt['p99']:.3f} ms")
+    for i in range(1, repeat + 1):
+        first, second = first_packet_ms(bed, f"10.30.2.{i}")
+        results.miss.append((first, second))
+        progress(f"table miss {i}/{repeat}: first packet {first:.2f} ms, next {second:.2f} ms")
+    results.cpu_us = meter.us_per_packet
+    results.tcp_cpu_us = tcp_meter.us_per_packet
+    return results
+
+
+def table(results: Results) -> str:
+    med = statistics.median
+    tcp_d, tcp_p = med(results.tcp["direct"]), med(results.tcp["proxied"])
+    udp_d, udp_p = med(results.udp["direct"]), med(results.udp["proxied"])
+    p50_d, p50_p = med(results.p50["direct"]), med(results.p50["proxied"])
+    p99_d, p99_p = med(results.p99["direct"]), med(results.p99["proxied"])
+    first = med(m[0] for m in results.miss)
+    second = med(m[1] for m in results.miss)
+    rows = [
+        ("measurement (median)", "direct", "service IP", "ratio / added", "target"),
+        ("TCP 1 stream, Gbit/s", f"{tcp_d:.3f}", f"{tcp_p:.3f}", f"{tcp_p / tcp_d:.1%}",
+         _check(tcp_p / tcp_d >= TARGETS["tcp"], ">= 5 %")),
+        ("UDP 1400 B, packets/s < 1 % loss", f"{udp_d:,.0f}", f"{udp_p:,.0f}",
+         f"{udp_p / udp_d:.1%}", _check(udp_p / udp_d >= TARGETS["udp"], ">= 20 %")),
+        ("UDP round trip p50, ms", f"{p50_d:.3f}", f"{p50_p:.3f}", f"+{p50_p - p50_d:.3f} ms",
+         _check(p50_p - p50_d <= TARGETS["rr_added_ms"], "<= +0.15 ms")),
+        ("UDP round trip p99, ms", f"{p99_d:.3f}", f"{p99_p:.3f}", f"+{p99_p - p99_d:.3f} ms", ""),
+        ("CPU per packet per data plane, us", "-", f"{results.cpu_us:.1f}", "UDP runs", ""),
+        ("  same, TCP runs (up to 64 KiB each)", "-", f"{results.tcp_cpu_us:.1f}", "", ""),
+        ("table miss: first packet RTT, ms", "-", f"{first:.2f}", f"next packet {second:.2f}", ""),
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _check(ok: bool, target: str) -> str:
+    return f"{target} {'ok' if ok else 'MISSED'}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m testbed.bench", description=__doc__)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per TCP run")
+    parser.add_argument("--sendto", action="store_true", help="data planes use sendto")
+    parser.add_argument("--offload", choices=("auto", "on", "off"), default="auto")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0 or shutil.which("iperf3") is None:
+        print("make bench needs root and iperf3 (make setup installs it)", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    extra_args = ["--offload", args.offload] + (["--sendto"] if args.sendto else [])
+    with Testbed(two_nodes(unique_prefix(BENCH_PREFIX))) as bed:
+        progress(f"namespaces {', '.join(bed.topology.namespaces)} built")
+        planes = set_up(bed, extra_args)
+        try:
+            results = measure(bed, planes, args.repeat, args.seconds)
+        finally:
+            for plane in planes:
+                plane.supervisor.stop()
+    progress(f"done in {time.monotonic() - started:.0f} s, namespaces removed")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
