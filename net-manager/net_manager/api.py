@@ -76,6 +76,24 @@ def create_app(daemon: NodeDaemon) -> Flask:
         daemon.undeploy(_field(body, "serviceName", str), _field(body, "instanceNumber", int))
         return "", 200
 
+    @app.post("/unikernel/deploy")
+    def unikernel_deploy():
+        body = _body()  # `pid` (0 from the node engine) is ignored, as upstream
+        answer = daemon.deploy_unikernel(
+            _field(body, "serviceName", str),
+            _field(body, "instanceNumber", int),
+            _field(body, "portMappings", str, ""),
+        )
+        return jsonify(answer)
+
+    @app.post("/unikernel/undeploy")
+    def unikernel_undeploy():
+        body = _body()
+        daemon.undeploy_unikernel(
+            _field(body, "serviceName", str), _field(body, "instanceNumber", int)
+        )
+        return "", 200
+
     @app.get("/status")
     def status():
         return jsonify(daemon.status())

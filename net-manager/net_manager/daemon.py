@@ -13,7 +13,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from oakestra_net import topics
@@ -33,6 +33,8 @@ from oakestra_net.names import InvalidName, parse_job_name
 from . import statefile
 from .addresses import AddressesExhausted, ContainerAddresses
 from .config import NetConfig
+from .dataplane.supervisor import DataPlaneSupervisor
+from .dataplane.translate import Endpoint, ServiceEntry, build_snapshot
 from .interests import Interests
 from .kernel import BRIDGE, Kernel, KernelError, netns_path_of_pid
 from .portmap import InvalidPortMapping, parse_port_mappings
@@ -63,6 +65,11 @@ def veth_names(key: str) -> tuple[str, str]:
     return f"oak-h{digest}", f"oak-c{digest}"
 
 
+def unikernel_netns_name(job_name: str, instance_number: int) -> str:
+    """The named namespace of a unikernel: the node engine runs its qemu in it."""
+    return f"{job_name}.instance.{instance_number}"
+
+
 def netns_inode(path: str) -> int:
     return os.stat(path).st_ino
 
@@ -74,8 +81,13 @@ class NodeDaemon:
         *,
         kernel: Kernel | None = None,
         session_factory: Callable[..., NodeSession] = NodeSession,
+        dataplane_factory: Callable[..., DataPlaneSupervisor] | None = DataPlaneSupervisor,
+        netns_exec: Sequence[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`dataplane_factory` None runs without a data plane (tests of the control side);
+        `netns_exec` prefixes the data plane's command (a daemon managing another
+        namespace, as in the kernel tests)."""
         self.config = config
         self.kernel = kernel or Kernel()
         self._session_factory = session_factory
@@ -93,7 +105,10 @@ class NodeDaemon:
         self.reconciler = Reconciler(
             self.kernel, self.desired, min_interval=0.2, max_interval=config.reconcile_interval
         )
-        self.table_listeners: list[Callable[[], None]] = []
+        self._dataplane_factory = dataplane_factory
+        self._netns_exec = netns_exec
+        self.dataplane: DataPlaneSupervisor | None = None
+        self.table_listeners: list[Callable[[], None]] = [self._push_snapshot]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._next_address_check = clock() + config.address_watch_interval
@@ -110,6 +125,8 @@ class NodeDaemon:
     def stop(self) -> None:
         self._stop.set()
         self.reconciler.stop()
+        if self.dataplane is not None:
+            self.dataplane.stop()
         if self.session is not None:
             self.session.stop()
         for thread in self._threads:
@@ -144,6 +161,7 @@ class NodeDaemon:
         for instance in state.instances.values():
             self._follow_local(instance.job_name)
         self._save()
+        self._start_dataplane()
 
     # -- registration ---------------------------------------------------------
 
@@ -174,6 +192,7 @@ class NodeDaemon:
             self._save()
         log.info("registered", node_id=client_id, subnet=subnet.address, subnet_v6=subnet.addressv6)
         self._apply_now()
+        self._start_dataplane()
 
     def _connect(self, cluster_url: str, node_id: str | None = None) -> NodeSession:
         cfg = self.config
@@ -260,7 +279,9 @@ class NodeDaemon:
         except KernelError as err:
             raise DaemonError(400, f"no network namespace for pid {pid}: {err}") from None
 
-    def _attach(self, key, job_name, number, netns_path, port_mappings) -> Instance:
+    def _attach(
+        self, key, job_name, number, netns_path, port_mappings, kind="container"
+    ) -> Instance:
         assert self.addresses is not None
         try:
             namespace_ip, namespace_ip_v6 = self.addresses.take()
@@ -270,9 +291,9 @@ class NodeDaemon:
         instance = Instance(
             job_name=job_name,
             instance_number=number,
-            kind="container",
+            kind=kind,
             netns_path=netns_path,
-            netns_inode=netns_inode(netns_path),
+            netns_inode=netns_inode(netns_path) if kind == "container" else 0,
             namespace_ip=namespace_ip,
             namespace_ip_v6=namespace_ip_v6,
             host_veth=host_veth,
@@ -286,6 +307,8 @@ class NodeDaemon:
             self._forget(instance)
             self.reconciler.sync_removed(_spec(instance))
             raise DaemonError(500, f"cannot attach {key}: {err}") from None
+        if kind == "unikernel":  # its namespace exists only now
+            instance.netns_inode = netns_inode(netns_path)
         self._save()
         return instance
 
@@ -298,6 +321,42 @@ class NodeDaemon:
                 return False
             self._detach(instance, publish=True)
         return True
+
+    # -- unikernels -----------------------------------------------------------
+
+    def deploy_unikernel(
+        self, job_name: str, instance_number: int, port_mappings: str
+    ) -> dict[str, str]:
+        """Create the unikernel's named namespace (virbr0, tap0, NAT to the guest) and
+        attach it like a container; the node engine then starts qemu inside it."""
+        session = self._require_registration()
+        _check_job(job_name, instance_number)
+        _check_port_mappings(port_mappings)
+        key = instance_key(job_name, instance_number)
+        netns_path = self._named_netns_path(unikernel_netns_name(job_name, instance_number))
+        with self.lock:
+            current = self.state.instances.get(key)
+            if current is not None and current.kind == "unikernel" and _alive(current):
+                return _answer(current)
+            if current is not None:  # a container of that instance, or a vanished namespace
+                self._detach(current, publish=False)
+            instance = self._attach(
+                key, job_name, instance_number, netns_path, port_mappings, kind="unikernel"
+            )
+        log.info("unikernel attached", instance=key, namespace=netns_path)
+        session.publish(topics.SERVICE_DEPLOYED, self._report(ServiceDeployed, instance))
+        self._follow_local(job_name)
+        return _answer(instance)
+
+    def _named_netns_path(self, name: str) -> str:
+        try:
+            return self.kernel.named_netns_path(name)
+        except ValueError as err:
+            raise DaemonError(400, str(err)) from None
+
+    def undeploy_unikernel(self, job_name: str, instance_number: int) -> bool:
+        """Detach a unikernel: its namespace, veth, port rules and addresses go."""
+        return self.undeploy(job_name, instance_number)
 
     def _detach(self, instance: Instance, *, publish: bool) -> None:
         self._forget(instance)
@@ -349,13 +408,20 @@ class NodeDaemon:
         if self.session is not None:
             self.session.follow_job(job_name)
         self.queries.query_async(sname=job_name, callback=_ignore)
+        self._table_changed()  # the local instances changed
 
     def _send_query(self, request: TableQueryRequest) -> None:
         if self.session is not None:
             self.session.query(request)
 
     def _on_table_result(self, result: TableQueryResult) -> None:
-        self.queries.on_result(result)
+        try:
+            self._apply_table_result(result)
+        finally:
+            # after the table (and the data plane's snapshot): a waiting packet must find it
+            self.queries.on_result(result)
+
+    def _apply_table_result(self, result: TableQueryResult) -> None:
         job_name = result.app_name
         if not job_name:
             return
@@ -389,6 +455,69 @@ class NodeDaemon:
                 listener()
             except Exception:  # noqa: BLE001 - one listener must not break the others
                 log.exception("table listener failed")
+
+    # -- the data plane -------------------------------------------------------
+
+    def _start_dataplane(self) -> None:
+        if self._dataplane_factory is None or self.dataplane is not None:
+            return
+        tun = self.config.tun
+        self.dataplane = self._dataplane_factory(
+            tun.device_name,
+            f"{tun.tunnel_ip}/12",
+            f"{tun.tun_net_ipv6}/7",
+            tun.mtu,
+            self.config.node_public_port,
+            on_resolve=self.resolve_service_ip,
+            on_used=self._jobs_used,
+            netns_exec=self._netns_exec,
+        )
+        self.dataplane.start()
+        self._push_snapshot()
+
+    def _push_snapshot(self) -> None:
+        """Send the data plane the table it needs: service IPs and local instances."""
+        if self.dataplane is None:
+            return
+        with self.lock:
+            local_ips = {i.namespace_ip for i in self.state.instances.values()}
+        services = [
+            ServiceEntry(
+                view.service_ip,
+                view.service_ip_v6,
+                view.ip_type,
+                tuple(map(self._endpoint, view.entries)),
+            )
+            for view in self.table.service_view()
+        ]
+        local = [
+            self._endpoint(entry)
+            for address in local_ips
+            if (entry := self.table.by_namespace_ip(address)) is not None
+        ]
+        try:
+            build_snapshot(services, local, self.node_ip)  # refuse what the process would
+        except ValueError as err:
+            log.error("table not usable by the data plane, not sent", reason=str(err))
+            return
+        self.dataplane.push_snapshot(services, local, self.node_ip)
+
+    @staticmethod
+    def _endpoint(entry: TableEntry) -> Endpoint:
+        return Endpoint(
+            job_name=entry.job_name,
+            instance_number=entry.instance_number,
+            namespace_ip=entry.namespace_ip,
+            namespace_ip_v6=entry.namespace_ip_v6,
+            instance_ip=entry.instance_ip,
+            instance_ip_v6=entry.instance_ip_v6,
+            node_ip=entry.node_ip,
+            node_port=entry.node_port,
+        )
+
+    def _jobs_used(self, job_names: list[str]) -> None:
+        for job_name in job_names:
+            self.interests.mark_used(job_name)
 
     # seam for the data plane
     def resolve_service_ip(self, service_ip: str, callback: Callable[[bool], None]) -> None:
@@ -474,6 +603,11 @@ class NodeDaemon:
                 "mqtt": session.stats() if session else {},
                 "reconciler_syncs": self.reconciler.sync_count,
                 "reconciler_last_error": self.reconciler.last_error,
+                "dataplane": self.dataplane.counters() if self.dataplane else {},
+            },
+            "peer_rtt_ms": {
+                node: round(seconds * 1000, 3)
+                for node, seconds in (self.dataplane.rtt if self.dataplane else {}).items()
             },
         }
 
@@ -492,6 +626,11 @@ def _spec(instance: Instance) -> ContainerSpec:
         namespace_ip=instance.namespace_ip,
         namespace_ip_v6=instance.namespace_ip_v6,
         port_mappings=parse_port_mappings(instance.port_mappings),
+        named_netns=(
+            unikernel_netns_name(instance.job_name, instance.instance_number)
+            if instance.kind == "unikernel"
+            else None
+        ),
     )
 
 

@@ -13,6 +13,12 @@ Firewall rules live in our own chains (filter OAK-FORWARD, nat OAKESTRA for port
 mappings, nat OAK-POSTROUTING), each jumped to once from the built-in chain; the rule
 text is built and parsed by the pure functions at the bottom. What the state should be
 and when to fix it is left to the reconciler.
+
+Unikernels get a named namespace (/run/netns/<name>, for `ip netns exec`) that the net
+manager creates and marks as its own by the alias of its loopback device (`NETNS_MARK`,
+plus the node namespace's name when the Kernel works on one), so only namespaces this
+node created are ever deleted. Inside: bridge virbr0 with TAP tap0 for the guest and a
+nat table sending everything addressed to the namespace IP to the guest.
 """
 
 from __future__ import annotations
@@ -51,6 +57,18 @@ OWN_CHAINS = {"filter": (FILTER_CHAIN,), "nat": (NAT_CHAIN, POSTROUTING_CHAIN)}
 COMMENT_PREFIX = "oak:"
 IPTABLES = {4: "iptables", 6: "ip6tables"}
 COMMAND_TIMEOUT = 30.0
+
+# Inside a unikernel's namespace (upstream's layout; the node engine relies on the
+# names): the guest behind tap0 has .2 and uses .1 on virbr0 as its gateway.
+UNIKERNEL_BRIDGE = "virbr0"
+UNIKERNEL_TAP = "tap0"
+UNIKERNEL_GATEWAY = "192.168.1.1/30"
+UNIKERNEL_GUEST = "192.168.1.2"
+UNIKERNEL_GATEWAY_V6 = "fd00:1::1/126"
+UNIKERNEL_GUEST_V6 = "fd00:1::2"
+NETNS_MARK = "oakestra-net"  # alias of `lo` in the named namespaces we create
+_NETNS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+_NAT_BUILTINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
 
 NODE_SYSCTLS = {
     "net/ipv4/ip_forward": "1",
@@ -281,10 +299,16 @@ def _route_key(msg: Any) -> dict[str, Any]:
 class Kernel:
     """Kernel state of one node namespace (None: the current one) and its containers."""
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, *, named_netns_prefix: str = "") -> None:
+        """`named_netns_prefix` goes in front of the named namespaces this Kernel creates
+        (tests: "oakt-…-"; production: none, the node engine expects the bare name)."""
+        if named_netns_prefix and not _NETNS_NAME.fullmatch(named_netns_prefix):
+            raise ValueError(f"invalid named namespace prefix {named_netns_prefix!r}")
         self.netns = netns
         self.netns_path = None if netns is None else _netns_file(netns)
         self.where = "the current namespace" if netns is None else f"namespace {netns}"
+        self.named_netns_prefix = named_netns_prefix
+        self.netns_mark = NETNS_MARK if netns is None else f"{NETNS_MARK} {netns}"
         self._lock = threading.RLock()
         self._ipr = _open_iproute(self.netns_path)
 
@@ -324,21 +348,7 @@ class Kernel:
 
     def _bridge_link(self, name: str, mtu: int) -> _Link:
         """The bridge `name`, created if missing."""
-        link = _find(self._ipr, name)
-        if link is not None:
-            if link.kind != "bridge":
-                raise KernelError(
-                    f"{name} exists in {self.where} but is a {link.kind}, not a bridge"
-                )
-            return link
-        with _netlink(f"cannot create bridge {name} in {self.where}"):
-            self._ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
-        link = _require(self._ipr, name, f"cannot create bridge {name}")
-        # A set address sticks; otherwise the bridge takes the lowest port MAC and the
-        # containers' gateway MAC changes whenever containers come and go.
-        with _netlink(f"cannot fix the MAC address of {name}"):
-            self._ipr.link("set", index=link.index, address=link.mac)
-        return link
+        return _bridge_in(self._ipr, name, mtu, self.where)
 
     def ensure_base_rules(
         self,
@@ -565,6 +575,116 @@ class Kernel:
             raise KernelError(f"the default route in {self.where} has no output interface")
         return _link_of(links[0])
 
+    # ---- unikernels -------------------------------------------------------------
+
+    def named_netns_path(self, name: str) -> str:
+        """The file of the named namespace `name`: /run/netns/<prefix><name>."""
+        return os.path.join(NETNS_RUN_DIR, self._full_netns_name(name))
+
+    def _full_netns_name(self, name: object) -> str:
+        if not isinstance(name, str) or not _NETNS_NAME.fullmatch(name):
+            raise ValueError(
+                f"invalid namespace name {name!r} (letters, digits, '_', '.', '-'; "
+                "at most 200 characters)"
+            )
+        return self.named_netns_prefix + name
+
+    def ensure_named_netns(self, name: str) -> str:
+        """The named namespace `name` exists, created and marked by us; its path.
+
+        One of that name we did not create is not taken over: KernelError.
+        """
+        full = self._full_netns_name(name)
+        path = os.path.join(NETNS_RUN_DIR, full)
+        with self._lock:
+            if namespace_exists(path):
+                if not _is_marked(path, self.netns_mark):
+                    raise KernelError(
+                        f"network namespace {full} exists but was not created by this net "
+                        "manager: delete it (ip netns delete) or undeploy its user first"
+                    )
+                return path
+            self._run(["ip", "netns", "add", full])
+            try:
+                _mark_netns(path, self.netns_mark)
+            except KernelError:
+                self._run(["ip", "netns", "delete", full], check=False)
+                raise
+        return path
+
+    def delete_named_netns(self, name: str) -> bool:
+        """Delete the named namespace `name` if we created it; True if it was deleted.
+
+        A missing one is fine; one of that name we did not create is left alone.
+        """
+        full = self._full_netns_name(name)
+        path = os.path.join(NETNS_RUN_DIR, full)
+        with self._lock:
+            try:
+                if not _is_marked(path, self.netns_mark):
+                    return False
+            except NamespaceNotFound:
+                return False
+            result = self._run(["ip", "netns", "delete", full], check=False)
+        if result.returncode != 0 and namespace_exists(path):
+            raise KernelError(f"cannot delete network namespace {full}: {result.stderr.strip()}")
+        return True
+
+    def list_named_netns(self) -> list[str]:
+        """Names (prefix removed) of the named namespaces this node created."""
+        try:
+            entries = sorted(os.listdir(NETNS_RUN_DIR))
+        except FileNotFoundError:
+            return []
+        prefix = self.named_netns_prefix
+        ours = []
+        for entry in entries:
+            name = entry[len(prefix) :]
+            if not entry.startswith(prefix) or not _NETNS_NAME.fullmatch(name):
+                continue
+            try:
+                if _is_marked(os.path.join(NETNS_RUN_DIR, entry), self.netns_mark):
+                    ours.append(name)
+            except KernelError:
+                continue  # gone meanwhile, or a stale file that is no namespace
+        return ours
+
+    def configure_unikernel_inner(
+        self,
+        netns_path: str,
+        uplink: str,
+        namespace_ip: str,
+        namespace_ip_v6: str | None,
+        mtu: int,
+    ) -> None:
+        """Inside a unikernel namespace: forwarding on, bridge virbr0 (gateway addresses)
+        with tap0 enslaved, both up, and the nat table sending everything addressed to the
+        namespace IP(s) arriving on `uplink` to the guest, the guest's traffic leaving
+        `uplink` with the namespace IP(s).
+        """
+        _check_ifname(uplink)
+        _check_mtu(mtu)
+        families = [(4, str(_address(namespace_ip, 4, "namespace IP")), UNIKERNEL_GUEST)]
+        gateways = [_interface(UNIKERNEL_GATEWAY, 4, "unikernel gateway")]
+        if namespace_ip_v6:
+            v6 = str(_address(namespace_ip_v6, 6, "namespace IPv6"))
+            families.append((6, v6, UNIKERNEL_GUEST_V6))
+            gateways.append(_interface(UNIKERNEL_GATEWAY_V6, 6, "unikernel gateway"))
+        self._check_not_node(netns_path)
+        where = f"unikernel namespace {netns_path}"
+        with closing_iproute(netns_path) as ipr:
+            bridge = _bridge_in(ipr, UNIKERNEL_BRIDGE, mtu, where)
+            tap = _tap_in(ipr, UNIKERNEL_TAP, where)
+            _write_sysctls(netns_path, _unikernel_sysctls(bool(namespace_ip_v6)), where)
+            _set_link(ipr, bridge, mtu=mtu, up=True)
+            _sync_addresses(ipr, bridge, gateways)
+            if namespace_ip_v6:
+                _ensure_link_local(ipr, _require(ipr, UNIKERNEL_BRIDGE, where))
+            _set_link(ipr, tap, mtu=mtu, master=bridge.index, up=True)
+        for family, address, guest in families:
+            rules = unikernel_nat_rules(uplink, address, guest)
+            _sync_own_nat_table(netns_path, family, rules, where)
+
     # ---- port mappings ----------------------------------------------------------
 
     def ensure_port_mapping(
@@ -661,21 +781,109 @@ class Kernel:
             self._run([f"{IPTABLES[family]}-restore", "--noflush", "-w"], stdin=script)
 
     def _run(self, argv: list[str], *, check: bool = True, stdin: str | None = None):
-        command = argv if self.netns_path is None else _nsenter(self.netns_path, argv)
-        shown = " ".join(argv) if stdin is None else f"{argv[0]} with {stdin!r}"
-        try:
-            result = subprocess.run(
-                command, capture_output=True, text=True, input=stdin, timeout=COMMAND_TIMEOUT
-            )
-        except FileNotFoundError:
-            raise KernelError(f"cannot run {command[0]}: not installed") from None
-        except subprocess.TimeoutExpired:
-            raise KernelError(
-                f"{shown} in {self.where} did not finish in {COMMAND_TIMEOUT} s"
-            ) from None
-        if check and result.returncode != 0:
-            raise KernelError(f"{shown} in {self.where} failed: {result.stderr.strip()}")
-        return result
+        return _run_command(self.netns_path, self.where, argv, check=check, stdin=stdin)
+
+
+def _run_command(
+    netns_path: str | None,
+    where: str,
+    argv: list[str],
+    *,
+    check: bool = True,
+    stdin: str | None = None,
+):
+    """Run `argv` inside `netns_path` (None: here); KernelError naming it if it fails."""
+    command = argv if netns_path is None else _nsenter(netns_path, argv)
+    shown = " ".join(argv) if stdin is None else f"{argv[0]} with {stdin!r}"
+    try:
+        result = subprocess.run(
+            command, capture_output=True, text=True, input=stdin, timeout=COMMAND_TIMEOUT
+        )
+    except FileNotFoundError:
+        raise KernelError(f"cannot run {command[0]}: not installed") from None
+    except subprocess.TimeoutExpired:
+        raise KernelError(f"{shown} in {where} did not finish in {COMMAND_TIMEOUT} s") from None
+    if check and result.returncode != 0:
+        raise KernelError(f"{shown} in {where} failed: {result.stderr.strip()}")
+    return result
+
+
+def _tap_in(ipr: IPRoute, name: str, where: str) -> _Link:
+    """The persistent TAP device `name` of `ipr`'s namespace, created if missing."""
+    link = _find(ipr, name)
+    if link is not None:
+        if link.kind != "tun":
+            raise KernelError(f"{name} exists in {where} but is a {link.kind}, not a TAP")
+        return link
+    with _netlink(f"cannot create TAP {name} in {where}"):
+        ipr.link("add", ifname=name, kind="tuntap", mode="tap")
+    return _require(ipr, name, f"cannot create TAP {name}")
+
+
+def _unikernel_sysctls(ipv6: bool) -> dict[str, str]:
+    values = {"net/ipv4/ip_forward": "1"}
+    if ipv6:
+        values["net/ipv6/conf/all/forwarding"] = "1"
+        # The gateway address is usable at once; the TAP, a bridge port, needs no IPv6.
+        values[f"net/ipv6/conf/{UNIKERNEL_BRIDGE}/accept_dad"] = "0"
+        values[f"net/ipv6/conf/{UNIKERNEL_TAP}/disable_ipv6"] = "1"
+    return values
+
+
+def _mark_netns(netns_path: str, mark: str) -> None:
+    with closing_iproute(netns_path) as ipr:
+        lo = _require(ipr, "lo", f"cannot mark {netns_path}")
+        with _netlink(f"cannot mark {netns_path} as ours"):
+            ipr.link("set", index=lo.index, ifalias=mark)
+
+
+def _is_marked(netns_path: str, mark: str) -> bool:
+    """True if the namespace carries `mark`; NamespaceNotFound if there is none."""
+    with closing_iproute(netns_path) as ipr:
+        with _netlink(f"cannot read the loopback device of {netns_path}"):
+            msgs = ipr.link("get", ifname="lo")
+    return msgs[0].get_attr("IFLA_IFALIAS") == mark
+
+
+def _sync_own_nat_table(
+    netns_path: str, family: int, rules: Sequence[tuple[str, tuple[str, ...]]], where: str
+) -> None:
+    """Make the whole nat table of a namespace we own exactly `rules` (chain, rule)."""
+    tool = IPTABLES[family]
+    listing = _run_command(netns_path, where, [tool, "-w", "-t", "nat", "-S"]).stdout
+    current = [line for line in listing.splitlines() if line and not line.startswith("-P ")]
+    if len(current) == len(rules) and all(
+        _run_command(
+            netns_path, where, [tool, "-w", "-t", "nat", "-C", chain, *rule], check=False
+        ).returncode
+        == 0
+        for chain, rule in rules
+    ):
+        return
+    script = (
+        "*nat\n"
+        + "".join(f":{chain} ACCEPT [0:0]\n" for chain in _NAT_BUILTINS)
+        + "".join(_rule_line("-A", chain, rule) + "\n" for chain, rule in rules)
+        + "COMMIT\n"
+    )
+    _run_command(netns_path, where, [f"{tool}-restore", "-w"], stdin=script)
+
+
+def _bridge_in(ipr: IPRoute, name: str, mtu: int, where: str) -> _Link:
+    """The bridge `name` of `ipr`'s namespace, created if missing."""
+    link = _find(ipr, name)
+    if link is not None:
+        if link.kind != "bridge":
+            raise KernelError(f"{name} exists in {where} but is a {link.kind}, not a bridge")
+        return link
+    with _netlink(f"cannot create bridge {name} in {where}"):
+        ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
+    link = _require(ipr, name, f"cannot create bridge {name}")
+    # A set address sticks; otherwise the bridge takes the lowest port MAC and the
+    # gateway MAC its clients know changes whenever ports come and go.
+    with _netlink(f"cannot fix the MAC address of {name}"):
+        ipr.link("set", index=link.index, address=link.mac)
+    return link
 
 
 @contextmanager
@@ -855,6 +1063,20 @@ def base_rule_plan(family: int, bridge: str, tun: str, subnet: str, platform: st
             ],
         },
     )
+
+
+def unikernel_nat_rules(
+    uplink: str, namespace_ip: str, guest_ip: str
+) -> list[tuple[str, tuple[str, ...]]]:
+    """(chain, rule) of a unikernel namespace's nat table: what is addressed to the
+    namespace IP goes to the guest; the guest's traffic leaves with the namespace IP."""
+    return [
+        (
+            "PREROUTING",
+            ("-d", namespace_ip, "-i", uplink, "-j", "DNAT", "--to-destination", guest_ip),
+        ),
+        ("POSTROUTING", ("-o", uplink, "-j", "SNAT", "--to-source", namespace_ip)),
+    ]
 
 
 def port_mapping_spec(mapping: Any, namespace_ip: str, target_ip: str) -> tuple[str, ...]:

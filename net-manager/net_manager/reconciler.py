@@ -6,11 +6,14 @@ routes and port mappings, then a sweep deleting the links with our prefix and th
 port-mapping rules that desired state does not reference (never the TUN or any name in
 `keep`: the data plane owns those). A container whose namespace has vanished (its
 process died) is "gone": logged once and skipped, its leftovers swept; the daemon
-undeploys it. The runner thread (`start`/`stop`) syncs at most every `min_interval`
-(bursts of pokes coalesce), at least every `max_interval` (self-healing) and again
-after a failure, with backoff; `run_pending(now)` is its step, for tests with a fake
-clock. `sync_container`/`sync_removed` apply one container change at once for callers
-that must answer with the result.
+undeploys it. A unikernel's spec names the namespace the net manager creates for it
+(`named_netns`): `sync_container` creates it, `sync_removed` deletes it, a sync never
+re-creates one that vanished (that unikernel is gone) and the sweep deletes the ones we
+created that desired state does not reference. The runner thread (`start`/`stop`)
+syncs at most every `min_interval` (bursts of pokes coalesce), at least every
+`max_interval` (self-healing) and again after a failure, with backoff; `run_pending(now)`
+is its step, for tests with a fake clock. `sync_container`/`sync_removed` apply one
+container change at once for callers that must answer with the result.
 
 `desired` is called without holding the reconciler's lock, so it may take the caller's
 own lock; a snapshot made stale by a concurrent `sync_container`/`sync_removed` is
@@ -49,6 +52,7 @@ class ContainerSpec:
     namespace_ip: str
     namespace_ip_v6: str | None
     port_mappings: tuple = ()
+    named_netns: str | None = None  # a unikernel: the named namespace we create for it
 
 
 @dataclass(frozen=True)
@@ -165,16 +169,21 @@ class Reconciler:
             self._generation += 1
             if self._node_ready != node:
                 self._sync_node(node)
+            if spec.named_netns is not None:
+                self.kernel.ensure_named_netns(spec.named_netns)
             self._attach(node, spec)
 
     def sync_removed(self, spec: ContainerSpec) -> None:
-        """Remove one container's port mappings and veth pair now; raises KernelError."""
+        """Remove one container's port mappings and veth pair (and a unikernel's named
+        namespace) now; raises KernelError."""
         with self._sync_lock:
             self._generation += 1
             for mapping in spec.port_mappings:
                 self.kernel.delete_port_mapping(mapping, spec.namespace_ip, spec.namespace_ip_v6)
             self.kernel.delete_link(spec.host_veth)
             self.kernel.delete_link(spec.peer_veth)  # still here if the move never happened
+            if spec.named_netns is not None:
+                self.kernel.delete_named_netns(spec.named_netns)
             self._gone.discard(spec.key)
 
     @contextmanager
@@ -237,6 +246,10 @@ class Reconciler:
             spec.netns_path, CONTAINER_IFNAME, v4_cidr, v6_cidr, gw_v4, gw_v6, node.mtu
         )
         namespace_ip_v6 = spec.namespace_ip_v6 if v6_cidr else None
+        if spec.named_netns is not None:
+            kernel.configure_unikernel_inner(
+                spec.netns_path, CONTAINER_IFNAME, spec.namespace_ip, namespace_ip_v6, node.mtu
+            )
         for mapping in spec.port_mappings:
             kernel.ensure_port_mapping(mapping, spec.namespace_ip, namespace_ip_v6)
 
@@ -255,8 +268,19 @@ class Reconciler:
             if (namespace_ip, _mapping_key(mapping)) not in wanted:
                 self.kernel.delete_port_mapping(mapping, namespace_ip)
                 removed.append(f"port mapping {mapping} to {namespace_ip}")
+        removed += self._sweep_named_netns(live)
         if removed:
             log.info("swept kernel state nobody wants", removed=removed)
+        return removed
+
+    def _sweep_named_netns(self, live: Sequence[ContainerSpec]) -> list[str]:
+        """Delete the named namespaces we created that no live unikernel uses."""
+        wanted = {spec.named_netns for spec in live if spec.named_netns is not None}
+        removed = []
+        for name in self.kernel.list_named_netns():
+            if name not in wanted:
+                self.kernel.delete_named_netns(name)
+                removed.append(f"namespace {name}")
         return removed
 
     def _record_success(self) -> None:

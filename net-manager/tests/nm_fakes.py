@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from net_manager.kernel import NamespaceNotFound
+import os
+
+from net_manager.kernel import KernelError, NamespaceNotFound
 from net_manager.portmap import PortMapping
 
 
@@ -14,6 +16,11 @@ class FakeKernel:
         self.links: set[str] = set()
         self.mappings: set[tuple[str, PortMapping]] = set()
         self.namespaces: set[str] = set()
+        self.named: set[str] = set()  # named namespaces we created (unikernels)
+        self.foreign_named: set[str] = set()  # named namespaces someone else created
+        # Where named namespaces "live"; a test pointing it at a directory gets a file per
+        # namespace there, so the daemon can stat it (its inode stands for the namespace).
+        self.run_dir = "/nonexistent/oakt-fake-netns"
         self.fail: dict[str, Exception] = {}
 
     def _call(self, name: str, *args) -> None:
@@ -70,6 +77,42 @@ class FakeKernel:
 
     def namespace_exists(self, netns_path):
         return netns_path in self.namespaces
+
+    def named_netns_path(self, name):
+        if not name or "/" in name:
+            raise ValueError(f"invalid namespace name {name!r}")
+        return os.path.join(self.run_dir, name)
+
+    def ensure_named_netns(self, name):
+        self._call("ensure_named_netns", name)
+        if name in self.foreign_named:
+            raise KernelError(f"network namespace {name} exists but was not created by us")
+        path = self.named_netns_path(name)
+        if name not in self.named and os.path.isdir(self.run_dir):
+            open(path, "w").close()
+        self.named.add(name)
+        self.namespaces.add(path)
+        return path
+
+    def delete_named_netns(self, name):
+        self._call("delete_named_netns", name)
+        if name not in self.named:
+            return False
+        path = self.named_netns_path(name)
+        self.named.discard(name)
+        self.namespaces.discard(path)
+        if os.path.exists(path):
+            os.unlink(path)
+        return True
+
+    def list_named_netns(self):
+        return sorted(self.named)
+
+    def configure_unikernel_inner(self, netns_path, uplink, namespace_ip, namespace_ip_v6, mtu):
+        self._call(
+            "configure_unikernel_inner", netns_path, uplink, namespace_ip, namespace_ip_v6, mtu
+        )
+        self._require_ns(netns_path)
 
     # what the node daemon uses beyond the reconciler
     public_address = "198.18.0.10"
@@ -134,3 +177,31 @@ class FakeSession:
 
     def kinds(self) -> list[str]:
         return [kind for kind, _ in self.published]
+
+
+class FakeDataPlane:
+    """The data plane supervisor's interface: records snapshots, answers resolves later."""
+
+    def __init__(
+        self, tun_name, tun_v4, tun_v6, mtu, port, *, on_resolve, on_used, netns_exec=None
+    ):
+        self.args = (tun_name, tun_v4, tun_v6, mtu, port)
+        self.on_resolve = on_resolve
+        self.on_used = on_used
+        self.snapshots: list[tuple[list, list, str]] = []
+        self.events: list[str] = []
+        self.rtt: dict[str, float] = {}
+        self.started = self.stopped = False
+
+    def start(self):
+        self.started = True
+
+    def stop(self):
+        self.stopped = True
+
+    def push_snapshot(self, services, local_instances, node_ip):
+        self.snapshots.append((services, local_instances, node_ip))
+        self.events.append("snapshot")
+
+    def counters(self):
+        return {"packets_out": 0}

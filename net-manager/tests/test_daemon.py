@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from nm_fakes import FakeClock, FakeKernel, FakeSession
+from nm_fakes import FakeClock, FakeDataPlane, FakeKernel, FakeSession
 
 from net_manager.config import NetConfig
 from net_manager.daemon import NodeDaemon
@@ -21,10 +21,10 @@ def instance(number: int, namespace_ip: str, instance_ip: str, node_ip: str, rr:
     return {
         "instance_number": number,
         "instance_ip": instance_ip,
-        "instance_ip_v6": f"fdff::{number + 10:x}",
+        "instance_ip_v6": "fdff::" + instance_ip.split(".", 2)[2].replace(".", ":"),
         "cluster_id": "c1",
         "namespace_ip": namespace_ip,
-        "namespace_ip_v6": f"fc00::1{number:x}",
+        "namespace_ip_v6": "fc00::" + namespace_ip.split(".", 2)[2].replace(".", ":"),
         "host_ip": node_ip,
         "host_port": 50103,
         "service_ip": [
@@ -32,7 +32,7 @@ def instance(number: int, namespace_ip: str, instance_ip: str, node_ip: str, rr:
             {
                 "IpType": "instance_ip",
                 "Address": instance_ip,
-                "Address_v6": f"fdff::{number + 10:x}",
+                "Address_v6": "fdff::" + instance_ip.split(".", 2)[2].replace(".", ":"),
             },
         ],
     }
@@ -57,7 +57,13 @@ def daemon(tmp_path, clock):
     kernel = FakeKernel()
     kernel.namespaces.add(netns_path_of_pid(os.getpid()))
     config = NetConfig(state_file=str(tmp_path / "state.json"), address_watch_interval=120)
-    node = NodeDaemon(config, kernel=kernel, session_factory=FakeSession, clock=clock)
+    node = NodeDaemon(
+        config,
+        kernel=kernel,
+        session_factory=FakeSession,
+        dataplane_factory=FakeDataPlane,
+        clock=clock,
+    )
     node.node_ip = node._public_address()
     node.register("node-a", "127.0.0.1")
     return node
@@ -160,3 +166,32 @@ def test_a_failed_attach_rolls_back_everything(daemon):
     assert daemon.addresses.to_dict()["v4"]["free"] == [0]  # 10.16.0.2 went back, to the end
     answer = daemon.deploy_container(os.getpid(), X1, 0, "")
     assert answer["nsAddress"] == "10.16.0.3"
+
+
+def test_the_data_plane_gets_the_table_before_the_answer_to_its_miss(daemon):
+    dataplane = daemon.dataplane
+    assert dataplane.started and dataplane.args == (
+        "oak-tun0",
+        "10.19.1.254/12",
+        "fcef::dead:beef/7",
+        1450,
+        50103,
+    )
+    daemon.deploy_container(os.getpid(), X1, 0, "")
+    own = instance(0, "10.16.0.2", "10.30.0.2", "198.18.0.10", "10.30.0.1")
+    daemon._on_table_result(
+        TableQueryResult.from_json({"app_name": X1, "query_key": X1, "instance_list": [own]})
+    )
+    dataplane.on_resolve("10.30.1.30", lambda found: dataplane.events.append(f"resolved {found}"))
+    daemon._on_table_result(X3_RESULT)
+    assert dataplane.events[-2:] == ["snapshot", "resolved True"]
+    services, local, node_ip = dataplane.snapshots[-1]
+    rr = next(s for s in services if s.service_ip == "10.30.1.30")
+    assert [e.namespace_ip for e in rr.endpoints] == ["10.16.0.66"]
+    assert rr.endpoints[0].node_ip == "198.18.0.20"
+    assert [(e.namespace_ip, e.instance_ip) for e in local] == [("10.16.0.2", "10.30.0.2")]
+    assert node_ip == "198.18.0.10"
+    dataplane.on_used([X3])  # a packet to X3 keeps its interest alive
+    assert daemon.interests.snapshot()[X3]["idle_seconds"] == 0
+    daemon.stop()
+    assert dataplane.stopped

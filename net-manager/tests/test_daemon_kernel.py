@@ -99,7 +99,8 @@ class Running:
 
     def __init__(self, node_ns: str, config: NetConfig) -> None:
         self.kernel = Kernel(netns=node_ns)
-        self.daemon = NodeDaemon(config, kernel=self.kernel)
+        netns_exec = ["nsenter", f"--net=/run/netns/{node_ns}", "--"]
+        self.daemon = NodeDaemon(config, kernel=self.kernel, netns_exec=netns_exec)
         self.daemon.start()
         self.socket = config.socket_path
         self.server = make_server(
@@ -178,6 +179,10 @@ def test_node_engine_sequence(running, cluster, ns, node):
     register(daemon)
     bridge = nstools.run_in(node_ns, ["ip", "-j", "addr", "show", BRIDGE]).stdout
     assert "10.16.0.1" in bridge and "fc00::1" in bridge
+    # the data plane process runs and owns the TUN with the platform routes
+    wait_until(lambda: daemon.call("GET", "/status")[1]["counters"]["dataplane"].get("running"))
+    tun = nstools.run_in(node_ns, ["ip", "-j", "addr", "show", "oak-tun0"]).stdout
+    assert "10.19.1.254" in tun and "fcef::dead:beef" in tun
 
     first, second = ns.container(), ns.container()
     answers = []
