@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from oakestra_net.log import get_logger
 
 from .daemon import DaemonError, NodeDaemon
+from .metrics import metrics_text
 
 log = get_logger(__name__)
 
@@ -97,5 +98,9 @@ def create_app(daemon: NodeDaemon) -> Flask:
     @app.get("/status")
     def status():
         return jsonify(daemon.status())
+
+    @app.get("/metrics")
+    def metrics():
+        return Response(metrics_text(daemon.status), mimetype="text/plain; version=0.0.4")
 
     return app

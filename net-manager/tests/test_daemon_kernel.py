@@ -183,6 +183,8 @@ def test_node_engine_sequence(running, cluster, ns, node):
     wait_until(lambda: daemon.call("GET", "/status")[1]["counters"]["dataplane"].get("running"))
     tun = nstools.run_in(node_ns, ["ip", "-j", "addr", "show", "oak-tun0"]).stdout
     assert "10.19.1.254" in tun and "fcef::dead:beef" in tun
+    metrics = daemon.call("GET", "/metrics")[1]
+    assert 'oakestra_dataplane{name="running"} 1.0' in metrics
 
     first, second = ns.container(), ns.container()
     answers = []
