@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
+from flask import Flask
 
 from oakestra_net import store
+from oakestra_net.http_errors import register_json_errors
 from oakestra_net.log import get_logger
 from oakestra_net.mqtt import MqttClient
 
@@ -134,11 +134,4 @@ def _register_errors(app: Flask) -> None:
     def api_error(err: views.ApiError):
         return err.response()
 
-    @app.errorhandler(HTTPException)
-    def http_error(err: HTTPException):
-        return jsonify({"error": err.name, "reason": err.description}), err.code
-
-    @app.errorhandler(Exception)
-    def unexpected(err: Exception):
-        log.exception("unexpected error")
-        return jsonify({"error": "Internal Server Error", "reason": str(err)[:200]}), 500
+    register_json_errors(app)

@@ -13,29 +13,13 @@ from __future__ import annotations
 import os
 import sys
 
-from gunicorn.app.base import BaseApplication
-
 from oakestra_net import store
 from oakestra_net.log import get_logger, setup_logging
+from oakestra_net.serving import serve
 
 from .config import ConfigError, Settings
 
 log = get_logger(__name__)
-
-
-class _Server(BaseApplication):
-    def __init__(self, options: dict) -> None:
-        self.options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
-
-    def load(self):
-        from .app import create_app
-
-        return create_app()
 
 
 def gunicorn_options(settings: Settings, env=os.environ) -> dict:
@@ -74,7 +58,13 @@ def main() -> None:
         log.error("bad configuration", reason=str(err))
         sys.exit(2)
     log.info("starting", bind=options["bind"][0], workers=options["workers"])
-    _Server(options).run()
+    serve(_load_app, options)
+
+
+def _load_app():
+    from .app import create_app  # in the worker, after the fork
+
+    return create_app()
 
 
 if __name__ == "__main__":

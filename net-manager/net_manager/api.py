@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
 
+from oakestra_net.http_errors import register_json_errors
 from oakestra_net.log import get_logger
 
 from .daemon import DaemonError, NodeDaemon
@@ -44,14 +44,7 @@ def create_app(daemon: NodeDaemon) -> Flask:
         log.info("call refused", path=request.path, status=err.status, reason=err.reason)
         return jsonify({"error": "refused", "reason": err.reason}), err.status
 
-    @app.errorhandler(HTTPException)
-    def http_error(err: HTTPException):
-        return jsonify({"error": err.name, "reason": err.description}), err.code
-
-    @app.errorhandler(Exception)
-    def unexpected(err: Exception):
-        log.exception("unexpected error", path=request.path)
-        return jsonify({"error": "internal", "reason": str(err)[:200]}), 500
+    register_json_errors(app)
 
     @app.post("/register")
     def register():

@@ -6,9 +6,9 @@ import os
 from typing import Any
 
 from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
 
 from oakestra_net import store
+from oakestra_net.http_errors import register_json_errors
 from oakestra_net.log import get_logger
 
 from .errors import ApiError
@@ -48,14 +48,7 @@ def _register_errors(app: Flask) -> None:
     def api_error(err: ApiError):
         return jsonify({"error": _status_name(err.status), "reason": err.reason}), err.status
 
-    @app.errorhandler(HTTPException)
-    def http_error(err: HTTPException):
-        return jsonify({"error": err.name, "reason": err.description}), err.code
-
-    @app.errorhandler(Exception)
-    def unexpected(err: Exception):
-        log.exception("unexpected error")
-        return jsonify({"error": "Internal Server Error", "reason": str(err)[:200]}), 500
+    register_json_errors(app)
 
 
 def _status_name(status: int) -> str:

@@ -9,27 +9,11 @@ from __future__ import annotations
 
 import os
 
-from gunicorn.app.base import BaseApplication
-
 from oakestra_net import store
 from oakestra_net.log import get_logger, setup_logging
+from oakestra_net.serving import serve
 
 log = get_logger(__name__)
-
-
-class _Server(BaseApplication):
-    def __init__(self, options: dict) -> None:
-        self.options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
-
-    def load(self):
-        from .app import create_app
-
-        return create_app()
 
 
 def main() -> None:
@@ -38,7 +22,8 @@ def main() -> None:
     embedded = store.mongo_url_from_env("root") is None
     workers = 1 if embedded else int(os.environ.get("GUNICORN_WORKERS", "2"))
     log.info("starting", port=port, workers=workers, store="embedded" if embedded else "mongodb")
-    _Server(
+    serve(
+        _load_app,
         {
             "bind": [os.environ.get("BIND", f"[::]:{port}")],
             "workers": workers,
@@ -49,8 +34,14 @@ def main() -> None:
             # one host, and the image's user has no home directory
             "control_socket_disable": True,
             "accesslog": "-" if os.environ.get("ACCESS_LOG") else None,
-        }
-    ).run()
+        },
+    )
+
+
+def _load_app():
+    from .app import create_app  # in the worker, after the fork
+
+    return create_app()
 
 
 if __name__ == "__main__":
