@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make setup   install system packages (apt) and the dev virtualenv (.venv)"
 	@echo "make test    setup, lint, then every test tier (pure, kernel, system)"
-	@echo "make lint    ruff check + ruff format --check"
+	@echo "make lint    ruff check + ruff format --check + mypy on the pure core"
 	@echo "make run     local cluster in network namespaces with a demo app (needs root)"
 	@echo "make bench   data-path benchmark vs the direct kernel path (needs root)"
 	@echo "make clean   remove everything make run / tests left behind, and the venv"
@@ -41,6 +41,7 @@ $(VENV)/.stamp: requirements-dev.txt $(foreach c,$(COMPONENTS),$(c)/pyproject.to
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: venv
 	$(VENV)/bin/ruff check --fix .

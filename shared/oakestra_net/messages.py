@@ -111,7 +111,7 @@ def _payload_text(data: object, label: str) -> str:
     return data
 
 
-def _load_object(data: object, label: str) -> dict:
+def _load_object(data: object, label: str) -> dict[str, Any]:
     """Decode a raw payload into a JSON object, or raise InvalidMessage."""
     if isinstance(data, dict):
         return data
@@ -134,7 +134,7 @@ def _alternatives(options: list[str]) -> str:
 class _Reader:
     """Typed access to the fields of one JSON object; every failure names the field."""
 
-    def __init__(self, obj: dict, label: str, prefix: str = "") -> None:
+    def __init__(self, obj: dict[str, Any], label: str, prefix: str = "") -> None:
         self._obj = obj
         self._label = label
         self._prefix = prefix
@@ -266,7 +266,7 @@ class Message:
     _LABEL: ClassVar[str]
 
     @classmethod
-    def from_json(cls, data: str | bytes | dict) -> Self:
+    def from_json(cls, data: str | bytes | dict[str, Any]) -> Self:
         """Parse and validate a payload; raise InvalidMessage naming the problem."""
         return cls._read(_Reader(_load_object(data, cls._LABEL), cls._LABEL))
 
@@ -274,7 +274,7 @@ class Message:
     def _read(cls, r: _Reader) -> Self:
         raise NotImplementedError
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         raise NotImplementedError
 
     def to_json(self) -> str:
@@ -293,7 +293,7 @@ class SubnetRequest(Message):
     def _read(cls, r: _Reader) -> Self:
         return cls(method=r.choice("METHOD", cls.METHODS))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"METHOD": self.method}
 
 
@@ -312,7 +312,7 @@ class SubnetResult(Message):
             r.fail("fields 'address' and 'addressv6' are both empty")
         return cls(address=address, addressv6=addressv6)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"address": self.address, "addressv6": self.addressv6}
 
 
@@ -331,7 +331,7 @@ class TableQueryRequest(Message):
             r.fail("fields 'sname' and 'sip' are both empty")
         return cls(sname=sname, sip=sip)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"sname": self.sname, "sip": self.sip}
 
 
@@ -353,7 +353,7 @@ class ServiceIp(Message):
             address_v6=r.ip("Address_v6", 6),
         )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"IpType": self.ip_type, "Address": self.address, "Address_v6": self.address_v6}
 
 
@@ -395,7 +395,7 @@ class TableQueryInstance(Message):
             worker_id=r.optional_string("worker_id"),
         )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         data = {
             "instance_number": self.instance_number,
             "instance_ip": self.instance_ip,
@@ -431,7 +431,7 @@ class TableQueryResult(Message):
             ),
         )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "app_name": self.app_name,
             "query_key": self.query_key,
@@ -473,7 +473,7 @@ class _InstanceReport(Message):
         """`nsipv6` with upstream's "<nil>" read as no address ("")."""
         return "" if self.nsipv6 == NIL_ADDRESS else self.nsipv6
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "appname": self.appname,
             "status": self.status,
@@ -521,7 +521,7 @@ class InterestRemove(Message):
     def _read(cls, r: _Reader) -> Self:
         return cls(appname=r.string("appname", non_empty=True))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"appname": self.appname}
 
 
@@ -537,5 +537,5 @@ class UpdatesAvailable(Message):
     def _read(cls, r: _Reader) -> Self:
         return cls(type=r.choice("type", cls.TYPES))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"type": self.type}
