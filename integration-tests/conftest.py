@@ -1,8 +1,22 @@
-"""Makes the namespace testbed importable as `testbed` for the tests under this folder."""
+"""Makes the namespace testbed importable as `testbed` for the tests under this folder,
+and gives the system tests their local cluster (one per module that asks for it)."""
 
 import sys
 from pathlib import Path
 
+import pytest
+
 _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
+
+from testbed.orchestrator import oakestra_cluster  # noqa: E402
+from testbed.processes import Progress  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_cluster(request, tmp_path_factory):
+    """(LocalCluster, Orchestrator): started, cluster and nodes registered; module-wide."""
+    run_dir = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    with oakestra_cluster(run_dir=run_dir, progress=Progress(sys.stderr)) as started:
+        yield started

@@ -26,7 +26,6 @@ from testbed.topology import (
     CONTAINER_LINK,
     MTU,
     NODE_BRIDGE,
-    NODE_UPLINK,
     UNDERLAY,
     UNDERLAY_BRIDGE,
     Container,
@@ -117,6 +116,21 @@ class Testbed:
         if errors:
             raise TestbedError("testbed teardown incomplete: " + "; ".join(errors))
 
+    def add_namespace(self, name: str) -> str:
+        """One more namespace, `prefix + name` (e.g. a container's); close() removes it."""
+        full = f"{self.topology.prefix}{name}"
+        self._add_netns(full)
+        return full
+
+    def remove_namespace(self, full_name: str) -> None:
+        """Delete a namespace made by add_namespace (stop its processes first)."""
+        if full_name not in self._created:
+            raise TestbedError(f"namespace {full_name} was not made by this testbed")
+        result = run_command(["ip", "netns", "del", full_name], f"delete namespace {full_name}")
+        if result.returncode != 0 and os.path.exists(f"/run/netns/{full_name}"):
+            raise TestbedError(f"cannot delete namespace {full_name}: {result.stderr.strip()}")
+        self._created.remove(full_name)
+
     # ------------------------------------------------------------ running things
 
     def netns_exec(self, where: str) -> list[str]:
@@ -177,18 +191,20 @@ class Testbed:
 
     def _build_node(self, node: Node) -> None:
         where, port = node.name, Topology.uplink_peer(node)
-        self.ip(where, "link", "add", NODE_UPLINK, "type", "veth", "peer", "name", port,
+        self.ip(where, "link", "add", node.uplink, "type", "veth", "peer", "name", port,
                 "netns", self.topology.netns("ul"))  # fmt: skip
         self.ip("ul", "link", "set", port, "master", UNDERLAY_BRIDGE, "up")
         prefix = UNDERLAY.split("/")[1]
-        self.ip(where, "addr", "add", f"{node.underlay_ip}/{prefix}", "dev", NODE_UPLINK)
-        self.ip(where, "link", "set", NODE_UPLINK, "up")
+        self.ip(where, "addr", "add", f"{node.underlay_ip}/{prefix}", "dev", node.uplink)
+        self.ip(where, "link", "set", node.uplink, "up")
         self.sysctl(where, {
             "net.ipv4.ip_forward": "1",
             "net.ipv6.conf.all.forwarding": "1",
             "net.ipv4.conf.all.rp_filter": "0",
             "net.ipv4.conf.default.rp_filter": "0",
         })  # fmt: skip
+        if not node.bridge:
+            return
         self.ip(where, "link", "add", NODE_BRIDGE, "mtu", str(MTU), "type", "bridge")
         self.ip(where, "addr", "add", str(node.bridge_ip), "dev", NODE_BRIDGE)
         self.ip(where, "addr", "add", str(node.bridge_ip_v6), "dev", NODE_BRIDGE, "nodad")

@@ -2,11 +2,12 @@
 
     python -m testbed.sweep [--dry-run] [PREFIX ...]     (make clean runs it)
 
-A namespace whose name starts with one of the prefixes (default oakt- and oakb-, see
-topology.PREFIXES) was made by a testbed run; the processes still inside it were
-started by such a run, so they are stopped (SIGTERM, then SIGKILL, by PID) before the
-namespace is deleted, which removes its devices too. Nothing else is touched: no
-device, route or address of the namespace this runs in, no other namespace.
+A namespace whose name starts with one of the prefixes (default oakt-, oakb- and oakr-,
+see topology.PREFIXES) was made by a testbed run (tests, benchmarks, `make run`); the
+processes still inside it were started by such a run, so they are stopped (SIGTERM,
+then SIGKILL, by PID) before the namespace is deleted, which removes its devices too.
+Nothing else is touched: no device, route or address of the namespace this runs in, no
+other namespace.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 Like Mininet's Topo, this only describes: nodes on one underlay bridge (198.18.0.0/24,
 the benchmarking range), each node with a bridge at subnet + 1 and its containers at
 their namespace IPs. netns.py builds it. Every namespace name starts with the
-topology's prefix (oakt-… tests, oakb-… benchmarks) so a sweep can find leftovers, and
-every device name fits IFNAMSIZ (15 characters) and starts with "oak".
+topology's prefix (oakt-… tests, oakb-… benchmarks, oakr-… `make run`) so a sweep can
+find leftovers, and every device name fits IFNAMSIZ (15 characters) and starts with
+"oak". A node without a bridge (`bridge=False`) is only a leg on the underlay: the
+infra namespace of the local cluster, or a worker whose net manager makes its own.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from ipaddress import IPv4Interface, IPv6Interface, ip_interface, ip_network
 UNDERLAY = "198.18.0.0/24"
 TEST_PREFIX = "oakt-"
 BENCH_PREFIX = "oakb-"
-PREFIXES = (TEST_PREFIX, BENCH_PREFIX)
+RUN_PREFIX = "oakr-"
+PREFIXES = (TEST_PREFIX, BENCH_PREFIX, RUN_PREFIX)
 
 # Device names (inside our own namespaces, so they may repeat across namespaces).
 UNDERLAY_BRIDGE = "oakul0"
 NODE_UPLINK = "oaketh0"  # a node's leg on the underlay
+WORKER_UPLINK = "eth0"  # a local-cluster worker's leg (its net manager owns oak* there)
 NODE_BRIDGE = "oakbr0"
 CONTAINER_LINK = "oakc0"  # a container's interface
 MTU = 1450  # what the net manager gives bridges and containers (reference §6.1)
@@ -30,8 +34,10 @@ MTU = 1450  # what the net manager gives bridges and containers (reference §6.1
 class Node:
     name: str  # short, e.g. "n1"
     underlay_ip: str  # e.g. 198.18.0.1
-    subnet: str  # e.g. 10.16.0.0/26
-    subnet_v6: str  # e.g. fc00::/120
+    subnet: str = ""  # e.g. 10.16.0.0/26; empty for a node without a bridge
+    subnet_v6: str = ""  # e.g. fc00::/120
+    bridge: bool = True  # False: the node gets only its underlay leg
+    uplink: str = NODE_UPLINK  # the underlay leg's device name in the node's namespace
 
     @property
     def bridge_ip(self) -> IPv4Interface:
@@ -66,12 +72,16 @@ class Topology:
             raise ValueError(f"topology names must be unique and not 'ul': {names}")
         for container in self.containers:
             node = self.node(container.node)
+            if not node.bridge:
+                raise ValueError(f"container {container.name}: node {node.name} has no bridge")
             for address, subnet in ((container.ip, node.subnet), (container.ip_v6, node.subnet_v6)):
                 if ip_interface(address).ip not in ip_network(subnet):
                     raise ValueError(f"container {container.name}: {address} not in {subnet}")
         for node in self.nodes:
             if ip_interface(node.underlay_ip).ip not in ip_network(UNDERLAY):
                 raise ValueError(f"node {node.name}: {node.underlay_ip} is not in {UNDERLAY}")
+            if node.bridge and not (node.subnet and node.subnet_v6):
+                raise ValueError(f"node {node.name}: a node with a bridge needs both subnets")
         ports = [self.uplink_peer(n) for n in self.nodes]
         ports += [self.container_port(c) for c in self.containers]
         if any(len(port) > 15 for port in ports):
@@ -134,3 +144,23 @@ def two_nodes(prefix: str, *, extra_container_on_n1: bool = False) -> Topology:
     if extra_container_on_n1:
         containers.append(Container("c3", "n1", "10.16.0.3", "fc00::3"))
     return Topology(prefix, (n1, n2), tuple(containers))
+
+
+INFRA_IP = "198.18.0.254"
+
+
+def local_cluster(prefix: str, workers: int = 2) -> Topology:
+    """The local cluster's namespaces: "infra" (broker and managers) and workers w1, w2, …
+
+    None has a bridge: each worker's net manager sets up its own, from the subnet the
+    cluster hands out. Workers are 198.18.0.1, .2, …; infra is 198.18.0.254.
+    """
+    if not 1 <= workers <= 200:
+        raise ValueError(f"a local cluster has 1-200 workers, not {workers}")
+    nodes = [Node("infra", INFRA_IP, bridge=False)]
+    # not "oak…": a net manager deletes every link of that prefix it does not own
+    nodes += [
+        Node(f"w{i}", f"198.18.0.{i}", bridge=False, uplink=WORKER_UPLINK)
+        for i in range(1, workers + 1)
+    ]
+    return Topology(prefix, tuple(nodes))

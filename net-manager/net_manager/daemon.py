@@ -28,7 +28,7 @@ from oakestra_net.messages import (
     TableQueryResult,
 )
 from oakestra_net.mqtt import MqttConfig
-from oakestra_net.names import InvalidName, parse_job_name
+from oakestra_net.names import InvalidName, is_valid_job_name, parse_job_name
 
 from . import statefile
 from .addresses import AddressesExhausted, ContainerAddresses
@@ -424,6 +424,10 @@ class NodeDaemon:
     def _apply_table_result(self, result: TableQueryResult) -> None:
         job_name = result.app_name
         if not job_name:
+            # the cluster knows no such job (any more): a name query empties its entries
+            if is_valid_job_name(result.query_key) and self.table.remove_job(result.query_key):
+                log.info("job gone, entries dropped", job_name=result.query_key)
+                self._table_changed()
             return
         entries = [
             entry

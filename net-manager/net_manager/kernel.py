@@ -41,7 +41,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from net_manager.portmap import PortMapping
 
-PREFIX = "oak"
+PREFIX = "oak-"
 BRIDGE = "oak-br0"
 TUN = "oak-tun0"
 CONTAINER_IFNAME = "eth0"

@@ -26,6 +26,11 @@ from oakestra_net.mqtt import MqttClient, MqttConfig
 log = get_logger(__name__)
 
 SUBNET_RETRY_SECONDS = 2.0
+JOB_UPDATES = "jobs/+/updates_available"
+
+
+def _ONE_LANE(_topic: str) -> str:  # noqa: N802 - a constant order key
+    return "cluster"
 
 
 class NodeSession:
@@ -44,8 +49,17 @@ class NodeSession:
         self._on_job_update = on_job_update
         self._subnet: SubnetResult | None = None
         self._subnet_arrived = threading.Event()
+        self._followed: set[str] = set()
         self.client.subscribe(self._topic(topics.SUBNET_RESULT), self._subnet_result)
-        self.client.subscribe(self._topic(topics.TABLEQUERY_RESULT), self._table_result)
+        # Table results and job updates share one order key, so they are handled in the
+        # order the cluster sent them. Updates come through one wildcard subscription,
+        # live since registration: following a job takes effect at once, and no update
+        # published just after a table answer can slip past a not-yet-acknowledged
+        # per-job subscription.
+        self.client.subscribe(
+            self._topic(topics.TABLEQUERY_RESULT), self._table_result, order_key=_ONE_LANE
+        )
+        self.client.subscribe(JOB_UPDATES, self._job_update, order_key=_ONE_LANE)
 
     def _topic(self, kind: str) -> str:
         return topics.node_topic(self.node_id, kind)
@@ -85,10 +99,10 @@ class NodeSession:
         self.publish(topics.TABLEQUERY_REQUEST, request)
 
     def follow_job(self, job_name: str) -> None:
-        self.client.subscribe(topics.job_updates_topic(job_name), self._job_update)
+        self._followed.add(job_name)
 
     def unfollow_job(self, job_name: str) -> None:
-        self.client.unsubscribe(topics.job_updates_topic(job_name))
+        self._followed.discard(job_name)
 
     def _subnet_result(self, topic: str, payload: bytes) -> None:
         try:
@@ -108,5 +122,5 @@ class NodeSession:
 
     def _job_update(self, topic: str, _payload: bytes) -> None:
         job_name = topics.parse_job_updates_topic(topic)
-        if job_name:
+        if job_name in self._followed:
             self._on_job_update(job_name)

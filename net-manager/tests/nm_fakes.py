@@ -72,7 +72,7 @@ class FakeKernel:
         self._call("delete_link", name)
         self.links.discard(name)
 
-    def list_links(self, prefix="oak"):
+    def list_links(self, prefix="oak-"):
         return sorted(name for name in self.links if name.startswith(prefix))
 
     def namespace_exists(self, netns_path):

@@ -386,7 +386,7 @@ def test_errors_name_the_missing_object(node, ns):
         )
     with pytest.raises(KernelError, match="node's own network namespace"):
         node.kernel.move_into_container("oak-c9", f"/run/netns/{node.name}")
-    with pytest.raises(ValueError, match="must start with 'oak'"):
+    with pytest.raises(ValueError, match="must start with 'oak-'"):
         node.kernel.ensure_bridge("br0", "10.16.0.1/26", None, MTU)
     with pytest.raises(ValueError, match="protocol"):
         node.kernel.ensure_port_mapping(PortMapping(80, 80, "sctp"), "10.16.0.2")

@@ -186,7 +186,7 @@ def test_netns_path_of_pid():
 @pytest.mark.parametrize(
     "name, reason",
     [
-        ("br0", "must start with 'oak'"),
+        ("br0", "must start with 'oak-'"),
         ("oak-0123456789ab", "1-15"),
         ("oak/x", "1-15"),
         ("", "1-15"),
