@@ -60,11 +60,9 @@ test-system: venv
 	$(VENV)/bin/pytest -m "system" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 run: setup
-	@test -f integration-tests/testbed/run.py || { echo "make run: the local cluster (testbed) is not built yet; see README"; exit 2; }
 	PYTHONPATH=integration-tests $(PY) -m testbed.run
 
 bench: setup
-	@test -f integration-tests/testbed/bench.py || { echo "make bench: the benchmark is not built yet; see README"; exit 2; }
 	PYTHONPATH=integration-tests $(PY) -m testbed.bench
 
 clean:
