@@ -98,15 +98,21 @@ class Running:
     """A daemon serving its API on a unix socket, like `net-manager run`."""
 
     def __init__(self, node_ns: str, config: NetConfig) -> None:
-        self.kernel = Kernel(netns=node_ns)
-        netns_exec = ["nsenter", f"--net=/run/netns/{node_ns}", "--"]
-        self.daemon = NodeDaemon(config, kernel=self.kernel, netns_exec=netns_exec)
+        self.kernel = self.make_kernel(node_ns)
+        self.daemon = self.make_daemon(node_ns, config)
         self.daemon.start()
         self.socket = config.socket_path
         self.server = make_server(
             f"unix://{self.socket}", 0, create_app(self.daemon), threaded=True
         )
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def make_kernel(self, node_ns: str) -> Kernel:
+        return Kernel(netns=node_ns)
+
+    def make_daemon(self, node_ns: str, config: NetConfig) -> NodeDaemon:
+        netns_exec = ["nsenter", f"--net=/run/netns/{node_ns}", "--"]
+        return NodeDaemon(config, kernel=self.kernel, netns_exec=netns_exec)
 
     def call(self, method: str, path: str, body=None):
         return call(self.socket, method, path, body)

@@ -14,15 +14,12 @@ import json
 import os
 import re
 import shutil
-import threading
 
 import pytest
+from test_daemon_kernel import Running as DaemonRunning
 from test_daemon_kernel import ScriptedCluster, register
-from werkzeug.serving import make_server
 
 from net_manager import nstools
-from net_manager.api import create_app
-from net_manager.cli import call
 from net_manager.config import NetConfig
 from net_manager.daemon import NodeDaemon, veth_names
 from net_manager.kernel import NETNS_RUN_DIR, Kernel, KernelError
@@ -44,22 +41,15 @@ X1 = "X.default.X1.default"
 WEB = PortMapping(host_port=8080, container_port=80, protocol="tcp")
 
 
-class Running:
+class Running(DaemonRunning):
     """A daemon serving its API on a unix socket, its unikernel namespaces prefixed."""
 
-    def __init__(self, node_ns: str, config: NetConfig) -> None:
-        self.kernel = Kernel(netns=node_ns, named_netns_prefix=f"{node_ns}-")
-        # no data plane: these tests are about the namespaces, not service IPs
-        self.daemon = NodeDaemon(config, kernel=self.kernel, dataplane_factory=None)
-        self.daemon.start()
-        self.socket = config.socket_path
-        self.server = make_server(
-            f"unix://{self.socket}", 0, create_app(self.daemon), threaded=True
-        )
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def make_kernel(self, node_ns: str) -> Kernel:
+        return Kernel(netns=node_ns, named_netns_prefix=f"{node_ns}-")
 
-    def call(self, method: str, path: str, body=None):
-        return call(self.socket, method, path, body)
+    def make_daemon(self, node_ns: str, config: NetConfig) -> NodeDaemon:
+        # no data plane: these tests are about the namespaces, not service IPs
+        return NodeDaemon(config, kernel=self.kernel, dataplane_factory=None)
 
     def deploy_unikernel(self, number: int, port_mappings: str = "") -> dict:
         body = {"pid": 0, "serviceName": U1, "instanceNumber": number}
@@ -68,12 +58,6 @@ class Running:
         )
         assert status == 200, answer
         return answer
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.daemon.stop()
-        self.kernel.close()
 
 
 @pytest.fixture
