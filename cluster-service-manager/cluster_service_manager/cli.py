@@ -1,42 +1,48 @@
-"""`cluster-service-manager`: serve the app with gunicorn (gthread) on [::]:${MY_PORT:-10110}.
+"""`cluster-service-manager`: check the settings, MongoDB and the broker, then serve with gunicorn.
 
-Settings are checked before gunicorn starts, so a bad variable fails at once. The app
-(and with it the MQTT client) is created in the worker after the fork, never in the
-master. With the embedded store there is exactly one worker (its state is that
-process's memory); with a real MongoDB, GUNICORN_WORKERS (default 1) workers share
-the nodes' messages through the MQTT shared subscription. `BIND` overrides the
-listen address.
+`--help` lists every setting (config.SETTINGS) with its variable and default; flags win
+over the environment. Before gunicorn starts, a bad value fails at once, a real MongoDB
+must answer a ping and the broker must accept a connection with the configured
+credentials (both within STARTUP_TIMEOUT). The app (and with it the MQTT client) is
+created in the worker after the fork, never in the master. With the embedded store
+there is exactly one worker (its state is that process's memory); with a real MongoDB,
+GUNICORN_WORKERS (default 1) workers share the nodes' messages through the MQTT shared
+subscription. `BIND` overrides the listen address.
 """
 
 from __future__ import annotations
 
 import os
-import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from oakestra_net import store
-from oakestra_net.log import get_logger, setup_logging
+from oakestra_net.console import exit_bad_configuration, exit_unavailable, load_settings
+from oakestra_net.log import get_logger
 from oakestra_net.serving import serve
+from oakestra_net.startcheck import mongo_problem, mqtt_problem
 
-from .config import ConfigError, Settings
+from .config import SETTINGS, ConfigError, Settings
 
+COMPONENT = "cluster-service-manager"
 log = get_logger(__name__)
 
 
-def gunicorn_options(settings: Settings, env=os.environ) -> dict:
+def gunicorn_options(settings: Settings, env: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    values = SETTINGS.values(env)
     embedded = store.mongo_url_from_env("cluster", env) is None
-    workers = 1 if embedded else int(env.get("GUNICORN_WORKERS", "1"))
     return {
-        "bind": [env.get("BIND", f"[::]:{settings.port}")],
-        "workers": workers,
+        "bind": [values["bind"] or f"[::]:{settings.port}"],
+        "workers": 1 if embedded else values["workers"],
         "worker_class": "gthread",
-        "threads": int(env.get("GUNICORN_THREADS", "8")),
+        "threads": values["threads"],
         "timeout": 60,
         "graceful_timeout": 10,
         "preload_app": False,
         # gunicorn >= 25 opens a control socket at one per-user path: several servers on a
         # host would fight over it, and a user without a home directory cannot create it.
         "control_socket_disable": True,
-        "accesslog": "-" if env.get("ACCESS_LOG") else None,
+        "accesslog": "-" if values["access_log"] else None,
         "worker_exit": _worker_exit,
     }
 
@@ -49,14 +55,23 @@ def _worker_exit(_server, worker) -> None:
         parts.stop()
 
 
-def main() -> None:
-    setup_logging("cluster-service-manager")
+def main(argv: Sequence[str] | None = None) -> None:
+    values = load_settings(SETTINGS, COMPONENT, argv)
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_values(values)
+        mongo_url = store.mongo_url_from_env("cluster", os.environ)
         options = gunicorn_options(settings)
     except (ConfigError, ValueError) as err:
-        log.error("bad configuration", reason=str(err))
-        sys.exit(2)
+        exit_bad_configuration(COMPONENT, str(err))
+    timeout = values["startup_timeout"]
+    if mongo_url is not None:
+        names = "MONGO_URL" if values["mongo_url"] else "CLUSTER_MONGO_URL / CLUSTER_MONGO_PORT"
+        problem = mongo_problem(mongo_url, timeout, names=names)
+        if problem:
+            exit_unavailable(COMPONENT, problem)
+    problem = mqtt_problem(settings.mqtt_config(), timeout)
+    if problem:
+        exit_unavailable(COMPONENT, problem)
     log.info("starting", bind=options["bind"][0], workers=options["workers"])
     serve(_load_app, options)
 

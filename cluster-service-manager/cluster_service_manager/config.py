@@ -1,10 +1,12 @@
-"""Settings of the cluster service manager, read from the environment (reference §2.2).
+"""Settings of the cluster service manager: the table of every setting, and `Settings`.
 
-Upstream's variables keep their names and meaning (`MY_PORT`, `MQTT_BROKER_URL`,
-`MQTT_BROKER_PORT`, `MQTT_CERT`, `CLUSTER_SERVICE_KEYFILE_PASSWORD`,
-`ROOT_SERVICE_MANAGER_URL`, `ROOT_SERVICE_MANAGER_PORT`); the others are ours. A bad
-value raises `ConfigError` naming the variable. The MongoDB variables are read by
-`oakestra_net.store`; turning settings into clients is the app factory's job.
+`SETTINGS` has one row per setting (variable, flag, parser, default, meaning); Oakestra's
+variables keep their names and meaning (`MY_PORT`, `MQTT_BROKER_URL`, `MQTT_BROKER_PORT`,
+`MQTT_CERT`, `CLUSTER_SERVICE_KEYFILE_PASSWORD`, `ROOT_SERVICE_MANAGER_URL`,
+`ROOT_SERVICE_MANAGER_PORT`, `CLUSTER_MONGO_URL`, `CLUSTER_MONGO_PORT`); the others are
+ours. A bad value raises `ConfigError` naming the variable or flag. `Settings` holds the
+values the app uses; the MongoDB variables are read by `oakestra_net.store`, the gunicorn
+ones by the console script. Turning settings into clients is the app factory's job.
 """
 
 from __future__ import annotations
@@ -13,18 +15,20 @@ import os
 import socket
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from importlib import metadata
+from typing import Any
 
+from oakestra_net import settings as s
 from oakestra_net.mqtt import MqttConfig
+from oakestra_net.settings import ConfigError
 
 DEFAULT_PORT = 10110
 DEFAULT_ROOT_PORT = 10099
 DEFAULT_BROKER_PORT = 10003
 CERT_FILES = ("ca.crt", "cluster_net.crt", "cluster_net.key")
 
-
-class ConfigError(ValueError):
-    """A setting that cannot be used; the message names the variable."""
+__all__ = ["SETTINGS", "ConfigError", "Settings", "default_client_id"]
 
 
 @dataclass(frozen=True)
@@ -86,32 +90,15 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
-        reader = _EnvReader(env)
-        settings = cls(
-            port=reader.port("MY_PORT", DEFAULT_PORT),
-            root_url=reader.text("ROOT_SERVICE_MANAGER_URL") or "0.0.0.0",
-            root_port=reader.port("ROOT_SERVICE_MANAGER_PORT", DEFAULT_ROOT_PORT),
-            root_timeout=reader.number("ROOT_TIMEOUT", 5.0),
-            root_attempts=int(reader.number("ROOT_ATTEMPTS", 3, minimum=1)),
-            root_backoff=reader.number("ROOT_BACKOFF", 0.2, minimum=0),
-            root_workers=int(reader.number("ROOT_WORKERS", 8, minimum=1)),
-            retry_max_age=reader.number("ROOT_RETRY_MAX_AGE", 600.0),
-            mqtt_host=(reader.text("MQTT_BROKER_URL") or "localhost").strip("[]"),
-            mqtt_port=reader.port("MQTT_BROKER_PORT", DEFAULT_BROKER_PORT),
-            mqtt_username=reader.text("MQTT_USERNAME"),
-            mqtt_password=reader.text("MQTT_PASSWORD"),
-            mqtt_cert_dir=reader.cert_dir("MQTT_CERT"),
-            mqtt_key_password=reader.text("CLUSTER_SERVICE_KEYFILE_PASSWORD"),
-            mqtt_client_id=reader.text("MQTT_CLIENT_ID") or default_client_id(),
-            mqtt_workers=int(reader.number("MQTT_WORKERS", 8, minimum=1)),
-            mqtt_shared=reader.flag("MQTT_SHARED_SUBSCRIPTION"),
-            cluster_id=reader.text("CLUSTER_ID"),
-            cluster_address=reader.text("CLUSTER_ADDRESS"),
-            cluster_port=reader.port("CLUSTER_PORT", None),
-        )
-        if settings.mqtt_password and not settings.mqtt_username:
+        return cls.from_values(SETTINGS.values(env))
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> Settings:
+        """Settings from `SETTINGS.values(...)`: unset values keep the field defaults."""
+        if values.get("mqtt_password") and not values.get("mqtt_username"):
             raise ConfigError("MQTT_PASSWORD is set but MQTT_USERNAME is not")
-        return settings
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names and v is not None})
 
 
 def default_client_id() -> str:
@@ -119,49 +106,107 @@ def default_client_id() -> str:
     return f"cluster-service-manager-{socket.gethostname()[:32]}-{uuid.uuid4().hex[:8]}"
 
 
-class _EnvReader:
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = env
-
-    def text(self, name: str) -> str | None:
-        value = self.env.get(name, "").strip()
-        return value or None
-
-    def port(self, name: str, default: int | None) -> int | None:
-        text = self.text(name)
-        if text is None:
-            return default
-        if not text.isdigit() or not 0 < int(text) < 65536:
-            raise ConfigError(f"{name}={text!r} is not a TCP port (1-65535)")
-        return int(text)
-
-    def number(self, name: str, default: float, *, minimum: float = 1e-3) -> float:
-        text = self.text(name)
-        if text is None:
-            return default
-        try:
-            value = float(text)
-        except ValueError:
-            raise ConfigError(f"{name}={text!r} is not a number") from None
-        if not value >= minimum or value == float("inf"):
-            raise ConfigError(f"{name}={text!r} must be a finite number >= {minimum}")
-        return value
-
-    def flag(self, name: str) -> bool | None:
-        text = self.text(name)
-        if text is None:
-            return None
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name}={text!r} is not a boolean (true/false)")
-
-    def cert_dir(self, name: str) -> str | None:
-        path = self.text(name)
-        if path is None:
-            return None
-        missing = [f for f in CERT_FILES if not os.path.isfile(os.path.join(path, f))]
-        if missing:
-            raise ConfigError(f"{name}={path!r} lacks {', '.join(missing)}")
-        return path
+SETTINGS = s.SettingsTable(
+    "cluster-service-manager",
+    "Oakestra's cluster service manager: MQTT endpoint of the nodes, cache of the root's tables.",
+    [
+        s.Setting("MY_PORT", "--port", s.port, str(DEFAULT_PORT), "port of the HTTP API"),
+        s.Setting(
+            "ROOT_SERVICE_MANAGER_URL",
+            "--root-url",
+            s.text,
+            "0.0.0.0",
+            "root service manager host, or a full http(s):// URL",
+        ),
+        s.Setting(
+            "ROOT_SERVICE_MANAGER_PORT",
+            "--root-port",
+            s.port,
+            str(DEFAULT_ROOT_PORT),
+            "root service manager port",
+        ),
+        s.Setting("MQTT_BROKER_URL", "--mqtt-host", s.host, "localhost", "MQTT broker host"),
+        s.Setting(
+            "MQTT_BROKER_PORT", "--mqtt-port", s.port, str(DEFAULT_BROKER_PORT), "MQTT broker port"
+        ),
+        s.Setting(
+            "MQTT_CERT",
+            "--mqtt-cert-dir",
+            s.directory_with(*CERT_FILES),
+            None,
+            f"directory with {', '.join(CERT_FILES)}: TLS to the broker",
+        ),
+        s.Setting(
+            "CLUSTER_SERVICE_KEYFILE_PASSWORD",
+            "--mqtt-key-password",
+            s.text,
+            None,
+            "password of cluster_net.key",
+            secret=True,
+        ),
+        *s.store_rows("cluster"),
+        s.Setting("MQTT_USERNAME", "--mqtt-username", s.text, None, "MQTT user name"),
+        s.Setting("MQTT_PASSWORD", "--mqtt-password", s.text, None, "MQTT password", secret=True),
+        s.Setting(
+            "MQTT_CLIENT_ID",
+            "--mqtt-client-id",
+            s.text,
+            None,
+            "MQTT client id (default: unique per process)",
+        ),
+        s.Setting(
+            "MQTT_WORKERS",
+            "--mqtt-workers",
+            s.integer(1),
+            "8",
+            "threads handling the nodes' messages",
+        ),
+        s.Setting(
+            "MQTT_SHARED_SUBSCRIPTION",
+            "--mqtt-shared",
+            s.boolean,
+            None,
+            "share the nodes' topics between workers (default: with MongoDB)",
+        ),
+        s.Setting("ROOT_TIMEOUT", "--root-timeout", s.number(), "5", "seconds per root call"),
+        s.Setting("ROOT_ATTEMPTS", "--root-attempts", s.integer(1), "3", "attempts per root call"),
+        s.Setting("ROOT_BACKOFF", "--root-backoff", s.number(0), "0.2", "seconds between attempts"),
+        s.Setting(
+            "ROOT_WORKERS", "--root-workers", s.integer(1), "8", "threads doing work at the root"
+        ),
+        s.Setting(
+            "ROOT_RETRY_MAX_AGE",
+            "--retry-max-age",
+            s.number(),
+            "600",
+            "seconds a step for the root is retried before it is dropped",
+        ),
+        s.Setting(
+            "CLUSTER_ID",
+            "--cluster-id",
+            s.text,
+            None,
+            "standalone: register at the root under this id (with CLUSTER_ADDRESS)",
+        ),
+        s.Setting(
+            "CLUSTER_ADDRESS",
+            "--cluster-address",
+            s.text,
+            None,
+            "standalone: address the root reaches this cluster at",
+        ),
+        s.Setting(
+            "CLUSTER_PORT",
+            "--cluster-port",
+            s.port,
+            None,
+            "standalone: port the root reaches this cluster at (default: MY_PORT)",
+        ),
+        *s.gunicorn_rows(default_workers=1),
+        *s.startup_rows(),
+        *s.log_rows(),
+    ],
+    version=metadata.version("oakestra-cluster-service-manager"),
+    epilog="Exit status: 0 after --help/--version or a clean stop, 2 for a bad argument or\n"
+    "value, 1 when MongoDB or the MQTT broker does not answer or refuses at start.",
+)

@@ -1,41 +1,63 @@
-"""`root-service-manager`: serve the app with gunicorn on [::]:${MY_PORT:-10099}.
+"""`root-service-manager`: check the settings and MongoDB, then serve the app with gunicorn.
 
-With the embedded store (no MONGO_URL / ROOT_MONGO_URL) there is exactly one worker
-process, because the in-memory store cannot be shared; with a real MongoDB the
-worker count comes from GUNICORN_WORKERS (default 2).
+`--help` lists every setting (config.SETTINGS) with its variable and default. Flags win
+over the environment. Nothing listens before the settings parsed and, with a real
+MongoDB, a ping answered within STARTUP_TIMEOUT. With the embedded store (no MONGO_URL /
+ROOT_MONGO_URL) there is exactly one worker process, because the in-memory store cannot
+be shared; with a real MongoDB the worker count comes from GUNICORN_WORKERS.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from oakestra_net import store
-from oakestra_net.log import get_logger, setup_logging
+from oakestra_net.console import exit_bad_configuration, exit_unavailable, load_settings
+from oakestra_net.log import get_logger
 from oakestra_net.serving import serve
+from oakestra_net.startcheck import mongo_problem
 
+from .config import SETTINGS
+
+COMPONENT = "root-service-manager"
 log = get_logger(__name__)
 
 
-def main() -> None:
-    setup_logging("root-service-manager")
-    port = int(os.environ.get("MY_PORT", "10099"))
-    embedded = store.mongo_url_from_env("root") is None
-    workers = 1 if embedded else int(os.environ.get("GUNICORN_WORKERS", "2"))
-    log.info("starting", port=port, workers=workers, store="embedded" if embedded else "mongodb")
-    serve(
-        _load_app,
-        {
-            "bind": [os.environ.get("BIND", f"[::]:{port}")],
-            "workers": workers,
-            "worker_class": "gthread",
-            "threads": int(os.environ.get("GUNICORN_THREADS", "8")),
-            "timeout": 30,
-            # gunicorn's per-user control socket (~/.gunicorn) clashes between servers on
-            # one host, and the image's user has no home directory
-            "control_socket_disable": True,
-            "accesslog": "-" if os.environ.get("ACCESS_LOG") else None,
-        },
+def gunicorn_options(values: Mapping[str, Any], mongo_url: str | None) -> dict[str, Any]:
+    return {
+        "bind": [values["bind"] or f"[::]:{values['port']}"],
+        "workers": 1 if mongo_url is None else values["workers"],
+        "worker_class": "gthread",
+        "threads": values["threads"],
+        "timeout": 30,
+        # gunicorn's per-user control socket (~/.gunicorn) clashes between servers on
+        # one host, and the image's user has no home directory
+        "control_socket_disable": True,
+        "accesslog": "-" if values["access_log"] else None,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    values = load_settings(SETTINGS, COMPONENT, argv)
+    try:
+        mongo_url = store.mongo_url_from_env("root", os.environ)
+    except ValueError as err:
+        exit_bad_configuration(COMPONENT, str(err))
+    if mongo_url is not None:
+        names = "MONGO_URL" if values["mongo_url"] else "ROOT_MONGO_URL / ROOT_MONGO_PORT"
+        problem = mongo_problem(mongo_url, values["startup_timeout"], names=names)
+        if problem:
+            exit_unavailable(COMPONENT, problem)
+    options = gunicorn_options(values, mongo_url)
+    log.info(
+        "starting",
+        bind=options["bind"][0],
+        workers=options["workers"],
+        store="embedded" if mongo_url is None else "mongodb",
     )
+    serve(_load_app, options)
 
 
 def _load_app():
