@@ -17,12 +17,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from oakestra_net import store
-from oakestra_net.console import exit_bad_configuration, exit_unavailable, load_settings
+from oakestra_net.console import exit_unavailable, load_settings
 from oakestra_net.log import get_logger
 from oakestra_net.serving import serve
 from oakestra_net.startcheck import mongo_problem, mqtt_problem
 
-from .config import SETTINGS, ConfigError, Settings
+from .config import SETTINGS, Settings
 
 COMPONENT = "cluster-service-manager"
 log = get_logger(__name__)
@@ -56,13 +56,10 @@ def _worker_exit(_server, worker) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    values = load_settings(SETTINGS, COMPONENT, argv)
-    try:
-        settings = Settings.from_values(values)
-        mongo_url = store.mongo_url_from_env("cluster", os.environ)
-        options = gunicorn_options(settings)
-    except (ConfigError, ValueError) as err:
-        exit_bad_configuration(COMPONENT, str(err))
+    values = load_settings(SETTINGS, COMPONENT, argv, check=_check)
+    settings = Settings.from_values(values)
+    mongo_url = store.mongo_url_from_env("cluster", os.environ)
+    options = gunicorn_options(settings)
     timeout = values["startup_timeout"]
     if mongo_url is not None:
         names = "MONGO_URL" if values["mongo_url"] else "CLUSTER_MONGO_URL / CLUSTER_MONGO_PORT"
@@ -74,6 +71,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         exit_unavailable(COMPONENT, problem)
     log.info("starting", bind=options["bind"][0], workers=options["workers"])
     serve(_load_app, options)
+
+
+def _check(values: Mapping[str, Any]) -> None:
+    """The rules across settings: Settings' own, and the MongoDB variables together."""
+    Settings.from_values(values)
+    store.mongo_url_from_env("cluster", os.environ)
 
 
 def _load_app():

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from oakestra_net import store
-from oakestra_net.console import exit_bad_configuration, exit_unavailable, load_settings
+from oakestra_net.console import exit_unavailable, load_settings
 from oakestra_net.log import get_logger
 from oakestra_net.serving import serve
 from oakestra_net.startcheck import mongo_problem
@@ -40,11 +40,8 @@ def gunicorn_options(values: Mapping[str, Any], mongo_url: str | None) -> dict[s
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    values = load_settings(SETTINGS, COMPONENT, argv)
-    try:
-        mongo_url = store.mongo_url_from_env("root", os.environ)
-    except ValueError as err:
-        exit_bad_configuration(COMPONENT, str(err))
+    values = load_settings(SETTINGS, COMPONENT, argv, check=_mongo_url)
+    mongo_url = _mongo_url(values)
     if mongo_url is not None:
         names = "MONGO_URL" if values["mongo_url"] else "ROOT_MONGO_URL / ROOT_MONGO_PORT"
         problem = mongo_problem(mongo_url, values["startup_timeout"], names=names)
@@ -58,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         store="embedded" if mongo_url is None else "mongodb",
     )
     serve(_load_app, options)
+
+
+def _mongo_url(_values: Mapping[str, Any]) -> str | None:
+    return store.mongo_url_from_env("root", os.environ)
 
 
 def _load_app():

@@ -3,7 +3,8 @@
 `load_settings` is what every service's `main()` calls first: it parses the command line
 (`--help` / `--version` / an unknown argument exit here, before anything is opened),
 resolves the settings table (flag > environment > default), exports the flags into the
-process environment so readers of the environment agree, sets up logging and logs the
+process environment so readers of the environment agree, runs the component's checks
+across settings, sets up logging and logs the
 effective configuration once, secrets masked. `exit_bad_configuration` ends the process
 with one log line and a non-zero status instead of a traceback.
 """
@@ -13,11 +14,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from oakestra_net.log import get_logger, setup_logging
-from oakestra_net.settings import ConfigError, SettingsTable
+from oakestra_net.settings import SettingsTable
 
 log = get_logger(__name__)
 
@@ -30,14 +31,22 @@ def load_settings(
     component: str,
     argv: Sequence[str] | None = None,
     environ: Any = os.environ,
+    *,
+    check: Callable[[dict[str, Any]], object] | None = None,
 ) -> dict[str, Any]:
-    """The effective settings; exits 0 for --help/--version, 2 for a bad argument or value."""
+    """The effective settings; exits 0 for --help/--version, 2 for a bad argument or value.
+
+    `check(values)` runs after the flags are exported, for rules that involve several
+    settings; a ValueError (ConfigError included) it raises is a bad value too.
+    """
     flags = table.parse_args(argv)
     try:
         values = table.values(environ, flags)
-    except ConfigError as err:
+        table.export(flags, environ)
+        if check is not None:
+            check(values)
+    except ValueError as err:
         exit_bad_configuration(component, str(err))
-    table.export(flags, environ)
     setup_logging(component, level=values.get("log_level"), fmt=values.get("log_format"))
     log.info("effective configuration", **table.effective(values))
     return values
