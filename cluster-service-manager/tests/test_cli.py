@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
+import pytest
 import requests
 
-from oakestra_net.testing import free_port, wait_until
+from cluster_service_manager.config import SETTINGS
+from oakestra_net.testing import Broker, free_port, mosquitto_password_file, wait_until
 
 COMMAND = str(Path(sys.executable).with_name("cluster-service-manager"))
 
 
 def _env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if "MONGO" not in k}
-    env.update(LOG_FORMAT="json", **extra)
+    env = {k: v for k, v in os.environ.items() if "MONGO" not in k and "MQTT" not in k}
+    env["LOG_FORMAT"] = "json"
+    env.update(extra)
     return env
 
 
@@ -77,3 +82,137 @@ def _status(url: str) -> int | None:
 def _children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(child) for child in path.read_text().split()]
+
+
+def _run(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [COMMAND, *args], env=_env(**env), capture_output=True, text=True, timeout=30
+    )
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("args", "code"), [(["--help"], 0), (["--version"], 0), (["--bogus"], 2), (["extra"], 2)]
+)
+def test_informational_and_unknown_arguments_never_serve(args, code):
+    port = free_port()
+    result = _run(*args, MY_PORT=str(port), LOG_FORMAT="human")
+    assert result.returncode == code, result.stderr
+    assert not _accepts(port)
+    assert "effective configuration" not in result.stderr  # nothing was started
+    assert "Traceback" not in result.stderr
+
+
+def test_help_version_and_unknown_argument_output():
+    flat = " ".join(_run("--help").stdout.split())
+    assert flat.startswith("usage: cluster-service-manager")
+    for row in SETTINGS.rows:
+        assert row.env in flat and row.flag in flat, row.env
+    assert "MQTT_BROKER_PORT: MQTT broker port (default: 10003)" in flat
+    assert "MY_PORT: port of the HTTP API (default: 10110)" in flat
+    version = metadata.version("oakestra-cluster-service-manager")
+    assert _run("--version").stdout.strip() == f"cluster-service-manager {version}"
+    assert _run("--bogus").stderr.strip().endswith("error: unrecognized arguments: --bogus")
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (("--mqtt-port", "x"), {}, "--mqtt-port='x' is not a TCP port (1-65535)"),
+        ((), {"MQTT_CERT": "{tmp}"}, "MQTT_CERT='{tmp}' lacks ca.crt, cluster_net.crt,"),
+        ((), {"MQTT_PASSWORD": "pw"}, "MQTT_PASSWORD is set but MQTT_USERNAME is not"),
+        ((), {"CLUSTER_MONGO_PORT": "1"}, "CLUSTER_MONGO_PORT='1' is set but CLUSTER_MONGO_URL"),
+    ],
+)
+def test_a_bad_value_is_one_line_and_exit_2(args, env, message, tmp_path):
+    env = {name: value.format(tmp=tmp_path) for name, value in env.items()}
+    result = _run(*args, LOG_FORMAT="human", **env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "bad configuration" in lines[0] and message.format(tmp=tmp_path) in lines[0]
+
+
+def test_broker_refusing_the_credentials_fails_fast(tmp_path):
+    passwords = mosquitto_password_file(tmp_path / "passwd", {"cluster": "s3cret"})
+    broker = Broker(
+        tmp_path / "broker", allow_anonymous=False, extra_config=[f"password_file {passwords}"]
+    )
+    port = free_port()
+    with broker:
+        result = _run(
+            "--mqtt-password",
+            "wrong-one",
+            MY_PORT=str(port),
+            MQTT_BROKER_URL=broker.host,
+            MQTT_BROKER_PORT=str(broker.port),
+            MQTT_USERNAME="cluster",
+            MQTT_PASSWORD="s3cret",  # the flag wins: the wrong password is used
+            LOG_FORMAT="human",
+        )
+    assert result.returncode == 1, result.stderr
+    assert not _accepts(port)
+    last = result.stderr.strip().splitlines()[-1]
+    assert "cannot start" in last and "MQTT_USERNAME / MQTT_PASSWORD" in last
+    assert f"MQTT broker {broker.host}:{broker.port}" in last
+    assert "not authorized" in last or "user name or password" in last
+    assert "MQTT_PASSWORD=***" in result.stderr
+    assert "s3cret" not in result.stderr and "wrong-one" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_mongodb_fails_fast(mosquitto):
+    closed = free_port()
+    result = _run(
+        CLUSTER_MONGO_URL="127.0.0.1",
+        CLUSTER_MONGO_PORT=str(closed),
+        STARTUP_TIMEOUT="1",
+        MQTT_BROKER_URL=mosquitto.host,
+        MQTT_BROKER_PORT=str(mosquitto.port),
+        LOG_FORMAT="human",
+    )
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "CLUSTER_MONGO_URL / CLUSTER_MONGO_PORT: cannot reach MongoDB at" in last
+    assert f"127.0.0.1:{closed}" in last and "within 1 s" in last
+
+
+def test_flags_win_over_the_environment(mosquitto, tmp_path):
+    env_port, flag_port = free_port(), free_port()
+    closed = free_port()
+    env = _env(
+        BIND=f"127.0.0.1:{env_port}",
+        MQTT_BROKER_URL=mosquitto.host,
+        MQTT_BROKER_PORT=str(closed),  # would fail the start-up check
+        ACCESS_LOG="false",
+    )
+    args = ["--bind", f"127.0.0.1:{flag_port}", "--mqtt-port", str(mosquitto.port), "--access-log"]
+    with open(tmp_path / "csm.log", "wb") as log:
+        process = subprocess.Popen([COMMAND, *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{flag_port}/healthz"
+        wait_until(lambda: _status(url) == 200, timeout=20, message="flag's port not served")
+        assert not _accepts(env_port)
+        # the worker (the app, after the fork) uses the flag's broker port as well
+        broker = lambda: requests.get(url, timeout=2).json()["broker"] == "connected"  # noqa: E731
+        wait_until(broker, timeout=10, message="worker not connected to the flag's broker")
+        wait_until(lambda: "GET /healthz" in (tmp_path / "csm.log").read_text())  # access log
+    finally:
+        process.send_signal(signal.SIGTERM)  # our own child, by its pid
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    output = (tmp_path / "csm.log").read_text()
+    effective = [line for line in output.splitlines() if "effective configuration" in line]
+    assert len(effective) == 1, output
+    assert f'"MQTT_BROKER_PORT": {mosquitto.port}' in effective[0]
+    assert f'"BIND": "127.0.0.1:{flag_port}"' in effective[0]
