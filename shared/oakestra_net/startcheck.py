@@ -72,9 +72,13 @@ def mqtt_problem(
     *,
     address_names: str = "MQTT_BROKER_URL / MQTT_BROKER_PORT",
     credential_names: str = "MQTT_USERNAME / MQTT_PASSWORD",
-    tls_names: str = "MQTT_CERT",
+    tls_names: str = "MQTT_CERT / CLUSTER_SERVICE_KEYFILE_PASSWORD",
 ) -> str | None:
-    """Connect to the broker once (as a throw-away client) and disconnect again."""
+    """Connect to the broker once (as a throw-away client) and disconnect again.
+
+    The `*_names` start the sentence for each kind of problem: the settings to look at
+    (the defaults are the cluster service manager's variables).
+    """
     broker = config.broker
     client = paho.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
@@ -85,7 +89,7 @@ def mqtt_problem(
     client.connect_timeout = max(timeout, 0.1)
     if config.username is not None:
         client.username_pw_set(config.username, config.password)
-    if config.ca_file or config.cert_file:
+    if config.ca_file or config.cert_file:  # same TLS set-up as the service's own client
         try:
             client.tls_set(
                 ca_certs=config.ca_file,
@@ -106,11 +110,17 @@ def mqtt_problem(
 
     client.on_connect = on_connect
     deadline = time.monotonic() + timeout
+    tls = bool(config.ca_file or config.cert_file)
     unreachable = _connect_until(client, config, deadline)
     if isinstance(unreachable, ssl.SSLError):
         return (
             f"{tls_names}: TLS handshake with the MQTT broker {broker} failed "
             f"({unreachable.reason or unreachable}); check the certificates"
+        )
+    if tls and isinstance(unreachable, ConnectionResetError):
+        return (
+            f"{tls_names}: TLS handshake with the MQTT broker {broker} failed (the broker "
+            "closed the connection); check that it speaks TLS on this port and the certificates"
         )
     if unreachable is not None:
         return (
@@ -138,8 +148,8 @@ def _connect_until(client: Any, config: MqttConfig, deadline: float) -> OSError 
         try:
             client.connect(config.host.strip("[]"), config.port, keepalive=10)
             return None
-        except ssl.SSLError as err:
-            return err
+        except (ssl.SSLError, ConnectionResetError) as err:
+            return err  # a definite answer, not a broker that is still starting
         except OSError as err:
             if time.monotonic() + RETRY_INTERVAL >= deadline:
                 return err

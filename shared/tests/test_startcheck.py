@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
 import threading
 import time
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from oakestra_net.mqtt import MqttConfig
 from oakestra_net.startcheck import mongo_problem, mqtt_problem
@@ -65,3 +71,36 @@ def test_mongo_check_reports_an_unreachable_server_with_the_password_masked():
     )
     assert "Connection refused" in problem and "hunter2" not in problem
     assert "\n" not in problem and "Topology" not in problem
+
+
+def test_mqtt_check_reports_a_failed_tls_handshake(mosquitto, tmp_path):
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_bytes(_self_signed_ca())
+    config = MqttConfig(
+        host="127.0.0.1", port=mosquitto.port, client_id="unused", ca_file=str(ca_file)
+    )
+    problem = mqtt_problem(config, 5)  # the broker speaks plain MQTT on that port
+    assert problem is not None
+    assert problem.startswith(
+        f"MQTT_CERT / CLUSTER_SERVICE_KEYFILE_PASSWORD: TLS handshake with the MQTT broker "
+        f"127.0.0.1:{mosquitto.port} failed ("
+    )
+    assert "check that it speaks TLS on this port and the certificates" in problem
+
+
+def _self_signed_ca() -> bytes:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "startcheck-test-ca")])
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
