@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from cluster_service_manager.cli import gunicorn_options
-from cluster_service_manager.config import ConfigError, Settings
+from cluster_service_manager.config import SETTINGS, ConfigError, Settings
 
 
 def test_defaults_are_oakestras():
@@ -101,3 +103,16 @@ def test_one_worker_with_the_embedded_store():
     env = {"GUNICORN_WORKERS": "3", "MONGO_URL": "mongodb://db:27017/", "BIND": "127.0.0.1:9"}
     options = gunicorn_options(settings, env)
     assert options["workers"] == 3 and options["bind"] == ["127.0.0.1:9"]
+
+
+def test_table_defaults_are_the_field_defaults():
+    from_table = Settings.from_env({})
+    assert replace(from_table, mqtt_client_id="x") == Settings(mqtt_client_id="x")
+
+
+def test_flags_beat_the_environment():
+    flags = SETTINGS.parse_args(["--mqtt-port", "1884", "--root-url", "fd00::9"])
+    settings = Settings.from_values(SETTINGS.values({"MQTT_BROKER_PORT": "1883"}, flags))
+    assert settings.mqtt_port == 1884 and settings.root_base_url == "http://[fd00::9]:10099"
+    with pytest.raises(ConfigError, match="^--mqtt-port='x' is not a TCP port"):
+        SETTINGS.values({}, SETTINGS.parse_args(["--mqtt-port", "x"]))

@@ -94,6 +94,11 @@ class SettingsTable:
             allow_abbrev=False,
         )
         parser.add_argument("--version", action="version", version=f"{self.prog} {self.version}")
+        self.add_arguments(parser)
+        return parser
+
+    def add_arguments(self, parser: argparse.ArgumentParser | Any) -> None:
+        """Add one option per row to `parser` (or an argument group / a subcommand's parser)."""
         for row in self.rows:
             meaning = f"{row.env}: {row.help}"
             if "(default" not in row.help:
@@ -107,7 +112,6 @@ class SettingsTable:
             if row.parse is boolean:
                 options.update(nargs="?", const="true", metavar="BOOL")
             parser.add_argument(row.flag, **options)
-        return parser
 
     def parse_args(self, argv: Sequence[str] | None = None) -> dict[str, str]:
         """The flags given on the command line as texts, by field.
@@ -115,8 +119,12 @@ class SettingsTable:
         `--help` and `--version` print and exit 0; an unknown or malformed argument
         prints usage and exits 2 (argparse's conventions).
         """
-        namespace = self.parser().parse_args(argv)
-        return {row.field: text for row in self.rows if (text := getattr(namespace, row.field))}
+        return self.flags(self.parser().parse_args(argv))
+
+    def flags(self, namespace: argparse.Namespace) -> dict[str, str]:
+        """The rows' flags given in a parsed `namespace` (see `add_arguments`), by field."""
+        given = {row.field: getattr(namespace, row.field, None) for row in self.rows}
+        return {field: text for field, text in given.items() if text}
 
     def texts(
         self, env: Mapping[str, str] = os.environ, flags: Mapping[str, str] | None = None

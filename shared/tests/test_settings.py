@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from oakestra_net import settings as s
@@ -159,3 +161,14 @@ def test_directory_with_names_the_missing_files(tmp_path):
         parse(str(tmp_path))
     (tmp_path / "ca.crt").write_text("x")
     assert parse(str(tmp_path)) == str(tmp_path)
+
+
+def test_rows_can_join_an_existing_parser_with_subcommands():
+    parser = argparse.ArgumentParser(prog="tool", allow_abbrev=False)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run")
+    table = _table()
+    table.add_arguments(run)
+    namespace = parser.parse_args(["run", "--port", "4000"])
+    assert namespace.command == "run"
+    assert table.values({"MY_PORT": "2000"}, table.flags(namespace))["port"] == 4000
