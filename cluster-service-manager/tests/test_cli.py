@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -216,3 +217,14 @@ def test_flags_win_over_the_environment(mosquitto, tmp_path):
     assert len(effective) == 1, output
     assert f'"MQTT_BROKER_PORT": {mosquitto.port}' in effective[0]
     assert f'"BIND": "127.0.0.1:{flag_port}"' in effective[0]
+
+
+def test_every_variable_the_code_reads_is_a_setting():
+    """A variable read without a row would be missing from --help and have no flag."""
+    package = Path(__file__).resolve().parent.parent / "cluster_service_manager"
+    shared = Path(__file__).resolve().parents[2] / "shared" / "oakestra_net"
+    sources = [*package.rglob("*.py"), shared / "store.py", shared / "log.py"]
+    pattern = re.compile(r'(?:environ|env)(?:\.get\(|\[)\s*"([A-Z][A-Z0-9_]*)"')
+    read = {name for path in sources for name in pattern.findall(path.read_text())}
+    assert read, "the pattern no longer finds environment reads"
+    assert read <= {row.env for row in SETTINGS.rows}, read - {row.env for row in SETTINGS.rows}
