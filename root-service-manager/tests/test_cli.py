@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -147,3 +148,12 @@ def test_every_variable_the_code_reads_is_a_setting():
     read = {name for path in sources for name in pattern.findall(path.read_text())}
     assert read, "the pattern no longer finds environment reads"
     assert read <= {row.env for row in SETTINGS.rows}, read - {row.env for row in SETTINGS.rows}
+
+
+def test_bad_value_line_follows_the_log_format_flag():
+    result = _run("--log-format", "json", MY_PORT="http", LOG_FORMAT="human")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    record = json.loads(line)
+    assert record["event"] == "bad configuration" and record["level"] == "ERROR"
+    assert record["reason"] == "MY_PORT='http' is not a TCP port (1-65535)"

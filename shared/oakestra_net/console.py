@@ -36,13 +36,13 @@ def load_settings(
 ) -> dict[str, Any]:
     """The effective settings; exits 0 for --help/--version, 2 for a bad argument or value.
 
-    `check(values)` runs after the flags are exported, for rules that involve several
+    `check(values)` runs after the flags are exported into `environ`, for rules that involve several
     settings; a ValueError (ConfigError included) it raises is a bad value too.
     """
     flags = table.parse_args(argv)
+    table.export(flags, environ)  # also lets a bad-configuration line use --log-format
     try:
         values = table.values(environ, flags)
-        table.export(flags, environ)
         if check is not None:
             check(values)
     except ValueError as err:

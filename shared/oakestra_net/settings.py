@@ -148,8 +148,9 @@ class SettingsTable:
     ) -> dict[str, Any]:
         """Every field's parsed value (None when unset); ConfigError names the bad source."""
         result: dict[str, Any] = {}
+        texts = self.texts(env, flags)
         for row in self.rows:
-            source, text = self.texts(env, flags)[row.field]
+            source, text = texts[row.field]
             if text is None:
                 result[row.field] = None
                 continue
