@@ -567,7 +567,7 @@ VALID = [bytes(request(f, k)) for f, k in CASES] + [bytes(reply(f, k)) for f, k 
 VALID += split("v4", big_request("v4", "udp")) + split("v6", big_request("v6", "tcp"))
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=120))
 def test_random_bytes_never_raise(data: bytes) -> None:
     a, b = _established()
@@ -576,7 +576,7 @@ def test_random_bytes_never_raise(data: bytes) -> None:
             run(method, data)
 
 
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.sampled_from(VALID),
     st.lists(st.tuples(st.integers(0, 1500), st.integers(0, 255)), max_size=6),
