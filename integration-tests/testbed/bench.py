@@ -35,8 +35,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
 from net_manager.dataplane.supervisor import DataPlaneSupervisor
-from net_manager.dataplane.translate import Endpoint, ServiceEntry
 from testbed.netns import Testbed
 from testbed.topology import BENCH_PREFIX, two_nodes, unique_prefix
 

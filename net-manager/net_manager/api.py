@@ -11,11 +11,10 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
+from net_manager.control.daemon import DaemonError, NodeDaemon
+from net_manager.metrics import metrics_text
 from oakestra_net.http_errors import register_json_errors
 from oakestra_net.log import get_logger
-
-from .daemon import DaemonError, NodeDaemon
-from .metrics import metrics_text
 
 log = get_logger(__name__)
 

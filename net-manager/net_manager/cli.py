@@ -57,9 +57,9 @@ def _overrides(args: argparse.Namespace) -> dict:
 def cmd_run(args: argparse.Namespace) -> int:
     from werkzeug.serving import make_server
 
-    from .api import create_app
-    from .config import ConfigError, load_config
-    from .daemon import DaemonError, NodeDaemon
+    from net_manager.api import create_app
+    from net_manager.config import ConfigError, load_config
+    from net_manager.control.daemon import DaemonError, NodeDaemon
 
     try:
         config = load_config(args.config_dir, overrides=_overrides(args))
@@ -106,7 +106,7 @@ def _unix_server(make_server, path: str, app):
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from net_manager.config import load_config
 
     socket_path = args.socket or load_config(args.config_dir).socket_path
     try:
@@ -148,10 +148,10 @@ def format_status(status: dict) -> str:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """Delete our devices and rules that the state file does not reference."""
-    from . import statefile
-    from .config import load_config
-    from .kernel import Kernel
-    from .reconciler import DesiredState, Reconciler
+    from net_manager.config import load_config
+    from net_manager.control import statefile
+    from net_manager.node.kernel import Kernel
+    from net_manager.node.reconciler import DesiredState, Reconciler
 
     setup_logging("net-manager")
     config = load_config(args.config_dir, overrides=_overrides(args))
@@ -159,7 +159,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     if args.all or not state.node_id:
         desired = DesiredState(node=None, containers=())
     else:
-        from .daemon import NodeDaemon
+        from net_manager.control.daemon import NodeDaemon
 
         desired = NodeDaemon(config).desired()
     kernel = Kernel()

@@ -1,4 +1,4 @@
-"""Net manager tests: make the shared fakes (nm_fakes) importable."""
+"""Net manager tests: make the shared fakes (nm_fakes) and the test folders importable."""
 
 import os
 import sys

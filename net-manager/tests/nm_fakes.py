@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from net_manager.kernel import KernelError, NamespaceNotFound
-from net_manager.portmap import PortMapping
+from net_manager.node.kernel import KernelError, NamespaceNotFound
+from net_manager.node.portmap import PortMapping
 
 
 class FakeKernel:
@@ -205,3 +206,19 @@ class FakeDataPlane:
 
     def counters(self):
         return {"packets_out": 0}
+
+
+if TYPE_CHECKING:  # mypy (make lint): the real kernel and the fake offer the same interface
+    from net_manager.dataplane.backend import DataPlaneBackend, DataPlaneFactory
+    from net_manager.dataplane.supervisor import DataPlaneSupervisor
+    from net_manager.node.kernel import Kernel, KernelApi
+
+    def _kernels_fit(real: Kernel, fake: FakeKernel) -> tuple[KernelApi, KernelApi]:
+        return real, fake
+
+    def _dataplanes_fit(
+        real: DataPlaneSupervisor, fake: FakeDataPlane
+    ) -> tuple[DataPlaneBackend, DataPlaneBackend]:
+        return real, fake
+
+    _FACTORIES: tuple[DataPlaneFactory, DataPlaneFactory] = (DataPlaneSupervisor, FakeDataPlane)

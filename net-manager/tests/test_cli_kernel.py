@@ -11,9 +11,8 @@ import sys
 
 import pytest
 
-from net_manager import nstools
 from net_manager.cli import call, main
-from oakestra_net.testing import wait_until
+from testsupport import nstools, wait_until
 
 pytestmark = [
     pytest.mark.kernel,

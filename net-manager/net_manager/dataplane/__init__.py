@@ -1,32 +1,7 @@
-"""The node's data plane core: service-IP translation of packets, bytes in, bytes out.
+"""The node's data plane: moves packets to service IPs, instances and other nodes.
 
-packet parses headers and fixes checksums, flows keeps the flow table and the fragment
-map, policies picks endpoints, translate ties them into a Translator working on a table
-Snapshot. The TUN/UDP loop that feeds it lives elsewhere.
+`backend` is the seam the control layer uses (`DataPlaneBackend`); the TUN proxy
+implements it: `supervisor` (control side: runs and feeds the process), `channel` (the
+framed messages between the two), `io` (the process: TUN, tunnel sockets, the packet
+loop) around `core` (pure packet translation, no I/O).
 """
-
-from net_manager.dataplane.translate import (
-    DELIVER,
-    DROP_REASONS,
-    LOCAL,
-    Action,
-    Endpoint,
-    ServiceEntry,
-    Snapshot,
-    Translator,
-    Verdict,
-    build_snapshot,
-)
-
-__all__ = [
-    "DELIVER",
-    "DROP_REASONS",
-    "LOCAL",
-    "Action",
-    "Endpoint",
-    "ServiceEntry",
-    "Snapshot",
-    "Translator",
-    "Verdict",
-    "build_snapshot",
-]

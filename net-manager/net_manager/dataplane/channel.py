@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from net_manager.dataplane.translate import Endpoint, ServiceEntry
+from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
 
 MAX_FRAME = 64 * 1024 * 1024  # a snapshot of a very large table still fits
 _LENGTH = struct.Struct("!I")

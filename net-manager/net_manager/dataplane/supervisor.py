@@ -1,6 +1,6 @@
 """Control-plane side of the data plane: start, feed, watch and stop its process.
 
-DataPlaneSupervisor spawns `python -m net_manager.dataplane.process` (optionally behind
+DataPlaneSupervisor spawns `python -m net_manager.dataplane.io.process` (optionally behind
 netns_exec, e.g. ["ip", "netns", "exec", "oak-n1"]) with one end of a socketpair passed
 as --control-fd, and runs one thread that reads the channel:
 
@@ -42,7 +42,7 @@ from net_manager.dataplane.channel import (
     Used,
     encode,
 )
-from net_manager.dataplane.translate import Endpoint, ServiceEntry
+from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
 
 log = logging.getLogger(__name__)
 EXIT_MEANING = {0: "stopped", 1: "crashed", 2: "could not set up its TUN or tunnel socket"}
@@ -74,7 +74,7 @@ class DataPlaneSupervisor:
             *(netns_exec or ()),
             sys.executable,
             "-m",
-            "net_manager.dataplane.process",
+            "net_manager.dataplane.io.process",
             *(["--no-tun"] if tun_name is None else ["--tun", tun_name]),
             *["--tun-v4", tun_v4_cidr, "--tun-v6", tun_v6_cidr],
             *["--mtu", str(mtu), "--port", str(port), *extra_args],

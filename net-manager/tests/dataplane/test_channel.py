@@ -24,7 +24,7 @@ from net_manager.dataplane.channel import (
     decode_body,
     encode,
 )
-from net_manager.dataplane.translate import Endpoint, ServiceEntry
+from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
 
 X1, X3 = "X.default.X1.default", "X.default.X3.default"
 CLIENT = Endpoint(X1, 0, "10.18.0.2", "fc00::2", "10.30.0.2", "fdff::2", "198.18.0.1", 50103)

@@ -18,11 +18,11 @@ from ipaddress import ip_address
 
 import pytest
 
-from net_manager.dataplane.microbench import build_packet
-from net_manager.dataplane.packet import UDP
+from net_manager.dataplane.core.microbench import build_packet
+from net_manager.dataplane.core.packet import UDP
+from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
 from net_manager.dataplane.supervisor import DataPlaneSupervisor
-from net_manager.dataplane.translate import Endpoint, ServiceEntry
-from oakestra_net.testing import wait_until
+from testsupport import wait_until
 
 X1, X3 = "X.default.X1.default", "X.default.X3.default"
 NODE_A, NODE_B = "127.0.0.1", "127.0.0.2"

@@ -1,0 +1,62 @@
+"""The one seam between the control layer and a data plane: `DataPlaneBackend`.
+
+The control layer (NodeDaemon) only ever talks to a data plane through this interface.
+The TUN proxy (`supervisor.DataPlaneSupervisor`, which runs the `io` process and talks
+to it over `channel`) implements it today; a kernel fast path can implement it too and
+be chosen by configuration, without the control layer changing.
+
+A backend is built by a `DataPlaneFactory` with the TUN device, its addresses, MTU,
+tunnel port and two callbacks:
+- `on_resolve(service_ip, reply)`: a packet went to a service IP the data plane has no
+  entry for; the control layer asks the cluster and calls `reply(found)` once, from any
+  thread; a backend replays what it queued for that service IP after the next table.
+- `on_used(job_names)`: which services carried traffic since the last report (interests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
+
+ResolveCallback = Callable[[str, Callable[[bool], None]], None]
+UsedCallback = Callable[[list[str]], None]
+
+
+class DataPlaneBackend(Protocol):
+    """What the control layer needs from a data plane."""
+
+    rtt: dict[str, float]  # node_ip -> round trip seconds, for the Closest policy and status
+
+    def start(self) -> None:
+        """Start moving packets (returns at once; the backend keeps itself running)."""
+
+    def stop(self) -> None:
+        """Stop moving packets and release what start() took."""
+
+    def push_snapshot(
+        self, services: list[ServiceEntry], local_instances: list[Endpoint], node_ip: str
+    ) -> None:
+        """Replace the whole service table the data plane translates with."""
+
+    def counters(self) -> dict[str, int | float]:
+        """Packet and error counters for status and metrics; they only grow."""
+
+
+class DataPlaneFactory(Protocol):
+    """Builds a backend; `tun_name` None: no TUN device (tests)."""
+
+    def __call__(
+        self,
+        tun_name: str | None,
+        tun_v4_cidr: str,
+        tun_v6_cidr: str,
+        mtu: int,
+        port: int,
+        *,
+        on_resolve: ResolveCallback,
+        on_used: UsedCallback,
+        netns_exec: Sequence[str] | None = None,
+    ) -> DataPlaneBackend:
+        """A backend, not started yet."""
