@@ -31,6 +31,7 @@ __all__ = [
     "Port",
     "ShortText",
     "ascii_int",
+    "ascii_int_type",
     "check_tree",
     "load_json",
     "parse",
@@ -191,13 +192,24 @@ def _object_id(value: str) -> str:
 
 _Text = Annotated[str, Field(strict=True, max_length=MAX_STRING_LENGTH)]
 ShortText = Annotated[
-    str, Field(strict=True, min_length=1, max_length=MAX_STRING_LENGTH, pattern=r"\S")
+    str,
+    Field(strict=True, min_length=1, max_length=MAX_STRING_LENGTH, pattern=r"\S"),
+    AfterValidator(str.strip),
 ]
 IpText = Annotated[_Text, AfterValidator(_ip(None))]
 IpV4Text = Annotated[_Text, AfterValidator(_ip(4))]
 IpV6Text = Annotated[_Text, AfterValidator(_ip(6))]
 ObjectIdText = Annotated[_Text, AfterValidator(_object_id)]
-Port = Annotated[int, BeforeValidator(ascii_int), Field(strict=True, ge=1, le=65535)]
-InstanceNumber = Annotated[
-    int, BeforeValidator(ascii_int), Field(strict=True, ge=0, le=MAX_INSTANCE_NUMBER)
-]
+
+
+def ascii_int_type(low: int, high: int, description: str | None = None) -> Any:
+    """An int in low..high, given as a JSON integer or ASCII decimal text."""
+    return Annotated[
+        int,
+        BeforeValidator(ascii_int),
+        Field(strict=True, ge=low, le=high, description=description),
+    ]
+
+
+Port = ascii_int_type(1, 65535)
+InstanceNumber = ascii_int_type(0, MAX_INSTANCE_NUMBER)
