@@ -18,6 +18,8 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationError
 
+from oakestra_net.names import parse_job_name
+
 __all__ = [
     "MAX_DEPTH",
     "MAX_INSTANCE_NUMBER",
@@ -27,6 +29,7 @@ __all__ = [
     "IpText",
     "IpV4Text",
     "IpV6Text",
+    "JobNameText",
     "ObjectIdText",
     "Port",
     "ShortText",
@@ -184,6 +187,10 @@ def _ip(version: int | None) -> Callable[[str], str]:
     return check
 
 
+def _job_name(value: object) -> str:
+    return str(parse_job_name(value))  # InvalidName is a ValueError naming the problem
+
+
 def _object_id(value: str) -> str:
     if not _OBJECT_ID.fullmatch(value):
         raise ValueError(f"must be a 24-character hex object id, got {_show(value)}")
@@ -200,6 +207,7 @@ IpText = Annotated[_Text, AfterValidator(_ip(None))]
 IpV4Text = Annotated[_Text, AfterValidator(_ip(4))]
 IpV6Text = Annotated[_Text, AfterValidator(_ip(6))]
 ObjectIdText = Annotated[_Text, AfterValidator(_object_id)]
+JobNameText = Annotated[object, AfterValidator(_job_name)]
 
 
 def ascii_int_type(low: int, high: int, description: str | None = None) -> Any:
