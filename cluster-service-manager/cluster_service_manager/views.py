@@ -2,8 +2,9 @@
 
 Views read and validate input, call `Deployments`, and answer JSON: success bodies
 carry upstream's text in `message`; errors are `{"error", "reason"}` with 400 for bad
-input (plus `field`, from the request models of `schemas`), 404 for an unknown job, 503 when the root cannot be reached and 502 when it
-refused. The app factory turns `ApiError` into those bodies.
+input (plus `field`, from the request models of `schemas`), 404 for an unknown job,
+503 when the root cannot be reached and 502 when it refused. The app factory turns
+`ApiError` into those bodies.
 """
 
 from __future__ import annotations
