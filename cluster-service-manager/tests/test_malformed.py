@@ -145,7 +145,12 @@ def test_flood_of_malformed_payloads(root_server, cluster, make_node, caplog):
                 seen[(kind, "unknown")] += 1
         return seen
 
-    wait_until(lambda: logged() == expected, timeout=60, message="not every bad message logged")
+    try:
+        wait_until(lambda: logged() == expected, timeout=60)
+    except AssertionError:
+        seen = logged()
+        missing, extra = expected - seen, seen - expected
+        raise AssertionError(f"bad messages not logged once: missing {missing}, extra {extra}")
     cluster.idle(30)
     assert logged() == expected  # exactly once each, nothing logged twice later
     # a few lines per topic kind and 10 s window, not one per message
