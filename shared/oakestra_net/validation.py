@@ -203,10 +203,14 @@ ShortText = Annotated[
     Field(strict=True, min_length=1, max_length=MAX_STRING_LENGTH, pattern=r"\S"),
     AfterValidator(str.strip),
 ]
-IpText = Annotated[_Text, AfterValidator(_ip(None))]
-IpV4Text = Annotated[_Text, AfterValidator(_ip(4))]
-IpV6Text = Annotated[_Text, AfterValidator(_ip(6))]
-ObjectIdText = Annotated[_Text, AfterValidator(_object_id)]
+IpText = Annotated[
+    _Text, AfterValidator(_ip(None)), Field(json_schema_extra={"format": "ipv4 or ipv6"})
+]
+IpV4Text = Annotated[_Text, AfterValidator(_ip(4)), Field(json_schema_extra={"format": "ipv4"})]
+IpV6Text = Annotated[_Text, AfterValidator(_ip(6)), Field(json_schema_extra={"format": "ipv6"})]
+ObjectIdText = Annotated[
+    _Text, AfterValidator(_object_id), Field(json_schema_extra={"pattern": _OBJECT_ID.pattern})
+]
 JobNameText = Annotated[object, AfterValidator(_job_name)]
 
 
@@ -214,8 +218,8 @@ def ascii_int_type(low: int, high: int, description: str | None = None) -> Any:
     """An int in low..high, given as a JSON integer or ASCII decimal text."""
     return Annotated[
         int,
-        BeforeValidator(ascii_int),
         Field(strict=True, ge=low, le=high, description=description),
+        BeforeValidator(ascii_int),
     ]
 
 
