@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from rsm_payloads import X1_ID, X3_ID, register_cluster, service_payload
+
+from oakestra_net import http_errors
 
 STATE = ("jobs", "clusters", "ip_reservations", "outbox")
 UNKNOWN_ID = "0123456789abcdef01234567"
@@ -364,3 +368,16 @@ def test_a_unicode_digit_never_removes_an_instance(deployed, root):
     assert answer.status_code == 400 and answer.get_json()["field"] == "instance_number"
     job = root.db["jobs"].find_one({"job_name": "X.default.X1.default"})
     assert sorted(i["instance_number"] for i in job["instance_list"]) == [0, 5]
+
+
+def test_rejected_requests_are_logged_at_a_bounded_rate(deployed, caplog):
+    caplog.set_level(logging.INFO)
+    http_errors.rejections.flush()  # start a fresh window for every key
+    caplog.clear()
+    for n in range(200):
+        deployed.post("/api/net/cluster", json={"cluster_id": f"c{n}", "cluster_port": "--1"})
+    http_errors.rejections.flush()
+    lines = [r for r in caplog.records if r.getMessage().startswith("request rejected")]
+    assert len(lines) == http_errors.rejections.burst + 1
+    assert lines[0].fields["reason"].startswith("field 'cluster_address'")
+    assert lines[-1].fields["suppressed"] == 200 - http_errors.rejections.burst
