@@ -203,9 +203,7 @@ ShortText = Annotated[
     Field(strict=True, min_length=1, max_length=MAX_STRING_LENGTH, pattern=r"\S"),
     AfterValidator(str.strip),
 ]
-IpText = Annotated[
-    _Text, AfterValidator(_ip(None)), Field(json_schema_extra={"format": "ipv4 or ipv6"})
-]
+IpText = Annotated[_Text, AfterValidator(_ip(None)), Field(description="an IPv4 or IPv6 address")]
 IpV4Text = Annotated[_Text, AfterValidator(_ip(4)), Field(json_schema_extra={"format": "ipv4"})]
 IpV6Text = Annotated[_Text, AfterValidator(_ip(6)), Field(json_schema_extra={"format": "ipv6"})]
 ObjectIdText = Annotated[
