@@ -30,7 +30,7 @@ def test_console_script_serves_the_api():
         def healthy():
             try:
                 return requests.get(f"{base}/healthz", timeout=1).status_code == 200
-            except requests.ConnectionError:
+            except requests.RequestException:  # not up yet, or still loading the app
                 return False
 
         wait_until(healthy, timeout=20, message="root service manager did not come up")
