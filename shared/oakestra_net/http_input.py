@@ -24,9 +24,8 @@ def json_object(*, max_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:
 
     if request.content_length is not None and request.content_length > max_bytes:
         raise InvalidInput("", f"body is larger than {max_bytes} bytes", status=413)
+    request.max_content_length = max_bytes  # a chunked body stops being read past it
     raw = request.get_data(cache=True)
-    if len(raw) > max_bytes:
-        raise InvalidInput("", f"body is larger than {max_bytes} bytes", status=413)
     if not raw.strip():
         raise InvalidInput("", "request body must be a JSON object, got nothing")
     data = load_json(raw)

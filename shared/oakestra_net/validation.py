@@ -61,10 +61,6 @@ class InvalidInput(ValueError):
         self.reason = reason
         self.status = status
 
-    @property
-    def message(self) -> str:
-        return str(self)
-
 
 def _join(path: str, key: object) -> str:
     if isinstance(key, int):
