@@ -5,13 +5,20 @@
 pytest fixtures, registered by the root conftest).
 """
 
-from testsupport.broker import Broker, MqttRecorder, RecordedMessage, mosquitto_password_file
+from testsupport.broker import (
+    Broker,
+    MqttRecorder,
+    RecordedMessage,
+    SlowClients,
+    mosquitto_password_file,
+)
 from testsupport.waiting import free_port, wait_until
 
 __all__ = [
     "Broker",
     "MqttRecorder",
     "RecordedMessage",
+    "SlowClients",
     "free_port",
     "mosquitto_password_file",
     "wait_until",

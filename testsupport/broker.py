@@ -236,3 +236,42 @@ class MqttRecorder:
                     f"no matching message on {self.pattern} within {timeout} s; seen {seen}"
                 )
             return found
+
+
+class SlowClients:
+    """`count` TCP connections to a server this test started, each sending only the start
+    of a request (`head`) and then nothing: the slow or idle clients a server must not let
+    starve the others. Closed on exit; bounded by `count` and by the caller's timeouts."""
+
+    def __init__(
+        self, host: str, port: int, count: int, head: bytes = b"GET /healthz HTTP/1.1\r\nHost"
+    ) -> None:
+        self.address = (host, port)
+        self.count = count
+        self.head = head
+        self.sockets: list[socket.socket] = []
+
+    def __enter__(self) -> SlowClients:
+        for n in range(self.count):
+            sock = socket.create_connection(self.address, timeout=5)
+            if n % 5:  # every fifth one stays idle: connected, nothing sent
+                sock.sendall(self.head)
+            self.sockets.append(sock)
+        return self
+
+    def open_count(self) -> int:
+        """How many of the connections the server has not closed yet."""
+        still_open = 0
+        for sock in self.sockets:
+            sock.setblocking(False)
+            try:
+                still_open += sock.recv(1, socket.MSG_PEEK) != b""
+            except BlockingIOError:
+                still_open += 1
+            except OSError:
+                pass
+        return still_open
+
+    def __exit__(self, *_exc: object) -> None:
+        for sock in self.sockets:
+            sock.close()

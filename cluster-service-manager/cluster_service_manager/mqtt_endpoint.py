@@ -4,7 +4,8 @@ One subscription (QoS 1), or the shared `$share/cluster-sm/nodes/+/net/#` when s
 processes serve one cluster. The MQTT wrapper runs handlers on its worker pool with
 the node id as order key: one node's messages are handled in order, different nodes
 in parallel. Every message is parsed into its dataclass here; an invalid one is
-logged once (topic, reason, start of the payload) and dropped. The results this
+counted, logged (topic, reason, start of the payload) and dropped; the log lines are
+rate-limited per topic kind, so a junk flood writes a few lines and a summary. The results this
 service publishes itself come back through the wildcard and are skipped quietly.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from oakestra_net import topics
-from oakestra_net.log import get_logger
+from oakestra_net.log import RateLimitedLog, get_logger
 from oakestra_net.messages import InvalidMessage, Message
 from oakestra_net.mqtt import MqttClient, payload_preview
 
@@ -43,6 +44,7 @@ class MqttEndpoint:
         self.client = client
         self.pattern = topics.SHARED_CLUSTER_SUBSCRIPTION if shared else topics.CLUSTER_SUBSCRIPTION
         self.metrics = metrics or Metrics()
+        self.rejections = RateLimitedLog(log)
         self._handlers: dict[str, Callable[[str, Message], None]] = {
             topics.SUBNET: handlers.subnet,
             topics.TABLEQUERY_REQUEST: handlers.table_query,
@@ -67,7 +69,9 @@ class MqttEndpoint:
         parsed = topics.parse_node_topic(topic)
         if parsed is None:
             self.metrics.message("unknown", "invalid")
-            log.warning("message on an unknown topic dropped", topic=topic[:200])
+            self.rejections.warning(
+                "unknown topic", "message on an unknown topic dropped", topic=topic[:200]
+            )
             return
         if parsed.kind in OWN_RESULTS:
             self.metrics.message(parsed.kind, "ignored")
@@ -76,7 +80,8 @@ class MqttEndpoint:
             message = parsed.message_class.from_json(payload)
         except InvalidMessage as err:
             self.metrics.message(parsed.kind, "invalid")
-            log.warning(
+            self.rejections.warning(
+                parsed.kind,
                 "invalid message dropped",
                 topic=topic,
                 reason=str(err),

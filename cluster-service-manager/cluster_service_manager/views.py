@@ -2,31 +2,30 @@
 
 Views read and validate input, call `Deployments`, and answer JSON: success bodies
 carry upstream's text in `message`; errors are `{"error", "reason"}` with 400 for bad
-input, 404 for an unknown job, 503 when the root cannot be reached and 502 when it
-refused. The app factory turns `ApiError` into those bodies.
+input (plus `field`, from the request models of `schemas`), 404 for an unknown job,
+503 when the root cannot be reached and 502 when it refused. The app factory turns
+`ApiError` into those bodies.
 """
 
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify
 
 from oakestra_net import store
+from oakestra_net.http_input import json_body, path_params
 from oakestra_net.log import get_logger
-from oakestra_net.names import InvalidName, decode_path, parse_job_name
+from oakestra_net.names import decode_path
 
-from .deployments import UPDATE_TYPES
 from .metrics import CONTENT_TYPE
 from .root_client import NotFound, RootRejected, RootUnavailable
+from .schemas import JOB_UPDATE_REASONS, Deployment, JobNamePath, JobUpdate
 
 log = get_logger(__name__)
 
 net = Blueprint("net", __name__, url_prefix="/api/net")
 ops = Blueprint("ops", __name__)
-
-MAX_INSTANCE_NUMBER = 2**63 - 1
 
 
 class ApiError(Exception):
@@ -44,20 +43,6 @@ def _parts():
     return current_app.extensions["cluster_service_manager"]
 
 
-def _json_object() -> dict[str, Any]:
-    body = request.get_json(silent=True, force=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "request body must be a JSON object")
-    return body
-
-
-def _job_name(value: Any, field: str = "job_name") -> str:
-    try:
-        return str(parse_job_name(value))
-    except InvalidName as err:
-        raise ApiError(400, f"field '{field}': {err}") from None
-
-
 def _root_error(err: Exception, what: str) -> ApiError:
     if isinstance(err, NotFound):
         return ApiError(404, f"the root does not know {what}")
@@ -71,7 +56,7 @@ def _root_error(err: Exception, what: str) -> ApiError:
 
 @net.post("/deployment")
 def deployment():
-    name = _job_name(_json_object().get("job_name"))
+    name = json_body(Deployment).job_name
     try:
         job = _parts().deployments.deploy(name)
     except (NotFound, RootUnavailable, RootRejected) as err:
@@ -82,7 +67,7 @@ def deployment():
 
 @net.delete("/deployment/<job_name>")
 def remove_deployment(job_name: str):
-    name = _job_name(decode_path(job_name), "job name in the path")
+    name = path_params(JobNamePath, job_name=decode_path(job_name)).job_name
     if not _parts().deployments.remove(name):
         raise ApiError(404, f"job {name} is not cached here")
     return jsonify({"message": "job removed succesfully", "job_name": name})
@@ -90,17 +75,8 @@ def remove_deployment(job_name: str):
 
 @net.post("/job/update")
 def job_update():
-    body = _json_object()
-    name = _job_name(body.get("job_name"))
-    number = body.get("instance_number")
-    if isinstance(number, bool) or not isinstance(number, int):
-        raise ApiError(400, "Invalid instancenum: field 'instance_number' must be an integer")
-    if not -1 <= number <= MAX_INSTANCE_NUMBER:
-        raise ApiError(400, f"Invalid instancenum: {number} is below -1 or too large")
-    kind = body.get("type")
-    if kind not in UPDATE_TYPES:
-        raise ApiError(400, f"Invalid type: field 'type' must be one of {', '.join(UPDATE_TYPES)}")
-    _parts().deployments.root_update(name, number, kind)
+    body = json_body(JobUpdate, reasons=JOB_UPDATE_REASONS)
+    _parts().deployments.root_update(body.job_name, body.instance_number, body.type)
     return jsonify({"message": "update notification received"})
 
 

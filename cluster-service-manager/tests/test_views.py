@@ -61,6 +61,28 @@ def test_job_update_bad_input_is_400(offline_app, body, reason):
     assert reason in answer.get_json()["reason"]
 
 
+FIELD_ERRORS = [
+    ("/api/net/deployment", b'{"job_name": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", ""),
+    ("/api/net/job/update", b'{"x": ' + b'{"a": ' * 200 + b"1" + b"}" * 201, "x.a.a"),
+    ("/api/net/deployment", b'{"job_name": "X.default.X3.default\\ud800"}', "job_name"),
+    ("/api/net/job/update", f'{{"job_name": "{X3}", "instance_number": {2**70}}}'.encode(), None),
+    (
+        "/api/net/job/update",
+        f'{{"job_name": "{X3}", "instance_number": "٥", "type": "DEPLOYMENT"}}'.encode(),
+        "instance_number",
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "field"), FIELD_ERRORS)
+def test_bad_input_names_the_field(offline_app, path, body, field):
+    answer = offline_app.test_client().post(path, data=body)
+    assert answer.status_code == 400, answer.get_data(as_text=True)[:300]
+    if field is None:
+        field = "instance_number"
+    assert answer.get_json()["field"].startswith(field), answer.get_json()
+
+
 def test_root_down_is_503_and_unknown_routes_are_json(offline_app):
     client = offline_app.test_client()
     answer = client.post("/api/net/deployment", json={"job_name": X3})

@@ -1,31 +1,117 @@
 """Reading a deployment descriptor: the job name and the user-chosen service IPs.
 
-Pure: a descriptor dict in, validated values out, `ApiError(400)` with a reason on
-anything wrong. Oakestra's system manager sends `service_name`/`service_ns` (copied
-from `microservice_name`/`microservice_namespace`) and `RR_ip`/`RR_ip_v6`; the SLA
-form `addresses.{rr_ip, rr_ip_v6, closest_ip, closest_ip_v6}` is accepted too.
+Pure: `DeploymentDescriptor` is the pydantic model of what Oakestra's system manager
+sends (`service_name`/`service_ns`, copied from `microservice_name`/
+`microservice_namespace`, and `RR_ip`/`RR_ip_v6`; the SLA form `addresses.{rr_ip,
+rr_ip_v6, closest_ip, closest_ip_v6}` is accepted too). Unknown keys are kept and stored
+with the job. `to_request` adds the checks that span fields and raises `InvalidInput`
+naming the field.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from oakestra_net.addressing import InvalidAddress, Pool, parse_user_address
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, model_validator
+
+from oakestra_net.addressing import Pool, parse_user_address
 from oakestra_net.names import InvalidName, format_job_name, validate_name_part
-
-from .errors import ApiError
-
-# (pool, top-level key, key inside "addresses")
-_CHOSEN_ADDRESS_KEYS = {
-    "rr_v4": (Pool.SERVICE_V4, "RR_ip", "rr_ip"),
-    "rr_v6": (Pool.RR_V6, "RR_ip_v6", "rr_ip_v6"),
-    "closest_v4": (Pool.SERVICE_V4, None, "closest_ip"),
-    "closest_v6": (Pool.CLOSEST_V6, None, "closest_ip_v6"),
-}
+from oakestra_net.validation import InvalidInput, parse
 
 # Keys of the job document that the descriptor must not overwrite.
 _RESERVED_KEYS = {"_id", "job_name", "service_ip_list", "instance_list", "state"}
+
+
+def _name_part(value: object) -> str:
+    try:
+        return validate_name_part(value, "name")
+    except InvalidName as err:
+        raise ValueError(str(err).removeprefix("name ")) from None
+
+
+def _blank_is_none(value: object) -> object:
+    return None if value == "" else value
+
+
+def _address(pool: Pool):
+    def check(value: object) -> str | None:
+        return None if value is None else parse_user_address(pool, value, field="the value")
+
+    return check
+
+
+NamePart = Annotated[object, AfterValidator(_name_part)]
+
+
+def _chosen(pool: Pool) -> Any:
+    return Annotated[object, BeforeValidator(_blank_is_none), AfterValidator(_address(pool))]
+
+
+class ChosenAddresses(BaseModel):
+    """The SLA form of user-chosen service IPs."""
+
+    model_config = ConfigDict(extra="allow")
+
+    rr_ip: _chosen(Pool.SERVICE_V4) = None
+    rr_ip_v6: _chosen(Pool.RR_V6) = None
+    closest_ip: _chosen(Pool.SERVICE_V4) = None
+    closest_ip_v6: _chosen(Pool.CLOSEST_V6) = None
+
+
+class DeploymentDescriptor(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    app_name: NamePart
+    app_ns: NamePart
+    service_name: NamePart
+    service_ns: NamePart
+    RR_ip: _chosen(Pool.SERVICE_V4) = None
+    RR_ip_v6: _chosen(Pool.RR_V6) = None
+    addresses: ChosenAddresses | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _microservice_fallback(cls, data: Any) -> Any:
+        """`service_name`/`service_ns` missing or empty: take the `microservice_*` ones."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key, fallback in (
+            ("service_name", "microservice_name"),
+            ("service_ns", "microservice_namespace"),
+        ):
+            if data.get(key) in (None, "") and fallback in data:
+                data[key] = data[fallback]
+        return data
+
+    def to_request(self, raw: dict[str, Any]) -> ServiceRequest:
+        """The job name, the chosen addresses and the fields to store (from `raw`)."""
+        job_name = format_job_name(
+            str(self.app_name), str(self.app_ns), str(self.service_name), str(self.service_ns)
+        )
+        nested = self.addresses or ChosenAddresses()
+        chosen: dict[str, str] = {}
+        for kind, top_key, top, nested_key in (
+            ("rr_v4", "RR_ip", self.RR_ip, "rr_ip"),
+            ("rr_v6", "RR_ip_v6", self.RR_ip_v6, "rr_ip_v6"),
+            ("closest_v4", None, None, "closest_ip"),
+            ("closest_v6", None, None, "closest_ip_v6"),
+        ):
+            inner = getattr(nested, nested_key)
+            if top and inner and top != inner:
+                raise InvalidInput(
+                    f"deployment_descriptor.addresses.{nested_key}",
+                    f"conflicts with {top_key}: {inner} is not {top}",
+                )
+            if address := top or inner:
+                chosen[kind] = str(address)
+        if chosen.get("rr_v4") and chosen.get("rr_v4") == chosen.get("closest_v4"):
+            raise InvalidInput(
+                "deployment_descriptor.addresses.closest_ip", "RR_ip and closest_ip must differ"
+            )
+        fields = {k: v for k, v in sanitize(raw).items() if k not in _RESERVED_KEYS}
+        return ServiceRequest(job_name, chosen, fields)
 
 
 @dataclass(frozen=True)
@@ -35,51 +121,37 @@ class ServiceRequest:
     fields: dict[str, Any]  # descriptor fields to store with the job
 
 
+class _Envelope(BaseModel):
+    deployment_descriptor: DeploymentDescriptor
+
+
 def read_descriptor(descriptor: Any) -> ServiceRequest:
-    if not isinstance(descriptor, dict):
-        raise ApiError(400, "field 'deployment_descriptor' must be a JSON object")
-    try:
-        job_name = format_job_name(
-            _part(descriptor, "app_name"),
-            _part(descriptor, "app_ns"),
-            _part(descriptor, "service_name", "microservice_name"),
-            _part(descriptor, "service_ns", "microservice_namespace"),
-        )
-    except InvalidName as err:
-        raise ApiError(400, f"invalid deployment descriptor: {err}") from None
-    chosen = {kind: addr for kind in _CHOSEN_ADDRESS_KEYS if (addr := _chosen(descriptor, kind))}
-    if chosen.get("rr_v4") and chosen.get("rr_v4") == chosen.get("closest_v4"):
-        raise ApiError(400, "RR_ip and closest_ip must differ")
-    fields = {k: v for k, v in sanitize(descriptor).items() if k not in _RESERVED_KEYS}
-    return ServiceRequest(job_name, chosen, fields)
+    """A descriptor dict (already depth-checked) to a ServiceRequest, or InvalidInput."""
+    model = parse(_Envelope, {"deployment_descriptor": descriptor}).deployment_descriptor
+    return model.to_request(descriptor)
 
 
-def _part(descriptor: dict[str, Any], key: str, fallback: str | None = None) -> str:
-    value = descriptor.get(key)
-    if value in (None, "") and fallback is not None:
-        value, key = descriptor.get(fallback), fallback
-    return validate_name_part(value, key)
+_SERVICE_IP_FIELDS = {
+    "rr_v4": ("RR", "Address"),
+    "rr_v6": ("RR", "Address_v6"),
+    "closest_v4": ("Closest", "Address"),
+    "closest_v6": ("Closest", "Address_v6"),
+}
 
 
-def _chosen(descriptor: dict[str, Any], kind: str) -> str | None:
-    pool, top_key, nested_key = _CHOSEN_ADDRESS_KEYS[kind]
-    addresses = descriptor.get("addresses")
-    nested = addresses.get(nested_key) if isinstance(addresses, dict) else None
-    top = descriptor.get(top_key) if top_key else None
-    values = {}
-    for key, value in ((top_key, top), (f"addresses.{nested_key}", nested)):
-        if value not in (None, ""):
-            try:
-                values[key] = parse_user_address(pool, value, field=key)
-            except InvalidAddress as err:
-                raise ApiError(400, str(err)) from None
-    if len(set(values.values())) > 1:
-        raise ApiError(400, f"conflicting addresses given: {values}")
-    return next(iter(values.values()), None)
+def conflicting_choice(job: dict[str, Any], request: ServiceRequest) -> str | None:
+    """Why a re-deploy of an existing job asks for other addresses than it has, or None."""
+    held = {entry.get("IpType"): entry for entry in job.get("service_ip_list", [])}
+    for kind, address in request.chosen.items():
+        ip_type, key = _SERVICE_IP_FIELDS[kind]
+        current = held.get(ip_type, {}).get(key)
+        if current != address:
+            return f"asked for {ip_type} {address}, it has {current}"
+    return None
 
 
 def sanitize(value: Any) -> Any:
-    """Drop keys MongoDB cannot store ('$…', dotted, NUL)."""
+    """Drop keys MongoDB cannot store ('$…', dotted, NUL); depth is bounded by the caller."""
     if isinstance(value, dict):
         return {
             k: sanitize(v)

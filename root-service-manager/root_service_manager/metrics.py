@@ -1,7 +1,8 @@
 """Prometheus metrics of one app: requests, allocations, pool usage, outbox depth.
 
 Pool usage and outbox depth are read from the store at scrape time, so every
-gunicorn worker reports the same (shared) numbers.
+gunicorn worker reports the same (shared) numbers. Request labels take bounded values
+only: the route's endpoint name (never the path), a known HTTP method or "other".
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from flask import Flask, Response, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from oakestra_net import labels
 from oakestra_net.addressing import Pool, pool_size
 
 
@@ -61,7 +63,11 @@ def init_metrics(app: Flask) -> None:
     @app.after_request
     def _count(response):
         endpoint = request.endpoint or "unknown"
-        requests_total.labels(endpoint, request.method, str(response.status_code)).inc()
+        method, status = (
+            labels.http_method(request.method),
+            labels.http_status(response.status_code),
+        )
+        requests_total.labels(endpoint, method, status).inc()
         if hasattr(g, "started"):
             latency.labels(endpoint).observe(time.perf_counter() - g.started)
         return response

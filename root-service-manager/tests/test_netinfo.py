@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import jwt
@@ -92,10 +93,23 @@ def test_without_a_key_netinfo_answers_503_and_the_rest_works(db):
     assert client.get("/api/net/subnet").status_code == 200
 
 
-def test_openapi_and_docs(client):
+def test_openapi_and_docs(app, client):
     spec = client.get("/docs/openapi.json").get_json()
     assert "/api/pubnet/service/netinfo/{service_name}" in spec["paths"]
     assert client.get("/api/docs").status_code == 200
+    for rule in app.url_map.iter_rules():  # every API route is documented
+        if rule.rule.startswith("/api/") and rule.endpoint != "swagger":
+            path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule).rstrip("/")
+            if path.endswith("available-ip"):
+                continue  # the same view as available-ip/{count}, with count 1
+            for method in rule.methods - {"HEAD", "OPTIONS"}:
+                assert method.lower() in spec["paths"][path], (method, path)
+    deploy = spec["paths"]["/api/net/service/deploy"]["post"]["requestBody"]
+    body = deploy["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    assert set(spec["components"]["schemas"][body]["required"]) == {
+        "_id",
+        "deployment_descriptor",
+    }
 
 
 def test_healthz_and_metrics(deployed):

@@ -1,21 +1,44 @@
-"""JSON error bodies for every Flask app of the project: `{"error", "reason"}`.
+"""JSON error bodies for every Flask app of the project: `{"error", "reason"[, "field"]}`.
 
-Werkzeug's HTTP errors (404, 405, bad JSON …) keep their status; anything unexpected is
-logged with its traceback and answered 500, so a client never gets an HTML page.
+Werkzeug's HTTP errors (404, 405, 413 …) keep their status; `InvalidInput` becomes a 400
+naming the field; anything unexpected is logged with its traceback and answered 500, so a
+client never gets an HTML page. Every 4xx answer is logged through a rate limit per
+(endpoint, status), so a client sending junk in a loop cannot flood the log.
 """
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
-from oakestra_net.log import get_logger
+from oakestra_net.log import RateLimitedLog, get_logger
+from oakestra_net.validation import InvalidInput
 
 log = get_logger(__name__)
+rejections = RateLimitedLog(log)
+
+
+def status_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def error_body(status: int, reason: str, field: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": status_phrase(status), "reason": reason}
+    if field is not None:
+        body["field"] = field
+    return body
 
 
 def register_json_errors(app: Any) -> None:
     from flask import jsonify, request
     from werkzeug.exceptions import HTTPException
+
+    @app.errorhandler(InvalidInput)
+    def invalid_input(err: InvalidInput):
+        return jsonify(error_body(err.status, str(err), err.field)), err.status
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException):
@@ -23,5 +46,20 @@ def register_json_errors(app: Any) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(err: Exception):
-        log.exception("unexpected error", path=request.path)
+        log.exception("unexpected error", path=request.path[:200])
         return jsonify({"error": "Internal Server Error", "reason": str(err)[:200]}), 500
+
+    @app.after_request
+    def log_rejection(response):
+        if 400 <= response.status_code < 500:
+            endpoint = request.endpoint or "unknown"
+            reason = (response.get_json(silent=True) or {}).get("reason", "")
+            rejections.info(
+                f"{endpoint} {response.status_code}",
+                "request rejected",
+                method=request.method[:16],
+                path=request.path[:120],
+                status=response.status_code,
+                reason=str(reason)[:200],
+            )
+        return response

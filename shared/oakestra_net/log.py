@@ -13,8 +13,10 @@ import json
 import logging
 import os
 import sys
+import threading
+import time
 import traceback
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,6 +47,111 @@ class EventLogger(logging.LoggerAdapter):
 
 def get_logger(name: str) -> EventLogger:
     return EventLogger(logging.getLogger(name), {})
+
+
+OTHER_KEY = "other"
+
+
+class RateLimitedLog:
+    """Log lines about rejected input, at most `burst` per key per `interval` seconds.
+
+    A flood of junk must not become a flood of log lines: the first `burst` events of a
+    key in a window are logged as usual, the rest only counted, and when the window ends
+    one summary line `"<event> (N more suppressed)"` reports the count (at the latest
+    `interval` seconds after the first suppressed event, from a timer thread; `flush`
+    writes pending summaries at once). Keys should be few (a topic kind, an endpoint and
+    status); beyond `max_keys` distinct keys in a window they share the key "other".
+    """
+
+    def __init__(
+        self,
+        logger: EventLogger,
+        *,
+        burst: int = 5,
+        interval: float = 10.0,
+        max_keys: int = 256,
+        clock: Callable[[], float] = time.monotonic,
+        timers: bool = True,
+    ) -> None:
+        self.logger = logger
+        self.burst = burst
+        self.interval = interval
+        self.max_keys = max_keys
+        self._clock = clock
+        self._timers = timers
+        self._lock = threading.Lock()
+        # key -> [window start, logged, suppressed, level, event, fields of the last one]
+        self._windows: dict[str, list[Any]] = {}
+        self.suppressed_total = 0
+
+    def warning(self, key: str, event: str, **fields: Any) -> None:
+        self.log(logging.WARNING, key, event, **fields)
+
+    def info(self, key: str, event: str, **fields: Any) -> None:
+        self.log(logging.INFO, key, event, **fields)
+
+    def log(self, level: int, key: str, event: str, **fields: Any) -> None:
+        now = self._clock()
+        summary = None
+        start_timer = False
+        with self._lock:
+            if key not in self._windows and len(self._windows) >= self.max_keys:
+                key = OTHER_KEY
+            window = self._windows.get(key)
+            if window is not None and now - window[0] >= self.interval:
+                summary = self._close(key)
+                window = None
+            if window is None:
+                window = self._windows[key] = [now, 0, 0, level, event, {}]
+            if window[1] < self.burst:
+                window[1] += 1
+                emit = True
+            else:
+                window[2] += 1
+                window[3:] = [level, event, fields]
+                self.suppressed_total += 1
+                emit = False
+                start_timer = self._timers and window[2] == 1
+        if summary:
+            self._write_summary(*summary)
+        if emit:
+            self.logger.log(level, event, **fields)
+        elif start_timer:
+            delay = max(0.0, window[0] + self.interval - now)
+            timer = threading.Timer(delay, self._expire, args=(key, window[0]))
+            timer.daemon = True
+            timer.start()
+
+    def flush(self) -> None:
+        """Write the summary of every key with suppressed lines now and end its window."""
+        with self._lock:
+            summaries = [self._close(key) for key in list(self._windows)]
+        for summary in summaries:
+            if summary:
+                self._write_summary(*summary)
+
+    def _expire(self, key: str, started: float) -> None:
+        with self._lock:
+            window = self._windows.get(key)
+            summary = self._close(key) if window is not None and window[0] == started else None
+        if summary:
+            self._write_summary(*summary)
+
+    def _close(self, key: str) -> tuple[str, int, int, str, dict[str, Any]] | None:
+        """End the window of `key`; its summary if it suppressed anything (lock held)."""
+        _start, _logged, suppressed, level, event, fields = self._windows.pop(key)
+        return (key, suppressed, level, event, fields) if suppressed else None
+
+    def _write_summary(
+        self, key: str, suppressed: int, level: int, event: str, fields: dict[str, Any]
+    ) -> None:
+        self.logger.log(
+            level,
+            f"{event} ({suppressed} more suppressed)",
+            **fields,
+            rate_key=key,
+            suppressed=suppressed,
+        )
 
 
 class _StderrHandler(logging.StreamHandler):

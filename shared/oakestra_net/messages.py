@@ -19,12 +19,13 @@ import json
 import re
 import reprlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, NoReturn, Self, TypeVar
 
 __all__ = [
     "MAX_INSTANCES",
     "MAX_PAYLOAD_BYTES",
+    "MAX_REJECTION_REASONS",
     "MAX_SERVICE_IPS",
     "MAX_STRING_LENGTH",
     "NIL_ADDRESS",
@@ -50,6 +51,7 @@ MAX_SERVICE_IPS = 64
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
 MAX_INSTANCE_NUMBER = 2**63 - 1  # Go's int on the net manager side
 MAX_PORT = 65_535
+MAX_REJECTION_REASONS = 10
 # What upstream unikernel deployments send as nsipv6 (Go's String() of a nil net.IP).
 NIL_ADDRESS = "<nil>"
 
@@ -246,18 +248,40 @@ class _Reader:
         self, key: str, parse: Callable[[_Reader], _T], *, max_items: int
     ) -> tuple[_T, ...]:
         """A list of JSON objects, each parsed by `parse` with a reader for that item."""
+        items = []
+        for index, item in enumerate(self._object_list(key, max_items)):
+            items.append(parse(self._item_reader(key, index, item)))
+        return tuple(items)
+
+    def objects_keeping_valid(
+        self, key: str, parse: Callable[[_Reader], _T], *, max_items: int
+    ) -> tuple[tuple[_T, ...], int, tuple[str, ...]]:
+        """Like `objects`, but an invalid item is skipped instead of failing the list:
+        (valid items, number skipped, the first reasons)."""
+        items: list[_T] = []
+        reasons: list[str] = []
+        skipped = 0
+        for index, item in enumerate(self._object_list(key, max_items)):
+            try:
+                items.append(parse(self._item_reader(key, index, item)))
+            except InvalidMessage as err:
+                skipped += 1
+                if len(reasons) < MAX_REJECTION_REASONS:
+                    reasons.append(str(err))
+        return tuple(items), skipped, tuple(reasons)
+
+    def _object_list(self, key: str, max_items: int) -> list[Any]:
         value = self._required(key)
         if not isinstance(value, list):
             self._fail_field(key, f"must be a list, got {_type_name(value)}")
         if len(value) > max_items:
             self._fail_field(key, f"has too many items ({len(value)}, at most {max_items})")
-        items = []
-        for index, item in enumerate(value):
-            if not isinstance(item, dict):
-                self._fail_field(f"{key}[{index}]", f"must be an object, got {_type_name(item)}")
-            reader = _Reader(item, self._label, f"{self._prefix}{key}[{index}].")
-            items.append(parse(reader))
-        return tuple(items)
+        return value
+
+    def _item_reader(self, key: str, index: int, item: object) -> _Reader:
+        if not isinstance(item, dict):
+            self._fail_field(f"{key}[{index}]", f"must be an object, got {_type_name(item)}")
+        return _Reader(item, self._label, f"{self._prefix}{key}[{index}].")
 
 
 class Message:
@@ -414,22 +438,27 @@ class TableQueryInstance(Message):
 
 @dataclass(frozen=True)
 class TableQueryResult(Message):
-    """The cluster's answer to a table query; `app_name` is null when resolution failed."""
+    """The cluster's answer to a table query; `app_name` is null when resolution failed.
+
+    One bad instance must not cost a node the good ones: an invalid entry of
+    `instance_list` is left out and counted in `rejected` (with the first reasons in
+    `rejections`, for the log) instead of failing the whole answer.
+    """
 
     app_name: str | None
     query_key: str
     instance_list: tuple[TableQueryInstance, ...]
+    rejected: int = field(default=0, compare=False)
+    rejections: tuple[str, ...] = field(default=(), compare=False)
     _LABEL: ClassVar[str] = "tablequery/result"
 
     @classmethod
     def _read(cls, r: _Reader) -> Self:
-        return cls(
-            app_name=r.nullable_string("app_name"),
-            query_key=r.string("query_key"),
-            instance_list=r.objects(
-                "instance_list", TableQueryInstance._read, max_items=MAX_INSTANCES
-            ),
+        app_name, query_key = r.nullable_string("app_name"), r.string("query_key")
+        instances, rejected, reasons = r.objects_keeping_valid(
+            "instance_list", TableQueryInstance._read, max_items=MAX_INSTANCES
         )
+        return cls(app_name, query_key, instances, rejected, reasons)
 
     def to_dict(self) -> dict[str, Any]:
         return {

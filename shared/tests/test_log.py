@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from oakestra_net.log import get_logger, parse_level, setup_logging
+from oakestra_net.log import RateLimitedLog, get_logger, parse_level, setup_logging
+from oakestra_net.testing import wait_until
 
 HUMAN_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (?P<level>\w+) +(?P<source>\S+): ")
 
@@ -176,3 +177,58 @@ def test_bind_adds_fields_to_every_record(caplog):
         {"node_id": "n1", "job": "a"},
         {"node_id": "n1", "cluster": "c1"},
     ]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def limited(caplog, **options):
+    caplog.set_level(logging.INFO)
+    clock = FakeClock()
+    limiter = RateLimitedLog(get_logger("test.rate"), clock=clock, timers=False, **options)
+    return limiter, clock
+
+
+def events(caplog) -> list[tuple[str, dict]]:
+    return [(r.getMessage(), getattr(r, "fields", {})) for r in caplog.records]
+
+
+def test_rate_limited_log_writes_a_burst_then_one_summary_per_window(caplog):
+    limiter, clock = limited(caplog, burst=3, interval=10)
+    for n in range(1000):
+        limiter.warning("junk", "invalid message dropped", n=n)
+    assert [fields["n"] for _, fields in events(caplog)] == [0, 1, 2]
+    clock.now = 10.5
+    limiter.warning("junk", "invalid message dropped", n=1000)
+    lines = events(caplog)
+    assert lines[3][0] == "invalid message dropped (997 more suppressed)"
+    assert lines[3][1]["suppressed"] == 997 and lines[3][1]["n"] == 999
+    assert lines[4] == ("invalid message dropped", {"n": 1000})
+    assert len(lines) == 5 and limiter.suppressed_total == 997
+
+
+def test_rate_limited_log_keys_are_independent_and_bounded(caplog):
+    limiter, _clock = limited(caplog, burst=1, max_keys=2)
+    for key in ("a", "b", "c", "d", "a"):
+        limiter.warning(key, "rejected", key_=key)
+    logged = [fields["key_"] for _, fields in events(caplog)]
+    assert logged == ["a", "b", "c"]  # c and d share "other": d is suppressed, a too
+    limiter.flush()
+    summaries = [fields for event, fields in events(caplog) if "suppressed" in fields]
+    assert sorted((f["rate_key"], f["suppressed"]) for f in summaries) == [("a", 1), ("other", 1)]
+    limiter.flush()
+    assert len(events(caplog)) == 5  # a flushed window is not summarised twice
+
+
+def test_rate_limited_log_summary_arrives_without_further_events(caplog):
+    caplog.set_level(logging.INFO)
+    limiter = RateLimitedLog(get_logger("test.rate"), burst=1, interval=0.2)
+    limiter.warning("k", "rejected")
+    limiter.warning("k", "rejected")
+    wait_until(lambda: len(caplog.records) == 2, timeout=5, message="no summary line")
+    assert caplog.records[1].getMessage() == "rejected (1 more suppressed)"

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from oakestra_net.messages import (
     MAX_INSTANCES,
     MAX_PAYLOAD_BYTES,
+    MAX_REJECTION_REASONS,
     MAX_SERVICE_IPS,
     AddressChanged,
     InterestRemove,
@@ -316,12 +317,12 @@ def test_missing_required_key_is_named(cls, key):
 def test_nested_errors_carry_the_path():
     payload = copy.deepcopy(QUERY_RESULT)
     del payload["instance_list"][0]["instance_number"]
-    assert rejection(TableQueryResult, payload) == (
-        "tablequery/result: field 'instance_list[0].instance_number' is missing"
+    assert TableQueryResult.from_json(payload).rejections == (
+        "tablequery/result: field 'instance_list[0].instance_number' is missing",
     )
     payload = copy.deepcopy(QUERY_RESULT)
     payload["instance_list"][0]["service_ip"][1]["Address"] = "fdff::9"
-    message = rejection(TableQueryResult, payload)
+    (message,) = TableQueryResult.from_json(payload).rejections
     assert message.startswith("tablequery/result: field 'instance_list[0].service_ip[1].Address'")
     assert "IPv4" in message
 
@@ -474,8 +475,31 @@ def test_service_ip_list_is_bounded():
 
 def test_list_items_must_be_objects():
     payload = {**QUERY_RESULT, "instance_list": [INSTANCE, "instance"]}
-    message = rejection(TableQueryResult, payload)
-    assert message == "tablequery/result: field 'instance_list[1]' must be an object, got string"
+    message = TableQueryResult.from_json(payload)
+    assert message.rejections == (
+        "tablequery/result: field 'instance_list[1]' must be an object, got string",
+    )
+    assert message.instance_list == (TableQueryInstance.from_json(INSTANCE),)
+
+
+def test_a_bad_instance_is_left_out_and_counted_the_good_ones_kept():
+    good = [{**INSTANCE, "instance_number": n, "host_ip": f"192.0.2.{n + 1}"} for n in range(5)]
+    bad_host = {**INSTANCE, "instance_number": 5, "host_ip": "somewhere"}
+    bad_number = {**INSTANCE, "instance_number": 2**70}
+    payload = {**QUERY_RESULT, "instance_list": [*good[:2], bad_host, *good[2:], bad_number]}
+    message = TableQueryResult.from_json(json.dumps(payload))
+    assert [i.instance_number for i in message.instance_list] == [0, 1, 2, 3, 4]
+    assert message.rejected == 2
+    assert "instance_list[2].host_ip" in message.rejections[0]
+    assert "instance_list[6].instance_number" in message.rejections[1]
+    assert TableQueryResult.from_json(QUERY_RESULT).rejected == 0
+
+
+def test_rejection_reasons_are_bounded():
+    payload = {**QUERY_RESULT, "instance_list": ["junk"] * 1000}
+    message = TableQueryResult.from_json(payload)
+    assert message.instance_list == () and message.rejected == 1000
+    assert len(message.rejections) == MAX_REJECTION_REASONS
 
 
 @pytest.mark.parametrize(

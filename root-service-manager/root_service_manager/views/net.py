@@ -7,16 +7,28 @@ JSON objects whose `message` is upstream's text; errors are `{"error", "reason"}
 
 from __future__ import annotations
 
-import ipaddress
-
+from bson import ObjectId
 from flask import Blueprint, current_app, jsonify, request
 
 from oakestra_net.addressing import Pool, PoolExhausted
-from oakestra_net.names import decode_path
+from oakestra_net.http_input import json_body, json_object, path_params
+from oakestra_net.names import InvalidName, decode_path, parse_job_name
+from oakestra_net.validation import InvalidInput, parse
 
-from ..descriptor import read_descriptor
-from ..errors import ApiError, json_object, path_int, require_int, require_str
-from ..services import LOCATION_FIELDS, object_id, public_job
+from ..descriptor import conflicting_choice
+from ..errors import ApiError
+from ..schemas import (
+    ClusterRegistration,
+    DeployStatus,
+    InstanceDeploy,
+    InstancePath,
+    JobIdPath,
+    LocationReport,
+    ServiceDeploy,
+    ServiceIpPath,
+    SubnetRelease,
+)
+from ..services import LOCATION_FIELDS, public_job
 
 bp = Blueprint("net", __name__, url_prefix="/api/net")
 
@@ -34,19 +46,15 @@ def _message(text: str, status: int = 200, **extra):
 
 @bp.post("/cluster")
 def register_cluster():
-    body = json_object()
-    cluster = _root().clusters.register(
-        require_str(body, "cluster_id"),
-        require_str(body, "cluster_address"),
-        require_int(body, "cluster_port", minimum=1, maximum=65535),
-    )
+    body = json_body(ClusterRegistration)
+    cluster = _root().clusters.register(body.cluster_id, body.cluster_address, body.cluster_port)
     return _message("cluster registered", cluster=cluster)
 
 
 @bp.delete("/interest/<job_name>")
 def remove_interest(job_name: str):
     cluster = _calling_cluster()
-    _root().clusters.remove_interest(cluster["cluster_id"], decode_path(job_name))
+    _root().clusters.remove_interest(cluster["cluster_id"], _job_name(job_name))
     return _message("deregistered")
 
 
@@ -59,86 +67,72 @@ def _calling_cluster() -> dict:
     return cluster
 
 
+def _job_name(path_segment: str) -> str:
+    try:
+        return str(parse_job_name(decode_path(path_segment)))
+    except InvalidName as err:
+        raise InvalidInput("job_name", str(err)) from None
+
+
 # -- services and instances -----------------------------------------------------
 
 
 @bp.post("/service/deploy")
 def deploy_service():
-    body = json_object()
-    job_id = object_id(body.get("_id"))
-    service = read_descriptor(body.get("deployment_descriptor"))
-    job, created = _root().services.deploy_service(job_id, service)
+    raw = json_object()
+    body = parse(ServiceDeploy, raw)
+    service = body.deployment_descriptor.to_request(raw["deployment_descriptor"])
+    job, created = _root().services.deploy_service(ObjectId(body.id), service)
+    if not created and (conflict := conflicting_choice(job, service)):
+        raise ApiError(
+            409, f"{job['job_name']} is already deployed with other addresses: {conflict}"
+        )
     text = "Instance info added" if created else "Service already deployed, nothing changed"
     return _message(text, job_name=job["job_name"], service_ip_list=job["service_ip_list"])
 
 
 @bp.delete("/service/<job_id>")
 def remove_service(job_id: str):
-    job = _root().services.remove_service(object_id(job_id))
+    path = path_params(JobIdPath, job_id=job_id)
+    job = _root().services.remove_service(ObjectId(path.job_id))
     return _message("Job removed successfully", job_name=job["job_name"])
 
 
 @bp.post("/instance/deploy")
 def deploy_instance():
-    body = json_object()
+    body = json_body(InstanceDeploy)
     instance = _root().services.deploy_instance(
-        object_id(body.get("_id")),
-        require_int(body, "instance_number"),
-        require_str(body, "cluster_id"),
+        ObjectId(body.id), body.instance_number, body.cluster_id
     )
     return _message("Instance info added", instance=instance)
 
 
 @bp.delete("/<job_id>/<instance_number>")
 def undeploy_instance(job_id: str, instance_number: str):
-    number = path_int(instance_number, "instance_number", minimum=-1)
-    removed = _root().services.undeploy_instance(object_id(job_id), number)
+    path = path_params(InstancePath, job_id=job_id, instance_number=instance_number)
+    removed = _root().services.undeploy_instance(ObjectId(path.job_id), path.instance_number)
     numbers = [i["instance_number"] for i in removed]
     return _message("Instance info cleared", removed=numbers)
 
 
 @bp.post("/service/net_deploy_status")
 def net_deploy_status():
-    body = json_object()
-    job_id = object_id(body.get("job_id"), "job_id")
-    reports = body.get("instances")
-    if not isinstance(reports, list) or not reports or len(reports) > 10_000:
-        raise ApiError(400, "field 'instances' must be a non-empty list of instance reports")
-    checked = [_location_report(r) for r in reports]
-    updated, unknown = _root().services.update_locations(job_id, checked)
+    body = json_body(DeployStatus)
+    checked = [_location(report) for report in body.instances]
+    updated, unknown = _root().services.update_locations(ObjectId(body.job_id), checked)
     return _message("Status updated", updated=updated, unknown_instances=unknown)
 
 
-def _location_report(report: object) -> dict:
-    """One instance's location; a report with a null `namespace_ip` clears the location
-    (the cluster sends that when the instance left its node)."""
-    if not isinstance(report, dict):
-        raise ApiError(400, "every entry of 'instances' must be a JSON object")
-    number = require_int(report, "instance_number")
-    if report.get("namespace_ip") is None:
-        return {"instance_number": number, **dict.fromkeys(LOCATION_FIELDS)}
+def _location(report: LocationReport) -> dict:
+    if report.namespace_ip is None:
+        return {"instance_number": report.instance_number, **dict.fromkeys(LOCATION_FIELDS)}
     return {
-        "instance_number": number,
-        "namespace_ip": _ip(report, "namespace_ip", 4),
-        "namespace_ip_v6": _ip(report, "namespace_ip_v6", 6, optional=True),
-        "host_ip": require_str(report, "host_ip"),
-        "host_port": require_int(report, "host_port", maximum=65535),
+        "instance_number": report.instance_number,
+        "namespace_ip": report.namespace_ip,
+        "namespace_ip_v6": report.namespace_ip_v6 or "",
+        "host_ip": report.host_ip,
+        "host_port": report.host_port,
     }
-
-
-def _ip(body: dict, field: str, version: int, *, optional: bool = False) -> str:
-    value = body.get(field)
-    if optional and value in (None, "", "<nil>"):
-        return ""
-    try:
-        if not isinstance(value, str):  # ip_address() would take 5 for 0.0.0.5
-            raise TypeError(field)
-        address = ipaddress.ip_address(value)
-    except (ValueError, TypeError):
-        raise ApiError(400, f"field '{field}' must be an IPv{version} address") from None
-    if address.version != version:
-        raise ApiError(400, f"field '{field}' must be an IPv{version} address")
-    return str(address)
 
 
 # -- table queries --------------------------------------------------------------
@@ -147,17 +141,14 @@ def _ip(body: dict, field: str, version: int, *, optional: bool = False) -> str:
 @bp.get("/service/<job_name>/instances")
 def table_query_by_name(job_name: str):
     cluster = _calling_cluster_for_query()
-    name = decode_path(job_name)
+    name = _job_name(job_name)
     return _answer_query(cluster, _root().services.find_by_name(name), f"service {name}")
 
 
 @bp.get("/service/ip/<service_ip>/instances")
 def table_query_by_ip(service_ip: str):
     cluster = _calling_cluster_for_query()
-    try:
-        address = str(ipaddress.ip_address(decode_path(service_ip)))
-    except ValueError:
-        raise ApiError(400, f"'{service_ip[:64]}' is not an IP address") from None
+    address = path_params(ServiceIpPath, service_ip=decode_path(service_ip)).service_ip
     return _answer_query(cluster, _root().services.find_by_ip(address), f"service IP {address}")
 
 
@@ -180,8 +171,10 @@ def _answer_query(cluster: dict, job: dict | None, what: str):
 
 @bp.get("/subnet")
 def new_subnet():
+    """A node subnet (v4 and v6); it belongs to the calling cluster, if it is registered."""
     allocator = _root().allocator
-    owner = {"kind": "subnet"}
+    caller = _root().clusters.by_address(request.remote_addr)
+    owner = {"kind": "subnet", "cluster_id": caller["cluster_id"] if caller else None}
     try:
         v4 = allocator.reserve(Pool.SUBNET_V4, owner)
     except PoolExhausted as err:
@@ -196,11 +189,27 @@ def new_subnet():
 
 @bp.delete("/subnet")
 def release_subnet():
-    """Ours, not upstream's: a cluster gives a node's subnet back (node subnet DELETE)."""
-    body = json_object()
+    """Ours, not upstream's: a cluster gives a node's subnet back (node subnet DELETE).
+
+    Only subnets handed out to the calling cluster (or to no known cluster) can be
+    released; an unknown or foreign one is a 404 and nothing is released."""
+    body = json_body(SubnetRelease)
     allocator = _root().allocator
-    released = {
-        "subnet_addr": allocator.release(Pool.SUBNET_V4, body.get("subnet_addr")),
-        "subnet_addr_v6": allocator.release(Pool.SUBNET_V6, body.get("subnet_addr_v6")),
-    }
+    caller = _root().clusters.by_address(request.remote_addr)
+    caller_id = caller["cluster_id"] if caller else None
+    given = [
+        (field, pool, address)
+        for field, pool, address in (
+            ("subnet_addr", Pool.SUBNET_V4, body.subnet_addr),
+            ("subnet_addr_v6", Pool.SUBNET_V6, body.subnet_addr_v6),
+        )
+        if address is not None
+    ]
+    for field, pool, address in given:
+        owner = allocator.owner_of(pool, address)
+        if owner is None or owner.get("kind") != "subnet":
+            raise ApiError(404, f"field '{field}': {address} is not a node subnet handed out")
+        if owner.get("cluster_id") not in (None, caller_id):
+            raise ApiError(404, f"field '{field}': {address} belongs to another cluster")
+    released = {field: allocator.release(pool, address) for field, pool, address in given}
     return _message("subnet released", released=released)

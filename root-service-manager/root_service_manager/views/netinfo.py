@@ -6,21 +6,20 @@ While no JWT key is known these routes answer 503; everything else keeps working
 
 from __future__ import annotations
 
-import ipaddress
-
 from flask import Blueprint, current_app, jsonify, request
 
 from oakestra_net.addressing import Pool
+from oakestra_net.http_input import path_params
 from oakestra_net.names import decode_path
 
-from ..errors import ApiError, path_int
+from ..errors import ApiError
 from ..jwt_keys import TokenRejected
+from ..schemas import PreviewQuery, ServiceIpPath
 
 bp = Blueprint("netinfo", __name__, url_prefix="/api/pubnet/service/netinfo")
 
 NAME_FIELDS = ("applicationID", "app_ns", "app_name", "service_ns", "service_name")
 INSTANCE_FIELDS = ("cluster_id", "instance_number", "instance_ip", "instance_ip_v6")
-MAX_PREVIEW = 100
 
 
 @bp.before_request
@@ -41,10 +40,7 @@ def by_name(service_name: str):
 
 @bp.get("/ip/<service_ip>")
 def by_ip(service_ip: str):
-    try:
-        address = str(ipaddress.ip_address(decode_path(service_ip)))
-    except ValueError:
-        raise ApiError(400, f"'{service_ip[:64]}' is not an IP address") from None
+    address = path_params(ServiceIpPath, service_ip=decode_path(service_ip)).service_ip
     return _netinfo(current_app.extensions["root"].services.find_by_ip(address), address)
 
 
@@ -64,12 +60,8 @@ def _netinfo(job: dict | None, what: str):
 @bp.get("/available-ip/<count>")
 def available_ip(count: str):
     """Preview of the next free RR addresses (not reserved: another deploy may take them)."""
-    number = path_int(count, "count", minimum=1)
-    if number > MAX_PREVIEW:
-        raise ApiError(400, f"count must be at most {MAX_PREVIEW}")
-    version = request.args.get("v")
-    if version not in (None, "4", "6"):
-        raise ApiError(400, "query parameter v must be 4 or 6")
+    query = path_params(PreviewQuery, count=count, v=request.args.get("v"))
+    number, version = query.count, query.v
     allocator = current_app.extensions["root"].allocator
     out = []
     if version in (None, "4"):
