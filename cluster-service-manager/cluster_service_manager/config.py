@@ -2,7 +2,8 @@
 
 Upstream's variables keep their names and meaning (`MY_PORT`, `MQTT_BROKER_URL`,
 `MQTT_BROKER_PORT`, `MQTT_CERT`, `CLUSTER_SERVICE_KEYFILE_PASSWORD`,
-`ROOT_SERVICE_MANAGER_URL`, `ROOT_SERVICE_MANAGER_PORT`); the others are ours. A bad
+`ROOT_SERVICE_MANAGER_URL`, `ROOT_SERVICE_MANAGER_PORT`); the others are ours
+(`NET_API_TOKEN`: see `oakestra_net.api_token`). A bad
 value raises `ConfigError` naming the variable. The MongoDB variables are read by
 `oakestra_net.store`; turning settings into clients is the app factory's job.
 """
@@ -15,6 +16,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from oakestra_net import api_token
 from oakestra_net.mqtt import MqttConfig
 
 DEFAULT_PORT = 10110
@@ -49,6 +51,7 @@ class Settings:
     cluster_id: str | None = None
     cluster_address: str | None = None
     cluster_port: int | None = None
+    api_token: str | None = field(default=None, repr=False)
 
     @property
     def root_base_url(self) -> str:
@@ -108,6 +111,7 @@ class Settings:
             cluster_id=reader.text("CLUSTER_ID"),
             cluster_address=reader.text("CLUSTER_ADDRESS"),
             cluster_port=reader.port("CLUSTER_PORT", None),
+            api_token=reader.token(),
         )
         if settings.mqtt_password and not settings.mqtt_username:
             raise ConfigError("MQTT_PASSWORD is set but MQTT_USERNAME is not")
@@ -156,6 +160,12 @@ class _EnvReader:
         if text.lower() in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{name}={text!r} is not a boolean (true/false)")
+
+    def token(self) -> str | None:
+        try:
+            return api_token.token_from_env(self.env)
+        except api_token.TokenError as err:
+            raise ConfigError(str(err)) from None
 
     def cert_dir(self, name: str) -> str | None:
         path = self.text(name)

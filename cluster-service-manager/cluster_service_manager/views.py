@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from oakestra_net import store
+from oakestra_net import store, topics
 from oakestra_net.log import get_logger
 from oakestra_net.names import InvalidName, decode_path, parse_job_name
 
@@ -71,13 +71,33 @@ def _root_error(err: Exception, what: str) -> ApiError:
 
 @net.post("/deployment")
 def deployment():
-    name = _job_name(_json_object().get("job_name"))
+    body = _json_object()
+    name = _job_name(body.get("job_name"))
     try:
-        job = _parts().deployments.deploy(name)
+        job = _parts().deployments.deploy(name, _placement(body))
     except (NotFound, RootUnavailable, RootRejected) as err:
         raise _root_error(err, f"job {name}") from None
     body = {"message": "job stored succesfully", "job_name": name}
     return jsonify({**body, "instances": len(job["instance_list"])})
+
+
+def _placement(body: dict[str, Any]) -> tuple[int, str] | None:
+    """Optional `instance_number` + `worker_id`: where the orchestrator scheduled the
+    instance (Oakestra's cluster manager sends only `job_name`)."""
+    number, node_id = body.get("instance_number"), body.get("worker_id")
+    if number is None and node_id is None:
+        return None
+    if (
+        isinstance(number, bool)
+        or not isinstance(number, int)
+        or not 0 <= number <= MAX_INSTANCE_NUMBER
+    ):
+        raise ApiError(400, "field 'instance_number': must be an integer >= 0 with 'worker_id'")
+    try:
+        topics.node_topic(node_id, topics.SERVICE_DEPLOYED)
+    except topics.InvalidTopic as err:
+        raise ApiError(400, f"field 'worker_id': {err}") from None
+    return number, node_id
 
 
 @net.delete("/deployment/<job_name>")

@@ -11,12 +11,17 @@ import ipaddress
 
 from flask import Blueprint, current_app, jsonify, request
 
+from oakestra_net import api_token
 from oakestra_net.addressing import Pool, PoolExhausted
+from oakestra_net.log import get_logger
 from oakestra_net.names import decode_path
 
+from ..clusters import caller_address
 from ..descriptor import read_descriptor
 from ..errors import ApiError, json_object, path_int, require_int, require_str
 from ..services import LOCATION_FIELDS, object_id, public_job
+
+log = get_logger(__name__)
 
 bp = Blueprint("net", __name__, url_prefix="/api/net")
 
@@ -35,12 +40,33 @@ def _message(text: str, status: int = 200, **extra):
 @bp.post("/cluster")
 def register_cluster():
     body = json_object()
-    cluster = _root().clusters.register(
-        require_str(body, "cluster_id"),
-        require_str(body, "cluster_address"),
-        require_int(body, "cluster_port", minimum=1, maximum=65535),
-    )
+    cluster_id = require_str(body, "cluster_id")
+    address = require_str(body, "cluster_address")
+    port = require_int(body, "cluster_port", minimum=1, maximum=65535)
+    known = _root().clusters.by_id(cluster_id)
+    if known is not None and not api_token.guarded():
+        _refuse_moving(known, address)
+    cluster = _root().clusters.register(cluster_id, address, port)
     return _message("cluster registered", cluster=cluster)
+
+
+def _refuse_moving(known: dict, address: str) -> None:
+    """Without the API token, a registered cluster keeps its address: otherwise anyone could
+    take over its pushes by registering its id again with an address of their own."""
+    if caller_address(address) == known["cluster_address"]:
+        return
+    log.warning(
+        "cluster re-registration from another address refused",
+        cluster_id=known["cluster_id"],
+        registered_address=known["cluster_address"],
+        new_address=address[:100],
+        caller=request.remote_addr,
+    )
+    raise ApiError(
+        403,
+        f"field 'cluster_address': cluster {known['cluster_id']} is registered at "
+        f"{known['cluster_address']}; moving it needs the API token ({api_token.ENV_VAR})",
+    )
 
 
 @bp.delete("/interest/<job_name>")
