@@ -30,13 +30,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.update(config or {})
     if "API_TOKEN" not in app.config:
         app.config["API_TOKEN"] = api_token.token_from_env()
+    api_token.install_guard(app, app.config["API_TOKEN"], component="root-service-manager")
     db = app.config.get("DB")
     if db is None:
         db = store.connect("root")
     keys = app.config.get("KEYS") or KeyProvider.from_env(os.environ)
     root = Root.build(db, keys, outbox_timeout=app.config["OUTBOX_TIMEOUT"])
     app.extensions["root"] = root
-    api_token.install_guard(app, app.config["API_TOKEN"], component="root-service-manager")
     root.outbox.session.headers.update(api_token.auth_header(app.config["API_TOKEN"]))
     if app.config["OUTBOX_AUTOSTART"]:
         root.outbox.start()

@@ -8,8 +8,9 @@ worker count comes from GUNICORN_WORKERS (default 2).
 from __future__ import annotations
 
 import os
+import sys
 
-from oakestra_net import store
+from oakestra_net import api_token, store
 from oakestra_net.log import get_logger, setup_logging
 from oakestra_net.serving import serve
 
@@ -18,6 +19,11 @@ log = get_logger(__name__)
 
 def main() -> None:
     setup_logging("root-service-manager")
+    try:
+        api_token.token_from_env()  # checked here, so a bad value fails before gunicorn starts
+    except api_token.TokenError as err:
+        log.error("bad configuration", reason=str(err))
+        sys.exit(2)
     port = int(os.environ.get("MY_PORT", "10099"))
     embedded = store.mongo_url_from_env("root") is None
     workers = 1 if embedded else int(os.environ.get("GUNICORN_WORKERS", "2"))
