@@ -90,7 +90,9 @@ def test_make_run_shows_the_example_then_removes_everything() -> None:
         "X2.0 x10, X2.1 x10",
         "Closest: 10 new connections from X1.0 on w1 to X2's Closest IP",
         "X2.0 x10",
-        f"ip netns exec {prefix}infra mosquitto_sub -h 198.18.0.254 -p 10003 -v -t 'nodes/+/net/#'",
+        "anonymous mosquitto_sub '#' from w1 (198.18.0.1): Connection error: Connection Refused",
+        "POST /api/net/cluster 6630c0000000000000000001 without the token: 401 missing header",
+        f"ip netns exec {prefix}infra mosquitto_sub -h 127.0.0.1 -p 10004 -v -t 'nodes/+/net/#'",
         "Live status, every 2 s",
         "removing namespaces, processes and everything else… ok",
     ]:
