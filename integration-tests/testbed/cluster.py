@@ -5,8 +5,8 @@
 
 Built from `topology.local_cluster`: an underlay bridge (198.18.0.0/24), an infra
 namespace at 198.18.0.254 running Mosquitto (10003, the repository's secured
-mosquitto/mosquitto.conf with a password file and ACL made for this run, see
-credentials.py), the root service manager (10099) and the cluster service manager
+mosquitto/mosquitto.conf with a password file, ACL and TLS certificates made for this
+run, see credentials.py), the root service manager (10099) and the cluster service manager
 (10110), each with its embedded store and the run's API token; and workers w1, w2, …
 at 198.18.0.1, … each running `net-manager run` with its own config directory (its
 broker credential in netcfg.json), socket and state file.
@@ -102,7 +102,9 @@ class LocalCluster:
         self._infra: NetnsSockets | None = None
         self.processes: list[Process] = []  # in start order
         node_ids = [node_id_of(i) for i in range(1, workers + 1)]
-        self.credentials = RunSecrets.create(self.run_dir / "secrets", node_ids)
+        self.credentials = RunSecrets.create(
+            self.run_dir / "secrets", node_ids, [self.infra_ip, "127.0.0.1"]
+        )
         mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         conf = str(self.credentials.broker_config)
         self.broker = self._infra_process("mosquitto", [mosquitto, "-c", conf])
@@ -122,6 +124,7 @@ class LocalCluster:
                 api_token.ENV_VAR: token,
                 "MQTT_USERNAME": self.credentials.cluster_user,
                 "MQTT_PASSWORD": self.credentials.cluster_password,
+                "MQTT_CERT": str(self.credentials.directory),  # ca.crt, cluster_net.crt/.key
                 "MY_PORT": str(CLUSTER_PORT),
                 "MQTT_BROKER_URL": self.infra_ip,
                 "MQTT_BROKER_PORT": str(BROKER_PORT),
@@ -168,6 +171,7 @@ class LocalCluster:
             "Debug": False,
             "MqttCert": "",
             "MqttKey": "",
+            "MqttCa": str(self.credentials.ca_file),
             "MqttUsername": worker.node_id,
             "MqttPassword": self.credentials.node_passwords[worker.node_id],
         }

@@ -1,13 +1,16 @@
-"""The local cluster's secrets, made fresh for every run: broker users, ACL, API token.
+"""The local cluster's secrets, made fresh for every run: broker users, ACL, TLS, API token.
 
-`RunSecrets.create(directory, node_ids)` writes into `directory` (mode 0700):
+`RunSecrets.create(directory, node_ids, broker_ips)` writes into `directory` (mode 0700):
 - `passwd`: one Mosquitto user per node (its node id) and one for the cluster service
   manager, each with a random password (`oakestra_net.broker_auth`);
 - `acl`: the shipped `mosquitto/acl`;
-- `mosquitto.conf`: the shipped `mosquitto/mosquitto.conf` with those two paths, plus a
-  second listener on 127.0.0.1 of the infra namespace only, without authentication:
-  the operator's console (watching topics, the tests' probes), which nothing on the
-  underlay can reach. The nodes and the cluster use the secured listener.
+- a CA of this run (`pki`): `ca.crt`, the broker's `server.crt`/`.key` for
+  `broker_ips`, and `cluster_net.crt`/`.key` (the file names upstream's MQTT_CERT
+  directory has) for the cluster service manager;
+- `mosquitto.conf`: the shipped `mosquitto/mosquitto.conf` with those paths and TLS on
+  its listener (so passwords never cross the underlay in clear), plus a second listener
+  on 127.0.0.1 of the infra namespace only, without authentication: the operator's
+  console (watching topics, the tests' probes), which nothing on the underlay reaches.
 It also holds the bearer token the root, the cluster and the orchestrator driver share.
 What each process is given is the cluster's business.
 """
@@ -15,11 +18,13 @@ What each process is given is the cluster's business.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from oakestra_net import broker_auth
+from testbed.pki import issue_run_certificates
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_CONF = REPO / "mosquitto" / "mosquitto.conf"
@@ -27,10 +32,20 @@ SHIPPED_ACL = REPO / "mosquitto" / "acl"
 CONSOLE_PORT = 10004  # the broker's local listener, 127.0.0.1 in the infra namespace
 
 
-def broker_config(shipped: str, passwd: Path, acl: Path, console_port: int) -> str:
-    """The shipped configuration with our paths, each listener with its own settings."""
-    text = shipped.replace("/mosquitto/config/passwd", str(passwd))
-    text = text.replace("/mosquitto/config/acl", str(acl))
+def broker_config(shipped: str, directory: Path, console_port: int) -> str:
+    """The shipped configuration with our paths and TLS, each listener with its settings."""
+    text = shipped.replace("/mosquitto/config/passwd", str(directory / "passwd"))
+    text = text.replace("/mosquitto/config/acl", str(directory / "acl"))
+    tls = "".join(
+        f"{option} {directory / name}\n"
+        for option, name in (
+            ("cafile", "ca.crt"),
+            ("certfile", "server.crt"),
+            ("keyfile", "server.key"),
+        )
+    )
+    listener = re.compile(r"^(listener \d+)$", re.M)
+    text = listener.sub(lambda m: f"{m.group(1)}\n{tls.rstrip()}", text, count=1)
     # Started as root, Mosquitto would switch to its own user, which cannot read our
     # run directory (mode 0700, like the test fixture's broker it stays root).
     run_as = "user root\n" if os.geteuid() == 0 else ""
@@ -58,8 +73,12 @@ class RunSecrets:
     def broker_config(self) -> Path:
         return self.directory / "mosquitto.conf"
 
+    @property
+    def ca_file(self) -> Path:
+        return self.directory / "ca.crt"
+
     @classmethod
-    def create(cls, directory: Path, node_ids: list[str]) -> RunSecrets:
+    def create(cls, directory: Path, node_ids: list[str], broker_ips: list[str]) -> RunSecrets:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         passwd, acl = directory / "passwd", directory / "acl"
         passwd.unlink(missing_ok=True)
@@ -73,6 +92,7 @@ class RunSecrets:
         for node_id, password in run.node_passwords.items():
             broker_auth.set_password(passwd, node_id, password)
         acl.write_text(SHIPPED_ACL.read_text())
-        config = broker_config(SHIPPED_CONF.read_text(), passwd, acl, CONSOLE_PORT)
+        issue_run_certificates(directory, broker_ips, {"cluster_net": run.cluster_user})
+        config = broker_config(SHIPPED_CONF.read_text(), directory, CONSOLE_PORT)
         run.broker_config.write_text(config)
         return run

@@ -127,14 +127,15 @@ def show_security(cluster: LocalCluster) -> None:
     """Two attacks from the issue, tried live: they are refused."""
     worker = cluster.workers[0]
     argv = ["ip", "netns", "exec", worker.netns, "mosquitto_sub", "-h", cluster.infra_ip]
-    argv += ["-p", str(BROKER_PORT), "-t", "#", "-C", "1", "-W", "3"]
+    argv += ["-p", str(BROKER_PORT), "--cafile", str(cluster.credentials.ca_file)]
+    argv += ["-t", "#", "-C", "1", "-W", "3"]
     tried = subprocess.run(argv, capture_output=True, text=True, timeout=10)
     answer = (tried.stderr or tried.stdout).strip().splitlines()
     mqtt = answer[-1] if answer and tried.returncode else "NOT REFUSED"
     fake = {"cluster_id": CLUSTER_ID, "cluster_address": worker.address, "cluster_port": 10110}
     reply = cluster.root_api("POST", "/api/net/cluster", fake, token=False)
     reason = reply.body.get("reason", "") if isinstance(reply.body, dict) else reply.body
-    print("Secured by default (one broker user per node, an ACL, an API token; see")
+    print("Secured by default (TLS, one broker user per node, an ACL, an API token; see")
     print(f"docs/SECURITY.md; this run's secrets: {cluster.credentials.directory}):")
     print(f"  anonymous mosquitto_sub '#' from {worker.name} ({worker.address}): {mqtt}")
     print(f"  POST /api/net/cluster {CLUSTER_ID} without the token: {reply.status} {reason}")
