@@ -2,7 +2,8 @@
 
 The shipped mosquitto.conf (paths moved into the test's directory) with a password file
 made by `oakestra_net.broker_auth` and the shipped ACL, which must be what the tool
-writes. Nodes are plain MQTT clients here; the real cluster service manager answers.
+writes. Nodes and the cluster are plain MQTT clients with their credentials: what the
+broker lets through is what the cluster service manager would act on.
 """
 
 from __future__ import annotations
