@@ -73,7 +73,8 @@ def install_guard(app: Any, token: str | None, *, component: str) -> None:
 
     @app.before_request
     def _require_token():
-        if not request.path.startswith(GUARDED_PREFIX):
+        rule = request.url_rule.rule if request.url_rule is not None else ""
+        if not (request.path.startswith(GUARDED_PREFIX) or rule.startswith(GUARDED_PREFIX)):
             return None
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
