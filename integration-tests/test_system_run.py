@@ -51,8 +51,14 @@ PROGRAMS = ("mosquitto", "root-service-manager", "cluster-service-manager", "net
             "net_manager", "echo_server.py")  # fmt: skip
 
 
+# What only this checkout's runs have in their command line: its virtualenv (managers, net
+# managers, containers) or a run directory (the broker's per-run configuration). Other
+# checkouts on the same machine run the same programs at the same time.
+MINE = (str(Path(sys.executable).parent), "oakestra-net-oakr-")
+
+
 def our_programs() -> set[int]:
-    """PIDs of processes running one of the local cluster's programs."""
+    """PIDs of processes running one of the local cluster's programs from this checkout."""
     pids = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -60,7 +66,7 @@ def our_programs() -> set[int]:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if any(program in cmdline for program in PROGRAMS):
+            if any(p in cmdline for p in PROGRAMS) and any(m in cmdline for m in MINE):
                 pids.add(int(entry.name))
     return pids
 
