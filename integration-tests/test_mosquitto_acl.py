@@ -17,6 +17,7 @@ import pytest
 from oakestra_net import broker_auth
 from oakestra_net.mqtt import MqttClient, MqttConfig
 from oakestra_net.testing import Broker, wait_until
+from testbed.pki import issue_run_certificates
 
 pytestmark = pytest.mark.system
 
@@ -209,3 +210,55 @@ def test_the_cluster_may_share_its_subscription(broker, clients):
     assert a.mqtt.wait_connected(5)
     a.mqtt.publish(f"nodes/{NODE_A}/net/subnet", b'{"METHOD": "GET"}')
     wait_until(lambda: cluster.topics() == [f"nodes/{NODE_A}/net/subnet"], timeout=5)
+
+
+def test_mutual_tls_mode_confines_nodes_by_certificate(tmp_path):
+    """mosquitto-tls.conf: the certificate's common name is the user the ACL knows."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    issue_run_certificates(
+        certs, ["127.0.0.1"], {"cluster_net": broker_auth.CLUSTER_USER, "a": NODE_A}
+    )
+    acl = tmp_path / "acl"
+    acl.write_text((SHIPPED / "acl").read_text())
+    lines = []
+    for line in (SHIPPED / "mosquitto-tls.conf").read_text().splitlines():
+        if line.strip() and not line.startswith("#") and line.split()[0] not in (
+            "listener", "log_dest", "log_type", "allow_anonymous"
+        ):  # fmt: skip
+            lines.append(
+                line.replace("/mosquitto/config/certs", str(certs)).replace(
+                    "/mosquitto/config/acl", str(acl)
+                )
+            )
+    server = Broker(tmp_path / "tls", allow_anonymous=False, extra_config=lines)
+    with server:
+
+        def tls_client(stem: str, client_id: str) -> Client:
+            client = Client(server, None, client_id=client_id)
+            config = MqttConfig(
+                server.host,
+                server.port,
+                client_id,
+                ca_file=str(certs / "ca.crt"),
+                cert_file=str(certs / f"{stem}.crt"),
+                key_file=str(certs / f"{stem}.key"),
+                min_reconnect_delay=0.1,
+                max_reconnect_delay=0.5,
+            )
+            client.mqtt = MqttClient(config, workers=1, name=f"tls-{stem}")
+            return client
+
+        cluster = tls_client("cluster_net", "cluster").listen("nodes/+/net/#").start()
+        a = tls_client("a", NODE_A).start()
+        try:
+            assert cluster.mqtt.wait_subscribed("nodes/+/net/#", 5)
+            assert a.mqtt.wait_connected(5)
+            a.mqtt.publish(f"nodes/{NODE_B}/net/service/deployed", b"{}")
+            a.mqtt.publish(f"nodes/{NODE_A}/net/service/deployed", b"{}")
+            wait_until(lambda: cluster.received, timeout=5)
+            time.sleep(QUIET)
+            assert cluster.topics() == [f"nodes/{NODE_A}/net/service/deployed"]
+        finally:
+            cluster.mqtt.stop()
+            a.mqtt.stop()
