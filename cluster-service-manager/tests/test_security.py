@@ -9,6 +9,7 @@ import requests
 from csm_helpers import X3, X3_ID, LiveServer, RootHarness, make_settings
 
 from cluster_service_manager.app import create_app
+from cluster_service_manager.config import ConfigError, Settings
 from oakestra_net import store
 from oakestra_net.mqtt import MqttClient, MqttConfig
 from oakestra_net.testing import wait_until
@@ -210,3 +211,11 @@ def _descriptor() -> dict:
         "microservice_namespace": "default",
         "RR_ip": "10.30.1.30",
     }
+
+
+def test_the_token_is_read_checked_and_never_shown():
+    assert Settings.from_env({"NET_API_TOKEN": TOKEN}).api_token == TOKEN
+    assert TOKEN not in repr(Settings.from_env({"NET_API_TOKEN": TOKEN}))
+    assert Settings.from_env({}).api_token is None
+    with pytest.raises(ConfigError, match="NET_API_TOKEN must be at least 16"):
+        Settings.from_env({"NET_API_TOKEN": "short"})

@@ -34,19 +34,30 @@ class TokenError(ValueError):
 
 def token_from_env(env: Mapping[str, str] = os.environ) -> str | None:
     """The configured token (surrounding blanks removed), None when unset or empty."""
-    token = env.get(ENV_VAR, "").strip()
-    if not token:
+    text = env.get(ENV_VAR, "").strip()
+    if not text:
         return None
-    check_token(token)
+    check_token(text)
+    return text
+
+
+def parse_token(text: str) -> str:
+    """A settings-table parser: the token, or ValueError saying what is wrong (not naming
+    the variable, and never repeating the value: it is a secret)."""
+    token = text.strip()
+    if len(token) < MIN_LENGTH:
+        raise ValueError(f"must be at least {MIN_LENGTH} characters long")
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise ValueError("must be printable ASCII without spaces")
     return token
 
 
 def check_token(token: str) -> None:
-    """Raise TokenError unless `token` is long enough and fits in an HTTP header."""
-    if len(token) < MIN_LENGTH:
-        raise TokenError(f"{ENV_VAR} must be at least {MIN_LENGTH} characters long")
-    if not token.isascii() or not token.isprintable() or " " in token:
-        raise TokenError(f"{ENV_VAR} must be printable ASCII without spaces")
+    """Raise TokenError (naming the variable) unless `token` is usable."""
+    try:
+        parse_token(token)
+    except ValueError as err:
+        raise TokenError(f"{ENV_VAR} {err}") from None
 
 
 def auth_header(token: str | None) -> dict[str, str]:
