@@ -90,7 +90,10 @@ class LocalCluster:
         prefix: str | None = None,
         run_dir: Path | str | None = None,
         progress: Progress | None = None,
+        open_broker: bool = False,
     ) -> None:
+        """`open_broker`: upstream Oakestra's default broker (anonymous, no ACL, retained
+        messages kept) instead of ours; the API token stays."""
         self.topology = local_cluster(prefix or unique_prefix(RUN_PREFIX), workers)
         self.prefix = self.topology.prefix
         name = f"oakestra-net-{self.prefix.rstrip('-')}-"
@@ -103,7 +106,10 @@ class LocalCluster:
         self.processes: list[Process] = []  # in start order
         node_ids = [node_id_of(i) for i in range(1, workers + 1)]
         self.credentials = RunSecrets.create(
-            self.run_dir / "secrets", node_ids, [self.infra_ip, "127.0.0.1"]
+            self.run_dir / "secrets",
+            node_ids,
+            [self.infra_ip, "127.0.0.1"],
+            open_broker=open_broker,
         )
         mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         conf = str(self.credentials.broker_config)
@@ -122,9 +128,7 @@ class LocalCluster:
             "root-service-manager": {"MY_PORT": str(ROOT_PORT), api_token.ENV_VAR: token},
             "cluster-service-manager": {
                 api_token.ENV_VAR: token,
-                "MQTT_USERNAME": self.credentials.cluster_user,
-                "MQTT_PASSWORD": self.credentials.cluster_password,
-                "MQTT_CERT": str(self.credentials.directory),  # ca.crt, cluster_net.crt/.key
+                **self._cluster_broker_login(),
                 "MY_PORT": str(CLUSTER_PORT),
                 "MQTT_BROKER_URL": self.infra_ip,
                 "MQTT_BROKER_PORT": str(BROKER_PORT),
@@ -133,6 +137,15 @@ class LocalCluster:
             },
         }.get(name, {})
         return Process(name, self.infra_ns, argv, self.run_dir / f"{name}.log", child_env(env))
+
+    def _cluster_broker_login(self) -> dict[str, str]:
+        if self.credentials.open_broker:
+            return {}
+        return {
+            "MQTT_USERNAME": self.credentials.cluster_user,
+            "MQTT_PASSWORD": self.credentials.cluster_password,
+            "MQTT_CERT": str(self.credentials.directory),  # ca.crt, cluster_net.crt/.key
+        }
 
     def _worker(self, index: int) -> Worker:
         name = f"w{index}"
@@ -171,10 +184,11 @@ class LocalCluster:
             "Debug": False,
             "MqttCert": "",
             "MqttKey": "",
-            "MqttCa": str(self.credentials.ca_file),
-            "MqttUsername": worker.node_id,
-            "MqttPassword": self.credentials.node_passwords[worker.node_id],
         }
+        if not self.credentials.open_broker:
+            netcfg["MqttCa"] = str(self.credentials.ca_file)
+            netcfg["MqttUsername"] = worker.node_id
+            netcfg["MqttPassword"] = self.credentials.node_passwords[worker.node_id]
         path = worker.config_dir / "netcfg.json"
         path.touch(mode=0o600)
         path.write_text(json.dumps(netcfg, indent=2) + "\n")
