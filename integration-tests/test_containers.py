@@ -30,7 +30,7 @@ BUILT = {
     "net_manager": ("net-manager", "net_manager"),
 }
 # variables read by the shared package on behalf of every component
-SHARED_SOURCES = ["store.py", "log.py"]
+SHARED_SOURCES = ["store.py", "log.py", "api_token.py"]
 
 
 def test_compose_file_matches_the_compose_schema():

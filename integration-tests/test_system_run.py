@@ -51,8 +51,14 @@ PROGRAMS = ("mosquitto", "root-service-manager", "cluster-service-manager", "net
             "net_manager", "echo_server.py")  # fmt: skip
 
 
+# What only this checkout's runs have in their command line: its virtualenv (managers, net
+# managers, containers) or a run directory (the broker's per-run configuration). Other
+# checkouts on the same machine run the same programs at the same time.
+MINE = (str(Path(sys.executable).parent), "oakestra-net-oakr-")
+
+
 def our_programs() -> set[int]:
-    """PIDs of processes running one of the local cluster's programs."""
+    """PIDs of processes running one of the local cluster's programs from this checkout."""
     pids = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -60,7 +66,7 @@ def our_programs() -> set[int]:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if any(program in cmdline for program in PROGRAMS):
+            if any(p in cmdline for p in PROGRAMS) and any(m in cmdline for m in MINE):
                 pids.add(int(entry.name))
     return pids
 
@@ -90,7 +96,9 @@ def test_make_run_shows_the_example_then_removes_everything() -> None:
         "X2.0 x10, X2.1 x10",
         "Closest: 10 new connections from X1.0 on w1 to X2's Closest IP",
         "X2.0 x10",
-        f"ip netns exec {prefix}infra mosquitto_sub -h 198.18.0.254 -p 10003 -v -t 'nodes/+/net/#'",
+        "anonymous mosquitto_sub '#' from w1 (198.18.0.1): Connection error: Connection Refused",
+        "POST /api/net/cluster 6630c0000000000000000001 without the token: 401 missing header",
+        f"ip netns exec {prefix}infra mosquitto_sub -h 127.0.0.1 -p 10004 -v -t 'nodes/+/net/#'",
         "Live status, every 2 s",
         "removing namespaces, processes and everything else… ok",
     ]:

@@ -8,6 +8,7 @@ import io
 import pytest
 
 from testbed.cluster import node_id_of
+from testbed.credentials import SHIPPED_CONF, broker_config
 from testbed.nsnet import NetnsError, NetnsSockets
 from testbed.orchestrator import deployment_descriptor
 from testbed.processes import Progress
@@ -145,3 +146,19 @@ def test_short_names() -> None:
 def test_namespace_sockets_refuse_our_own_namespace() -> None:
     with pytest.raises(NetnsError, match="own namespace"):
         NetnsSockets("/proc/self/ns/net")
+
+
+def test_the_run_broker_is_the_shipped_one_with_tls_and_a_local_console(tmp_path) -> None:
+    text = broker_config(SHIPPED_CONF.read_text(), tmp_path, 10004)
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert lines[0] == "per_listener_settings true"
+    secured = lines.index("listener 10003")
+    assert lines[secured + 1 : secured + 4] == [
+        f"cafile {tmp_path / 'ca.crt'}",
+        f"certfile {tmp_path / 'server.crt'}",
+        f"keyfile {tmp_path / 'server.key'}",
+    ]
+    files = [f"password_file {tmp_path / 'passwd'}", f"acl_file {tmp_path / 'acl'}"]
+    for setting in ["allow_anonymous false", "use_username_as_clientid true", *files]:
+        assert secured < lines.index(setting) < lines.index("listener 10004 127.0.0.1")
+    assert lines[-2:] == ["listener 10004 127.0.0.1", "allow_anonymous true"]

@@ -15,7 +15,7 @@ from typing import Any
 
 from flask import Flask
 
-from oakestra_net import store
+from oakestra_net import api_token, store
 from oakestra_net.http_errors import register_json_errors
 from oakestra_net.log import get_logger
 from oakestra_net.mqtt import MqttClient
@@ -65,6 +65,7 @@ def build_parts(settings: Settings, db: Any) -> Parts:
         backoff=settings.root_backoff,
         on_call=metrics.root_call,
     )
+    root.session.headers.update(api_token.auth_header(settings.api_token))
     cache = JobCache(db, settings.cluster_id)
     cache.ensure_indexes()
     lanes = Lanes(
@@ -99,6 +100,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         db = store.connect("cluster")
     parts = build_parts(settings, db)
     app.extensions["cluster_service_manager"] = parts
+    api_token.install_guard(app, settings.api_token, component="cluster-service-manager")
     app.register_blueprint(views.net)
     app.register_blueprint(views.ops)
     _register_errors(app)

@@ -1,7 +1,9 @@
-"""The cluster's MongoDB state: cached jobs with their interested nodes, and node subnets.
+"""The cluster's MongoDB state: cached jobs, interested nodes, node subnets, placements.
 
-Collections `jobs` (`_id` = job name, see `jobs` for the document) and `nodes`
-(`_id` = node id, `node_subnet`, `node_subnet_v6`). Every change is one atomic
+Collections `jobs` (`_id` = job name, see `jobs` for the document), `nodes`
+(`_id` = node id, `node_subnet`, `node_subnet_v6`) and `placements` (`_id` =
+`<job name>/<instance number>`, `job_name`, `node_id`: where the orchestrator scheduled
+an instance, when it said so). Every change is one atomic
 MongoDB operation, so several processes can share the store:
 - interested nodes change with `$addToSet` / `$pull` only;
 - the instance list changes by compare-and-set on the document's `version` (read,
@@ -40,12 +42,14 @@ class JobCache:
     def __init__(self, db: Any, cluster_id: str | None = None) -> None:
         self.jobs = db["jobs"]
         self.nodes = db["nodes"]
+        self.placements = db["placements"]
         self.cluster_id = cluster_id
 
     def ensure_indexes(self) -> None:
         for field in IP_FIELDS:
             self.jobs.create_index(field)
         self.jobs.create_index("interested_nodes")
+        self.placements.create_index("job_name")
 
     # -- reading ---------------------------------------------------------------------
 
@@ -160,3 +164,24 @@ class JobCache:
     def remove_node_subnet(self, node_id: str) -> tuple[str, str] | None:
         doc = self.nodes.find_one_and_delete({"_id": node_id})
         return None if doc is None else (doc["node_subnet"], doc["node_subnet_v6"])
+
+    # -- placements ------------------------------------------------------------------
+
+    def schedule(self, job_name: str, number: int, node_id: str) -> None:
+        """Record that the orchestrator placed instance `number` on `node_id` (last wins)."""
+        self.placements.update_one(
+            {"_id": f"{job_name}/{number}"},
+            {"$set": {"job_name": job_name, "node_id": node_id}},
+            upsert=True,
+        )
+
+    def scheduled_node(self, job_name: str, number: int) -> str | None:
+        doc = self.placements.find_one({"_id": f"{job_name}/{number}"})
+        return None if doc is None else doc["node_id"]
+
+    def forget_placement(self, job_name: str, number: int) -> None:
+        """Drop the placement of instance `number`; -1 drops every instance of the job."""
+        if number == -1:
+            self.placements.delete_many({"job_name": job_name})
+        else:
+            self.placements.delete_one({"_id": f"{job_name}/{number}"})

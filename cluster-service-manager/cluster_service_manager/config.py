@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from importlib import metadata
 from typing import Any
 
+from oakestra_net import api_token
 from oakestra_net import settings as s
 from oakestra_net.mqtt import MqttConfig
 from oakestra_net.settings import ConfigError
@@ -53,6 +54,7 @@ class Settings:
     cluster_id: str | None = None
     cluster_address: str | None = None
     cluster_port: int | None = None
+    api_token: str | None = field(default=None, repr=False)
 
     @property
     def root_base_url(self) -> str:
@@ -145,6 +147,14 @@ SETTINGS = s.SettingsTable(
             secret=True,
         ),
         *s.store_rows("cluster"),
+        s.Setting(
+            api_token.ENV_VAR,
+            "--api-token",
+            api_token.parse_token,
+            None,
+            "bearer token required on /api/net/ (unset: open, logged loudly)",
+            secret=True,
+        ),
         s.Setting("MQTT_USERNAME", "--mqtt-username", s.text, None, "MQTT user name"),
         s.Setting("MQTT_PASSWORD", "--mqtt-password", s.text, None, "MQTT password", secret=True),
         s.Setting(

@@ -1,7 +1,9 @@
 """What the HTTP API does: job deployments announced by the cluster manager, root updates.
 
 `deploy` (cluster manager, before it sends an instance to a node) fetches the job from
-the root now, so the caller learns whether that worked. `remove` drops a cached job.
+the root now, so the caller learns whether that worked; when the caller names the
+instance and its node, the placement is recorded and only that node's reports on the
+instance are accepted (until the root undeploys it). `remove` drops a cached job.
 `root_update` (the root's push, reference §2.2) is answered at once and applied in
 the job's lane, so updates of one job apply in the order the root sent them:
 `DEPLOYMENT` refreshes a cached job from the root, `UNDEPLOYMENT` removes the
@@ -41,8 +43,13 @@ class Deployments:
         self.lanes = lanes
         self.replies = replies
 
-    def deploy(self, job_name: str) -> dict:
-        """Fetch and cache the job; NotFound / RootUnavailable / RootRejected propagate."""
+    def deploy(self, job_name: str, placement: tuple[int, str] | None = None) -> dict:
+        """Fetch and cache the job, record `placement` (instance number, node id) if given;
+        NotFound / RootUnavailable / RootRejected propagate."""
+        if placement is not None:
+            number, node_id = placement
+            self.cache.schedule(job_name, number, node_id)
+            log.info("placement recorded", job_name=job_name, number=number, node_id=node_id)
         job = self.directory.fetch_by_name(job_name)
         if job is None:
             raise NotFound(f"root does not know job {job_name}")
@@ -52,6 +59,7 @@ class Deployments:
 
     def remove(self, job_name: str) -> bool:
         """Drop the cached job; whether it was cached."""
+        self.cache.forget_placement(job_name, -1)
         if self.cache.delete(job_name) is None:
             return False
         log.info("job removed from the cache", job_name=job_name)
@@ -74,6 +82,7 @@ class Deployments:
         self.replies.job_update(job_name, DEPLOYMENT)
 
     def _undeploy(self, job_name: str, instance_number: int) -> Step | None:
+        self.cache.forget_placement(job_name, instance_number)
         result = self.cache.update_instances(
             job_name, lambda instances: jobs.without_instance(instances, instance_number)
         )

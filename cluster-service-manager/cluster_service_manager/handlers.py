@@ -10,8 +10,11 @@ waiting for the root does not hold up the node's later messages, and the cache
 answers what it can at once (a query changes nothing but the node's own interest).
 Lane steps are idempotent: they may run again.
 
-Decoding and validating payloads is the MQTT endpoint's job; the root's final
-refusals are logged by the lanes.
+A node's report on an instance the orchestrator scheduled on another node is refused
+and logged with both node ids; that the node id is the sender's own is the broker's
+ACL's job (a node may publish only under `nodes/<its user name>/net/`). Decoding and
+validating payloads is the MQTT endpoint's job; the root's final refusals are logged
+by the lanes.
 """
 
 from __future__ import annotations
@@ -175,6 +178,18 @@ class Handlers:
         what = f"{msg._LABEL} {msg.appname[:80]} instance {msg.instance_number}"
         if not is_valid_job_name(msg.appname):
             log.warning("report with an invalid job name dropped", node_id=node_id, what=what)
+            return
+        scheduled = self.cache.scheduled_node(msg.appname, msg.instance_number)
+        if scheduled is not None and scheduled != node_id:
+            self.metrics.message(msg._LABEL, "refused")
+            log.warning(
+                "report from a node the instance is not scheduled on refused",
+                node_id=node_id,
+                scheduled_node_id=scheduled,
+                job_name=msg.appname,
+                instance_number=msg.instance_number,
+                report=msg._LABEL,
+            )
             return
         report = _NodeReport(node_id, msg.appname, msg.instance_number, change, kind)
         self._ordered(node_id, what, lambda: self._apply(report, fetch=fetch))

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from oakestra_net import topics
 from oakestra_net.validation import MAX_INSTANCE_NUMBER, JobNameText
 
 JOB_UPDATE_REASONS = {"instance_number": "Invalid instancenum", "type": "Invalid type"}
@@ -20,8 +21,34 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+def _node_id(value: str) -> str:
+    try:
+        topics.node_topic(value, topics.SERVICE_DEPLOYED)
+    except topics.InvalidTopic as err:
+        raise ValueError(str(err)) from None
+    return value
+
+
 class Deployment(_Body):
+    """A job the orchestrator deployed; `instance_number` + `worker_id` (optional, ours)
+    say where it scheduled the instance (Oakestra's cluster manager sends only the name)."""
+
     job_name: JobNameText
+    instance_number: Annotated[int, Field(strict=True, ge=0, le=MAX_INSTANCE_NUMBER)] | None = None
+    worker_id: (
+        Annotated[str, Field(strict=True, max_length=256), AfterValidator(_node_id)] | None
+    ) = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> Deployment:
+        if (self.instance_number is None) != (self.worker_id is None):
+            raise ValueError("instance_number and worker_id come together")
+        return self
+
+    def placement(self) -> tuple[int, str] | None:
+        if self.instance_number is None or self.worker_id is None:
+            return None
+        return self.instance_number, self.worker_id
 
 
 class JobNamePath(_Body):

@@ -56,13 +56,14 @@ def _root_error(err: Exception, what: str) -> ApiError:
 
 @net.post("/deployment")
 def deployment():
-    name = json_body(Deployment).job_name
+    body = json_body(Deployment)
+    name = body.job_name
     try:
-        job = _parts().deployments.deploy(name)
+        job = _parts().deployments.deploy(name, body.placement())
     except (NotFound, RootUnavailable, RootRejected) as err:
         raise _root_error(err, f"job {name}") from None
-    body = {"message": "job stored succesfully", "job_name": name}
-    return jsonify({**body, "instances": len(job["instance_list"])})
+    answer = {"message": "job stored succesfully", "job_name": name}
+    return jsonify({**answer, "instances": len(job["instance_list"])})
 
 
 @net.delete("/deployment/<job_name>")

@@ -4,10 +4,12 @@
         ...
 
 Built from `topology.local_cluster`: an underlay bridge (198.18.0.0/24), an infra
-namespace at 198.18.0.254 running Mosquitto (10003, the repository's
-mosquitto/mosquitto.conf), the root service manager (10099) and the cluster service
-manager (10110), each with its embedded store; and workers w1, w2, … at 198.18.0.1, …
-each running `net-manager run` with its own config directory, socket and state file.
+namespace at 198.18.0.254 running Mosquitto (10003, the repository's secured
+mosquitto/mosquitto.conf with a password file, ACL and TLS certificates made for this
+run, see credentials.py), the root service manager (10099) and the cluster service manager
+(10110), each with its embedded store and the run's API token; and workers w1, w2, …
+at 198.18.0.1, … each running `net-manager run` with its own config directory (its
+broker credential in netcfg.json), socket and state file.
 Every program runs as a `Process` with its log in the run directory. Starting prints
 progress ("starting mosquitto… ok (0.2 s)"); every step waits for real readiness
 (the broker accepts connections, `/healthz` says ok, the net manager's socket answers).
@@ -30,13 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from net_manager.cli import call
+from oakestra_net import api_token
+from testbed.credentials import CONSOLE_PORT, RunSecrets
 from testbed.netns import Testbed
 from testbed.nsnet import NetnsSockets, Reply, http_call
 from testbed.processes import Process, Progress, child_env
 from testbed.topology import INFRA_IP, RUN_PREFIX, local_cluster, unique_prefix
 
 REPO = Path(__file__).resolve().parents[2]
-MOSQUITTO_CONF = REPO / "mosquitto" / "mosquitto.conf"
 BROKER_PORT, ROOT_PORT, CLUSTER_PORT, TUNNEL_PORT = 10003, 10099, 10110, 50103
 CLUSTER_ID = "6630c0000000000000000001"
 START_TIMEOUT = 30.0
@@ -87,7 +90,10 @@ class LocalCluster:
         prefix: str | None = None,
         run_dir: Path | str | None = None,
         progress: Progress | None = None,
+        open_broker: bool = False,
     ) -> None:
+        """`open_broker`: upstream Oakestra's default broker (anonymous, no ACL, retained
+        messages kept) instead of ours; the API token stays."""
         self.topology = local_cluster(prefix or unique_prefix(RUN_PREFIX), workers)
         self.prefix = self.topology.prefix
         name = f"oakestra-net-{self.prefix.rstrip('-')}-"
@@ -98,8 +104,16 @@ class LocalCluster:
         self.infra_ip = INFRA_IP
         self._infra: NetnsSockets | None = None
         self.processes: list[Process] = []  # in start order
+        node_ids = [node_id_of(i) for i in range(1, workers + 1)]
+        self.credentials = RunSecrets.create(
+            self.run_dir / "secrets",
+            node_ids,
+            [self.infra_ip, "127.0.0.1"],
+            open_broker=open_broker,
+        )
         mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.broker = self._infra_process("mosquitto", [mosquitto, "-c", str(MOSQUITTO_CONF)])
+        conf = str(self.credentials.broker_config)
+        self.broker = self._infra_process("mosquitto", [mosquitto, "-c", conf])
         self.root = self._infra_process("root-service-manager", [_program("root-service-manager")])
         self.cluster = self._infra_process(
             "cluster-service-manager", [_program("cluster-service-manager")]
@@ -109,9 +123,12 @@ class LocalCluster:
     # ------------------------------------------------------------------ set-up
 
     def _infra_process(self, name: str, argv: list[str]) -> Process:
+        token = self.credentials.api_token
         env = {
-            "root-service-manager": {"MY_PORT": str(ROOT_PORT)},
+            "root-service-manager": {"MY_PORT": str(ROOT_PORT), api_token.ENV_VAR: token},
             "cluster-service-manager": {
+                api_token.ENV_VAR: token,
+                **self._cluster_broker_login(),
                 "MY_PORT": str(CLUSTER_PORT),
                 "MQTT_BROKER_URL": self.infra_ip,
                 "MQTT_BROKER_PORT": str(BROKER_PORT),
@@ -120,6 +137,15 @@ class LocalCluster:
             },
         }.get(name, {})
         return Process(name, self.infra_ns, argv, self.run_dir / f"{name}.log", child_env(env))
+
+    def _cluster_broker_login(self) -> dict[str, str]:
+        if self.credentials.open_broker:
+            return {}
+        return {
+            "MQTT_USERNAME": self.credentials.cluster_user,
+            "MQTT_PASSWORD": self.credentials.cluster_password,
+            "MQTT_CERT": str(self.credentials.directory),  # ca.crt, cluster_net.crt/.key
+        }
 
     def _worker(self, index: int) -> Worker:
         name = f"w{index}"
@@ -159,7 +185,13 @@ class LocalCluster:
             "MqttCert": "",
             "MqttKey": "",
         }
-        (worker.config_dir / "netcfg.json").write_text(json.dumps(netcfg, indent=2) + "\n")
+        if not self.credentials.open_broker:
+            netcfg["MqttCa"] = str(self.credentials.ca_file)
+            netcfg["MqttUsername"] = worker.node_id
+            netcfg["MqttPassword"] = self.credentials.node_passwords[worker.node_id]
+        path = worker.config_dir / "netcfg.json"
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(netcfg, indent=2) + "\n")
         shutil.copy(REPO / "net-manager" / "config" / "tuncfg.json", worker.config_dir)
 
     # ------------------------------------------------------------------ life cycle
@@ -274,15 +306,29 @@ class LocalCluster:
             raise RuntimeError("the local cluster is not started")
         return self._infra
 
-    def infra_http(self, method: str, url: str, body: Any = None, timeout: float = 10.0) -> Reply:
+    def infra_http(
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        timeout: float = 10.0,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
         """An HTTP call made from inside the infra namespace (from 127.0.0.1 there)."""
-        return http_call(self.infra, method, url, body, timeout)
+        return http_call(self.infra, method, url, body, timeout, headers)
 
-    def root_api(self, method: str, path: str, body: Any = None) -> Reply:
-        return self.infra_http(method, f"http://127.0.0.1:{ROOT_PORT}{path}", body)
+    def root_api(self, method: str, path: str, body: Any = None, *, token: bool = True) -> Reply:
+        """The root's API as Oakestra's system manager calls it (with the run's token)."""
+        url = f"http://127.0.0.1:{ROOT_PORT}{path}"
+        return self.infra_http(method, url, body, headers=self._auth(token))
 
-    def cluster_api(self, method: str, path: str, body: Any = None) -> Reply:
-        return self.infra_http(method, f"http://127.0.0.1:{CLUSTER_PORT}{path}", body)
+    def cluster_api(self, method: str, path: str, body: Any = None, *, token: bool = True) -> Reply:
+        """The cluster's API as Oakestra's cluster manager calls it (with the run's token)."""
+        url = f"http://127.0.0.1:{CLUSTER_PORT}{path}"
+        return self.infra_http(method, url, body, headers=self._auth(token))
+
+    def _auth(self, token: bool) -> dict[str, str]:
+        return api_token.auth_header(self.credentials.api_token) if token else {}
 
     def worker(self, name: str) -> Worker:
         for worker in self.workers:
@@ -302,9 +348,9 @@ class LocalCluster:
             self.processes.remove(process)
 
     def mosquitto_sub_command(self, topics: str = "nodes/+/net/#") -> str:
-        """What a user runs to watch the cluster's topics."""
+        """What a user runs to watch the cluster's topics (the broker's console listener)."""
         return (
-            f"ip netns exec {self.infra_ns} mosquitto_sub -h {self.infra_ip} -p {BROKER_PORT} "
+            f"ip netns exec {self.infra_ns} mosquitto_sub -h 127.0.0.1 -p {CONSOLE_PORT} "
             f"-v -t '{topics}'"
         )
 

@@ -119,7 +119,12 @@ class Reply:
 
 
 def http_call(
-    sockets: NetnsSockets, method: str, url: str, body: Any = None, timeout: float = 10.0
+    sockets: NetnsSockets,
+    method: str,
+    url: str,
+    body: Any = None,
+    timeout: float = 10.0,
+    headers: dict[str, str] | None = None,
 ) -> Reply:
     """One HTTP request from inside the namespace; OSError when nothing answers."""
     parts = urlsplit(url)
@@ -127,7 +132,9 @@ def http_call(
     connection = _Connection(sockets, host, parts.port or 80, timeout)
     try:
         payload = json.dumps(body) if body is not None else None
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        headers = dict(headers or {})
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         connection.request(method, path or "/", payload, headers)
         response = connection.getresponse()

@@ -7,7 +7,10 @@ callers", §2.1, §8.3):
   `generate_db_structure` builds (incl. `RR_ip`/`RR_ip_v6` from `addresses`), `POST
   /api/net/instance/deploy {_id, instance_number, cluster_id}` when an instance is
   scheduled, `DELETE /api/net/<id>/<n>` and `DELETE /api/net/service/<id>`;
-- the cluster manager: `POST /api/net/deployment {job_name}` before the node deploys;
+- the cluster manager: `POST /api/net/deployment {job_name}` before the node deploys,
+  with the instance and the node it was scheduled on (`instance_number`, `worker_id`:
+  the cluster then accepts reports on the instance only from that node);
+every call with the run's bearer token, as the system and cluster managers would send it;
 - the node engine: `/register {client_id, cluster_address}`, then per instance a
   container (a process in a namespace of its own running echo_server.py) attached with
   `/container/deploy {pid, serviceName, instanceNumber, portMappings}` and detached
@@ -243,8 +246,13 @@ class Orchestrator:
             self.cluster.root_api("POST", "/api/net/instance/deploy", body),
             f"POST /api/net/instance/deploy {service.job_name}.{number}",
         )["instance"]
+        placement = {
+            "job_name": service.job_name,
+            "instance_number": number,
+            "worker_id": worker.node_id,
+        }
         _ok(
-            self.cluster.cluster_api("POST", "/api/net/deployment", {"job_name": service.job_name}),
+            self.cluster.cluster_api("POST", "/api/net/deployment", placement),
             f"POST cluster /api/net/deployment {service.job_name}",
         )
         container = self.start_container(f"{service.job_name}.{number}", worker)

@@ -7,7 +7,8 @@ an infra namespace, a net manager in each of two worker namespaces), plays Oakes
 part (orchestrator.py) to deploy app X: X1 × 2 (w1, w2), X3 × 1 (w2) with the RR IP
 10.30.1.30 and X2 × 2 (w1, w2) to show balancing; then shows X1 calling
 http://10.30.1.30:30443/api/hello (v4 and v6), the round-robin spread and the closest
-preference, and a status table refreshed every 2 s until Ctrl-C (--once: one table;
+preference, that an anonymous MQTT client and a caller without the API token are
+refused, and a status table refreshed every 2 s until Ctrl-C (--once: one table;
 --duration: that many seconds). Everything is removed on exit; `make clean` removes
 what a killed run left. Nothing touches this machine's own network.
 """
@@ -18,13 +19,14 @@ import argparse
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed.cluster import LocalCluster
+from testbed.cluster import BROKER_PORT, CLUSTER_ID, LocalCluster
 from testbed.orchestrator import APP_PORT, Instance, Orchestrator, Service
 from testbed.processes import Progress
 from testbed.status import collect, render
@@ -121,6 +123,24 @@ def show_hints(cluster: LocalCluster, example: Example) -> None:
     print(f"Logs: {cluster.run_dir}")
 
 
+def show_security(cluster: LocalCluster) -> None:
+    """Two attacks from the issue, tried live: they are refused."""
+    worker = cluster.workers[0]
+    argv = ["ip", "netns", "exec", worker.netns, "mosquitto_sub", "-h", cluster.infra_ip]
+    argv += ["-p", str(BROKER_PORT), "--cafile", str(cluster.credentials.ca_file)]
+    argv += ["-t", "#", "-C", "1", "-W", "3"]
+    tried = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    answer = (tried.stderr or tried.stdout).strip().splitlines()
+    mqtt = answer[-1] if answer and tried.returncode else "NOT REFUSED"
+    fake = {"cluster_id": CLUSTER_ID, "cluster_address": worker.address, "cluster_port": 10110}
+    reply = cluster.root_api("POST", "/api/net/cluster", fake, token=False)
+    reason = reply.body.get("reason", "") if isinstance(reply.body, dict) else reply.body
+    print("Secured by default (TLS, one broker user per node, an ACL, an API token; see")
+    print(f"docs/SECURITY.md; this run's secrets: {cluster.credentials.directory}):")
+    print(f"  anonymous mosquitto_sub '#' from {worker.name} ({worker.address}): {mqtt}")
+    print(f"  POST /api/net/cluster {CLUSTER_ID} without the token: {reply.status} {reason}")
+
+
 def live_status(cluster: LocalCluster, duration: float | None, once: bool) -> None:
     tty = sys.stdout.isatty()
     ends = None if duration is None else time.monotonic() + duration
@@ -188,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         show_request(example.clients[1], example.x3.rr_ip, "From the node X3 runs on")
         print()
         show_balancing(example)
+        print()
+        show_security(cluster)
         show_hints(cluster, example)
         live_status(cluster, args.duration, args.once)
         failed = False

@@ -1,4 +1,5 @@
-"""A real MQTT subscriber on the local cluster's broker: `mosquitto_sub` in the infra namespace.
+"""A real MQTT subscriber on the local cluster's broker: `mosquitto_sub` in the infra namespace,
+on the broker's console listener (127.0.0.1 there, no credentials needed).
 
     with TopicWatcher(cluster, ["jobs/#", "nodes/+/net/interest/#"]) as watcher:
         message = watcher.wait_for(lambda m: m.topic.endswith("/interest/remove"), 15)
@@ -20,7 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from testbed.cluster import BROKER_PORT, LocalCluster
+from testbed.cluster import LocalCluster
+from testbed.credentials import CONSOLE_PORT
 
 PROBE_TOPIC = "oakestra-testbed/probe"
 
@@ -57,7 +59,7 @@ class TopicWatcher:
         return subprocess.Popen(["ip", "netns", "exec", self.cluster.infra_ns, *argv], **kwargs)
 
     def start(self, timeout: float = 10.0) -> TopicWatcher:
-        argv = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(BROKER_PORT), "-q", "1"]
+        argv = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(CONSOLE_PORT), "-q", "1"]
         argv += ["-F", "%U %t %p"]
         for pattern in [*self.patterns, PROBE_TOPIC]:
             argv += ["-t", pattern]
@@ -77,7 +79,7 @@ class TopicWatcher:
         return self
 
     def publish(self, topic: str, payload: str) -> None:
-        argv = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(BROKER_PORT), "-t", topic]
+        argv = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(CONSOLE_PORT), "-t", topic]
         self._infra([*argv, "-m", payload], stdout=subprocess.DEVNULL).wait(5)
 
     def _read(self) -> None:

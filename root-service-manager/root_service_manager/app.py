@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask, jsonify
 
-from oakestra_net import store
+from oakestra_net import api_token, store
 from oakestra_net.http_errors import register_json_errors
 from oakestra_net.log import get_logger
 
@@ -23,16 +23,21 @@ log = get_logger(__name__)
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """config keys: DB (a pymongo database), KEYS (KeyProvider), OUTBOX_AUTOSTART (bool),
-    OUTBOX_TIMEOUT (seconds). Unset keys come from the environment."""
+    OUTBOX_TIMEOUT (seconds), API_TOKEN (the bearer token of `/api/net/`, also sent with
+    the pushes to clusters; None: open). Unset keys come from the environment."""
     app = Flask(__name__)
     app.config.update(OUTBOX_AUTOSTART=True, OUTBOX_TIMEOUT=2.0)
     app.config.update(config or {})
+    if "API_TOKEN" not in app.config:
+        app.config["API_TOKEN"] = api_token.token_from_env()
+    api_token.install_guard(app, app.config["API_TOKEN"], component="root-service-manager")
     db = app.config.get("DB")
     if db is None:
         db = store.connect("root")
     keys = app.config.get("KEYS") or KeyProvider.from_env(os.environ)
     root = Root.build(db, keys, outbox_timeout=app.config["OUTBOX_TIMEOUT"])
     app.extensions["root"] = root
+    root.outbox.session.headers.update(api_token.auth_header(app.config["API_TOKEN"]))
     if app.config["OUTBOX_AUTOSTART"]:
         root.outbox.start()
     app.register_blueprint(net.bp)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
+from oakestra_net import api_token
 from oakestra_net import settings as s
 
 DEFAULT_PORT = 10099
@@ -20,6 +21,14 @@ SETTINGS = s.SettingsTable(
     [
         s.Setting("MY_PORT", "--port", s.port, str(DEFAULT_PORT), "port of the HTTP API"),
         *s.store_rows("root"),
+        s.Setting(
+            api_token.ENV_VAR,
+            "--api-token",
+            api_token.parse_token,
+            None,
+            "bearer token required on /api/net/ (unset: open, logged loudly)",
+            secret=True,
+        ),
         s.Setting(
             "JWT_GENERATOR_URL",
             "--jwt-generator-url",

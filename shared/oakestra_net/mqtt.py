@@ -4,8 +4,11 @@
 every connect, so a broker restart needs nothing from its users. paho's network thread
 only hands messages off: handlers run on a small pool of worker threads, messages with
 the same order key (default: the topic) on the same worker, in arrival order. A raising
-handler is logged and counted, never stops delivery. Topic names and message schemas
-belong to other modules; this one moves bytes.
+handler is logged and counted, never stops delivery. Nothing in the component publishes
+retained messages, so a retained message a subscription brings up is someone else's
+(possibly a poisoned result left before a node registered): it is dropped, logged and
+counted unless the subscription asks for them. Topic names and message schemas belong to
+other modules; this one moves bytes.
 """
 
 from __future__ import annotations
@@ -32,7 +35,14 @@ OrderKey = Callable[[str], Hashable]
 MAX_QUEUED_PUBLISHES = 10000
 PAYLOAD_PREVIEW_CHARS = 200
 _STOP = object()
-_COUNTERS = ("received", "published", "handler_errors", "dropped", "reconnects")
+_COUNTERS = (
+    "received",
+    "published",
+    "handler_errors",
+    "dropped",
+    "reconnects",
+    "retained_ignored",
+)
 
 
 @dataclass(frozen=True)
@@ -156,6 +166,7 @@ class _Subscription:
     pattern: str
     handler: Handler
     order_key: OrderKey | None
+    accept_retained: bool = False
 
 
 class MqttClient:
@@ -184,6 +195,7 @@ class MqttClient:
         self._ever_connected = False
         self._unreachable_logged = False
         self._last_drop_log = 0.0
+        self._last_retained_log = 0.0
         self._state = "new"
         self._client = self._make_client()
 
@@ -297,17 +309,23 @@ class MqttClient:
     # -- subscriptions and publishing --------------------------------------------------------
 
     def subscribe(
-        self, pattern: str, handler: Handler, *, order_key: OrderKey | None = None
+        self,
+        pattern: str,
+        handler: Handler,
+        *,
+        order_key: OrderKey | None = None,
+        accept_retained: bool = False,
     ) -> None:
         """Handle messages matching `pattern` from now on and after every reconnect.
 
         One handler per pattern: subscribing the same pattern again replaces its handler.
+        Retained messages are ignored unless `accept_retained`.
         """
         check_pattern(pattern)
         if not callable(handler):
             raise TypeError(f"mqtt handler for {pattern} is not callable")
         with self._subs_lock:
-            self._subs[pattern] = _Subscription(pattern, handler, order_key)
+            self._subs[pattern] = _Subscription(pattern, handler, order_key, accept_retained)
             if self._session_up:
                 self._send_subscribe(pattern)
 
@@ -410,6 +428,11 @@ class MqttClient:
             topic = message.topic
             with self._subs_lock:
                 matching = [s for s in self._subs.values() if topic_matches(s.pattern, topic)]
+            if message.retain:
+                accepting = [s for s in matching if s.accept_retained]
+                if len(accepting) < len(matching):
+                    self._ignore_retained(topic)
+                matching = accepting
             for subscription in matching:
                 self._enqueue(subscription, topic, message.payload)
         except Exception:
@@ -428,6 +451,17 @@ class MqttClient:
             jobs.put_nowait((subscription, topic, payload))
         except queue.Full:
             self._drop("mqtt handler queue full, message dropped", topic=topic)
+
+    def _ignore_retained(self, topic: str) -> None:
+        self._count("retained_ignored")
+        now = time.monotonic()
+        if now - self._last_retained_log >= 1.0:
+            self._last_retained_log = now
+            self._log.warning(
+                "retained message ignored (nothing of ours publishes retained)",
+                topic=topic[:200],
+                ignored_total=self.stats()["retained_ignored"],
+            )
 
     def _drop(self, event: str, **fields: Any) -> None:
         self._count("dropped")

@@ -64,10 +64,11 @@ class Inbox:
         return wait_until(lambda: len(self.items) >= count, timeout, message=f"{count} messages")
 
 
-def mosquitto_pub(broker, topic, payload, qos=1):
+def mosquitto_pub(broker, topic, payload, qos=1, retain=False):
     subprocess.run(
         [
             "mosquitto_pub",
+            *(["-r"] if retain else []),
             "-h",
             broker.host,
             "-p",
@@ -246,6 +247,31 @@ def test_published_messages_are_not_retained(mosquitto, make_client):
     mosquitto_pub(mosquitto, "jobs/marker", "marker")
     inbox.wait_count(1)
     assert inbox.payloads() == [b"marker"]  # a retained message would have come first
+
+
+def test_a_retained_poison_result_is_not_applied(mosquitto, make_client):
+    """A result left retained before the node subscribes is dropped and counted, while the
+    same payload sent live still arrives (so the drop is about the retain flag)."""
+    topic = "nodes/n1/net/subnetwork/result"
+    mosquitto_pub(mosquitto, topic, '{"address": "10.18.0.0"}', retain=True)
+    node = make_client(mosquitto, name="node")
+    inbox = Inbox()
+    subscribed(node, topic, inbox)
+    wait_until(lambda: node.stats()["retained_ignored"] == 1, message="retained seen")
+    mosquitto_pub(mosquitto, topic, '{"address": "10.18.0.64"}')
+    inbox.wait_count(1)
+    assert inbox.payloads() == [b'{"address": "10.18.0.64"}']
+    assert node.stats()["received"] == 2
+
+
+def test_a_subscription_may_accept_retained_messages(mosquitto, make_client):
+    mosquitto_pub(mosquitto, "jobs/x/updates_available", "kept", retain=True)
+    client = make_client(mosquitto)
+    inbox = Inbox()
+    subscribed(client, "jobs/#", inbox, accept_retained=True)
+    inbox.wait_count(1)
+    assert inbox.payloads() == [b"kept"]
+    assert client.stats()["retained_ignored"] == 0
 
 
 def test_publish_rejects_bad_input(mosquitto, make_client):

@@ -10,11 +10,14 @@ from __future__ import annotations
 from bson import ObjectId
 from flask import Blueprint, current_app, jsonify, request
 
+from oakestra_net import api_token
 from oakestra_net.addressing import Pool, PoolExhausted
 from oakestra_net.http_input import json_body, json_object, path_params
+from oakestra_net.log import get_logger
 from oakestra_net.names import InvalidName, decode_path, parse_job_name
 from oakestra_net.validation import InvalidInput, parse
 
+from ..clusters import caller_address
 from ..descriptor import conflicting_choice
 from ..errors import ApiError
 from ..schemas import (
@@ -29,6 +32,8 @@ from ..schemas import (
     SubnetRelease,
 )
 from ..services import LOCATION_FIELDS, public_job
+
+log = get_logger(__name__)
 
 bp = Blueprint("net", __name__, url_prefix="/api/net")
 
@@ -47,8 +52,30 @@ def _message(text: str, status: int = 200, **extra):
 @bp.post("/cluster")
 def register_cluster():
     body = json_body(ClusterRegistration)
+    known = _root().clusters.by_id(body.cluster_id)
+    if known is not None and not api_token.guarded():
+        _refuse_moving(known, body.cluster_address)
     cluster = _root().clusters.register(body.cluster_id, body.cluster_address, body.cluster_port)
     return _message("cluster registered", cluster=cluster)
+
+
+def _refuse_moving(known: dict, address: str) -> None:
+    """Without the API token, a registered cluster keeps its address: otherwise anyone could
+    take over its pushes by registering its id again with an address of their own."""
+    if caller_address(address) == known["cluster_address"]:
+        return
+    log.warning(
+        "cluster re-registration from another address refused",
+        cluster_id=known["cluster_id"],
+        registered_address=known["cluster_address"],
+        new_address=address[:100],
+        caller=request.remote_addr,
+    )
+    raise ApiError(
+        403,
+        f"field 'cluster_address': cluster {known['cluster_id']} is registered at "
+        f"{known['cluster_address']}; moving it needs the API token ({api_token.ENV_VAR})",
+    )
 
 
 @bp.delete("/interest/<job_name>")
