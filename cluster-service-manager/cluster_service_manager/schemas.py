@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from oakestra_net import topics
-from oakestra_net.validation import MAX_INSTANCE_NUMBER, JobNameText
+from oakestra_net.validation import MAX_INSTANCE_NUMBER, InvalidInput, JobNameText
 
 JOB_UPDATE_REASONS = {"instance_number": "Invalid instancenum", "type": "Invalid type"}
 
@@ -39,15 +39,14 @@ class Deployment(_Body):
         Annotated[str, Field(strict=True, max_length=256), AfterValidator(_node_id)] | None
     ) = None
 
-    @model_validator(mode="after")
-    def _both_or_neither(self) -> Deployment:
-        if (self.instance_number is None) != (self.worker_id is None):
-            raise ValueError("instance_number and worker_id come together")
-        return self
-
     def placement(self) -> tuple[int, str] | None:
-        if self.instance_number is None or self.worker_id is None:
+        """(instance_number, worker_id), None when neither is given; one alone is bad input."""
+        if self.instance_number is None and self.worker_id is None:
             return None
+        if self.worker_id is None:
+            raise InvalidInput("worker_id", "is required with instance_number")
+        if self.instance_number is None:
+            raise InvalidInput("instance_number", "is required with worker_id")
         return self.instance_number, self.worker_id
 
 
