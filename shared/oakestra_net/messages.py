@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, NoReturn, Self, TypeVar
 
+from oakestra_net import services
+
 __all__ = [
     "MAX_INSTANCES",
     "MAX_PAYLOAD_BYTES",
@@ -343,7 +345,7 @@ class ServiceIp(Message):
     address: str
     address_v6: str
     _LABEL: ClassVar[str] = "service_ip"
-    IP_TYPES: ClassVar[tuple[str, ...]] = ("RR", "Closest", "instance_ip", "InstanceNumber")
+    IP_TYPES: ClassVar[tuple[str, ...]] = tuple(services.IP_TYPES)
 
     @classmethod
     def _read(cls, r: _Reader) -> Self:

@@ -30,10 +30,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from net_manager.control.services.table import canonical_ip
 from oakestra_net.log import get_logger
 from oakestra_net.messages import TableQueryRequest, TableQueryResult
 from oakestra_net.names import InvalidName, parse_job_name
+from oakestra_net.services import canonical_ip
 
 log = get_logger(__name__)
 

@@ -33,22 +33,15 @@ import functools
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any, NamedTuple, Self
 
 from oakestra_net.addressing import SERVICE_V4, SERVICE_V6
 from oakestra_net.messages import NIL_ADDRESS, ServiceIp, TableQueryInstance
 from oakestra_net.names import is_valid_job_name
+from oakestra_net.services import INSTANCE_IP, IP_TYPES, canonical_ip, parse_ip
 
-ROUND_ROBIN = "RR"
-CLOSEST = "Closest"
-INSTANCE_IP = "instance_ip"
-_KINDS = {
-    "RR": ROUND_ROBIN,
-    "Closest": CLOSEST,
-    "instance_ip": INSTANCE_IP,
-    "InstanceNumber": INSTANCE_IP,
-}
+_KINDS = IP_TYPES
 _SERVICE_NETS: dict[int, IPv4Network | IPv6Network] = {4: SERVICE_V4, 6: SERVICE_V6}
 
 
@@ -56,17 +49,11 @@ class InvalidEntry(ValueError):
     """A table entry that breaks the validity rules; the message names the instance."""
 
 
-def canonical_ip(text: object) -> str | None:
-    """`text` as a canonical IP address string; None if it is not one (or is scoped)."""
-    parsed = _parse_ip(text) if isinstance(text, str) else None
-    return parsed[0] if parsed else None
-
-
 def _typed_ip(text: object, version: int) -> str | None:
     """Canonical `text` if it is an address of `version`, "" if empty, else None."""
     if text == "":
         return ""
-    parsed = _parse_ip(text) if isinstance(text, str) else None
+    parsed = parse_ip(text) if isinstance(text, str) else None
     return parsed[0] if parsed and parsed[1].version == version else None
 
 
@@ -74,21 +61,10 @@ def _service_address(text: object, version: int) -> str | None:
     """Canonical `text` if it is a service address of `version`, "" if empty, else None."""
     if text == "":
         return ""
-    parsed = _parse_ip(text) if isinstance(text, str) else None
+    parsed = parse_ip(text) if isinstance(text, str) else None
     if parsed is None or parsed[1] not in _SERVICE_NETS[version]:
         return None
     return parsed[0]
-
-
-@functools.lru_cache(maxsize=65_536)  # the same few addresses come back all the time
-def _parse_ip(text: str) -> tuple[str, IPv4Address | IPv6Address] | None:
-    try:
-        address = ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(address, IPv6Address) and address.scope_id is not None:
-        return None
-    return str(address), address
 
 
 @functools.lru_cache(maxsize=4096)
