@@ -10,6 +10,8 @@ import pytest
 from oakestra_net.mqtt import MqttClient, MqttConfig
 from oakestra_net.testing import Broker, mosquitto_password_file, wait_until
 
+pytestmark = pytest.mark.process  # real broker / server / subprocess
+
 ROOT = Path(__file__).resolve().parent.parent
 USERS = {"cluster-service-manager": "c-secret", "node1": "n1-secret", "node2": "n2-secret"}
 

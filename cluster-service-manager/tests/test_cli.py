@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 
 from oakestra_net.testing import free_port, wait_until
+
+pytestmark = pytest.mark.process  # real broker / server / subprocess
 
 COMMAND = str(Path(sys.executable).with_name("cluster-service-manager"))
 
