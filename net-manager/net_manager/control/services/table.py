@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any, NamedTuple, Self
 
+from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
 from oakestra_net.addressing import SERVICE_V4, SERVICE_V6
 from oakestra_net.messages import NIL_ADDRESS, ServiceIp, TableQueryInstance
 from oakestra_net.names import is_valid_job_name
@@ -157,6 +158,19 @@ class TableEntry:
     def instance_ip_v6(self) -> str:
         return self._instance_address("address_v6")
 
+    def to_endpoint(self) -> Endpoint:
+        """This instance as the data plane addresses it."""
+        return Endpoint(
+            job_name=self.job_name,
+            instance_number=self.instance_number,
+            namespace_ip=self.namespace_ip,
+            namespace_ip_v6=self.namespace_ip_v6,
+            instance_ip=self.instance_ip,
+            instance_ip_v6=self.instance_ip_v6,
+            node_ip=self.node_ip,
+            node_port=self.node_port,
+        )
+
     def _instance_address(self, field: str) -> str:
         found = ""
         for sip in self.service_ips:
@@ -253,6 +267,7 @@ class TranslationTable:
         self._claims: dict[str, dict[str, _Claim]] = {}
         self._job_claims: dict[str, dict[str, _Claim]] = {}
         self._view: tuple[int, list[ServiceView]] = (0, [])
+        self._services: tuple[int, list[ServiceEntry]] = (0, [])
 
     @property
     def version(self) -> int:
@@ -334,6 +349,24 @@ class TranslationTable:
                 view = self._build_view()
                 self._view = (self._version, view)
             return list(view)
+
+    def dataplane_services(self) -> list[ServiceEntry]:
+        """service_view() as the data plane consumes it: one ServiceEntry per service
+        address (pair), valid by construction, so the data plane takes it as it is."""
+        with self._lock:
+            version, services = self._services
+            if version != self._version:
+                services = [
+                    ServiceEntry(
+                        view.service_ip,
+                        view.service_ip_v6,
+                        view.ip_type,
+                        tuple(entry.to_endpoint() for entry in view.entries),
+                    )
+                    for view in self.service_view()
+                ]
+                self._services = (self._version, services)
+            return list(services)
 
     # ------------------------------------------------------------------ internals
 
