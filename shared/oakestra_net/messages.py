@@ -1,6 +1,6 @@
 """MQTT payloads of the component as frozen dataclasses that validate what they read.
 
-One class per payload of reference §3, with the upstream JSON field names. `from_json`
+One class per MQTT payload between node and cluster, with the upstream JSON field names. `from_json`
 accepts the raw payload (str or bytes) or an already decoded dict, checks keys, types,
 ranges, address families and sizes, and raises `InvalidMessage` naming the payload and
 the field. Unknown extra keys are ignored so newer senders stay readable. Constructors do

@@ -1,4 +1,4 @@
-"""Table queries to the cluster and their answers, correlated (reference §3, §7, §10 row 20).
+"""Table queries to the cluster and their answers, correlated.
 
 A query asks the cluster for the instances of a job by job name (`sname`) or by service
 IP (`sip`) through a publish callable, then waits for the `tablequery/result` the MQTT

@@ -1,4 +1,4 @@
-"""The node's translation table: which instances stand behind each service IP (reference §4.3).
+"""The node's translation table: which instances stand behind each service IP.
 
 A TableEntry is one instance of a job as a table query returned it: where it lives
 (namespace IPs, node IP and tunnel port) and its service IPs (the job's RR / Closest IPs
