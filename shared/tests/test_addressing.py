@@ -1,4 +1,4 @@
-"""Address pools and subnet arithmetic, checked against the documented ranges and independent oracles.
+"""Address pools and subnet arithmetic, checked against the documented ranges and oracles.
 
 The expected values here are written out (or computed with plain `ipaddress`), never taken
 from the module's private tables, so a wrong table shows up as a failing test.
