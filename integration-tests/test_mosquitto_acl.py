@@ -21,6 +21,8 @@ from testbed.pki import issue_run_certificates
 
 pytestmark = pytest.mark.system
 
+pytestmark = pytest.mark.process  # real broker / server / subprocess
+
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "mosquitto"
 NODE_A, NODE_B = "6630a0a0a0a0a0a0a0a0a0a0", "6630b0b0b0b0b0b0b0b0b0b0"

@@ -112,9 +112,9 @@ def test_idle_remote_interest_expires_10_s_after_the_last_packet(scene: Scene) -
     scene.use_x3()
     scene.use_x4()
     w1.process.wait_until(lambda: x4 in w1.status()["interests"], 5, "w1 follows X4")
-    # w1 subscribes to X4's updates only after the table result; an update published
-    # before that subscription is live is lost (reported to the lead), so let it settle
-    time.sleep(0.5)
+    # w1 follows X4's updates (one wildcard subscription, live since registration) in the
+    # same step that puts the table result in its table: once X4.0 is there, it follows
+    w1.process.wait_until(lambda: len(scene.entries(w1, x4)) == 1, 5, "w1 has X4.0")
     # while w1 is interested, a change of X4 at the root reaches w1 through the cluster
     scene.remote_instance(1)
     scene.watcher.wait_for(lambda m: m.topic == f"jobs/{x4}/updates_available", 5)
@@ -134,12 +134,12 @@ def test_idle_remote_interest_expires_10_s_after_the_last_packet(scene: Scene) -
     w1.process.wait_until(
         lambda: scene.root_interest_removals() == removals_before + 1, 3, "root interest dropped"
     )
-    time.sleep(1)
+    time.sleep(1)  # a quiet period, not an event: no second removal follows
     assert scene.root_interest_removals() == removals_before + 1
     # so the root no longer tells this cluster about X4's changes
     seen = len(scene.updates(x4))
     scene.remote_instance(2)
-    time.sleep(3)
+    time.sleep(3)  # a quiet period, not an event: no update for X4 arrives
     assert len(scene.updates(x4)) == seen
 
 

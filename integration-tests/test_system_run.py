@@ -11,7 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -51,37 +50,71 @@ PROGRAMS = ("mosquitto", "root-service-manager", "cluster-service-manager", "net
             "net_manager", "echo_server.py")  # fmt: skip
 
 
-# What only this checkout's runs have in their command line: its virtualenv (managers, net
-# managers, containers) or a run directory (the broker's per-run configuration). Other
-# checkouts on the same machine run the same programs at the same time.
-MINE = (str(Path(sys.executable).parent), "oakestra-net-oakr-")
+class RunWatch:
+    """Output and network namespaces of one run, so leftover checks count only its own.
+
+    Every process of a run lives in one of the run's namespaces; a leftover process keeps
+    its namespace alive (same inode) after the name is gone, so a process whose namespace
+    is one seen during this run is this run's, whatever else runs on the machine.
+    """
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.inodes: set[int] = set()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def read_until(self, done) -> None:
+        """Read output lines (sampling the run's namespaces after each) until done(line)."""
+        assert self.proc.stdout is not None
+        while True:
+            line = self.proc.stdout.readline()
+            self.lines.append(line)
+            self.sample()
+            if not line or done(line):
+                return
+
+    def sample(self) -> None:
+        prefix = re.search(rf"creating namespaces ({RUN_PREFIX}[0-9a-f]+-)", self.output)
+        if prefix is None:
+            return
+        for name in our_namespaces((RUN_PREFIX,)):
+            if name.startswith(prefix.group(1)):
+                try:
+                    self.inodes.add(os.stat(f"/run/netns/{name}").st_ino)
+                except OSError:
+                    continue
 
 
-def our_programs() -> set[int]:
-    """PIDs of processes running one of the local cluster's programs from this checkout."""
+def our_programs(inodes: set[int]) -> set[int]:
+    """PIDs of processes running one of the local cluster's programs in one of `inodes`."""
     pids = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                netns = os.stat(entry / "ns" / "net").st_ino
             except OSError:
                 continue
-            if any(p in cmdline for p in PROGRAMS) and any(m in cmdline for m in MINE):
+            if netns in inodes and any(program in cmdline for program in PROGRAMS):
                 pids.add(int(entry.name))
     return pids
 
 
-def leftovers(prefix: str, before: set[int]) -> tuple[list[str], set[int]]:
-    """Namespaces named `prefix…`, and processes of our programs that were not there before."""
+def leftovers(prefix: str, run: RunWatch) -> tuple[list[str], set[int]]:
+    """Namespaces named `prefix…`, and processes of our programs in this run's namespaces."""
     namespaces = [n for n in our_namespaces((RUN_PREFIX,)) if n.startswith(prefix)]
-    return namespaces, our_programs() - before
+    return namespaces, our_programs(run.inodes)
 
 
 def test_make_run_shows_the_example_then_removes_everything() -> None:
-    before = our_programs()
-    proc = start_run("--duration", "10")
-    output, _ = proc.communicate(timeout=100)
-    assert proc.returncode == 0, output
+    run = RunWatch(start_run("--duration", "10"))
+    run.read_until(lambda _line: False)
+    assert run.proc.wait(timeout=100) == 0, run.output
+    output = run.output
     prefix = prefix_of(output)
     for expected in [
         "this takes a few seconds",
@@ -105,26 +138,20 @@ def test_make_run_shows_the_example_then_removes_everything() -> None:
         assert expected in output, f"{expected!r} missing from:\n{output}"
     assert "X2.1 x10" in output.split("Closest:")[2]  # from X1.1 on w2: its own node's X2
     assert output.count("Live status") >= 4  # refreshed every 2 s for 10 s
-    assert leftovers(prefix, before) == ([], set())
+    assert leftovers(prefix, run) == ([], set())
 
 
 def test_ctrl_c_removes_everything() -> None:
-    before = our_programs()
     proc = start_run()
-    lines = []
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        lines.append(line)
-        if line.startswith("Live status") or not line:
-            break
+    run = RunWatch(proc)
+    run.read_until(lambda line: line.startswith("Live status"))
+    lines = run.lines
     assert any("(Ctrl-C stops and removes all)" in line for line in lines), "".join(lines)
     prefix = prefix_of("".join(lines))
-    running = leftovers(prefix, before)
+    running = leftovers(prefix, run)
     assert len(running[0]) >= 5 and len(running[1]) >= 8, running  # the check can see them
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, rest
     assert "removing namespaces, processes and everything else… ok" in rest
-    assert leftovers(prefix, before) == ([], set())
+    assert leftovers(prefix, run) == ([], set())

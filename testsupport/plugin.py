@@ -1,8 +1,9 @@
 """Pytest plugin (loaded by the root conftest): the fixtures every component's tests share.
 
 `mosquitto` (a fresh broker per test), `mqtt_recorder` (records what is published on a
-pattern) and `fail_on_log_exception` (fails a test whose code swallowed an exception).
-Component-specific fixtures live in each component's tests.
+pattern) and `fail_on_log_exception` (fails a test whose code swallowed an exception);
+the test tiers (`tiers`: markers set from fixtures, pure tests kept pure). Component-
+specific fixtures live in each component's tests.
 """
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ from pathlib import Path
 import pytest
 
 from testsupport.broker import Broker, MqttRecorder
+from testsupport.tiers import _pure_guard, mark_process_tests
+
+__all__ = ["_pure_guard", "fail_on_log_exception", "mosquitto", "mqtt_recorder"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    mark_process_tests(items)
 
 
 @pytest.fixture

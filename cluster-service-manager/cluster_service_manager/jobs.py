@@ -14,17 +14,18 @@ node reports, and builds the table query answers of reference §3. Storing is
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
 from oakestra_net.messages import ServiceIp, TableQueryInstance, TableQueryResult
 from oakestra_net.names import InvalidName, parse_job_name
+from oakestra_net.services import INSTANCE_IP, JOB_KINDS
+from oakestra_net.services import canonical_ip as canonical_ip  # jobs.canonical_ip for callers
 
 LOCATION_FIELDS = ("namespace_ip", "namespace_ip_v6", "host_ip", "host_port")
 ROOT_INSTANCE_FIELDS = ("instance_ip", "instance_ip_v6", "cluster_id")
 NODE_FIELDS = ("worker_id", "reported_by")
-SERVICE_IP_TYPES = ("RR", "Closest")
+SERVICE_IP_TYPES = JOB_KINDS
 MAX_INSTANCE_NUMBER = 2**63 - 1
 
 
@@ -215,14 +216,6 @@ def location_report(instance: dict) -> dict:
 # -- table query answers --------------------------------------------------------------
 
 
-def canonical_ip(text: str) -> str | None:
-    """The address as the root writes it (compressed), or None if it is not one."""
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        return None
-
-
 def table_result(job: dict | None, query_key: str) -> TableQueryResult:
     """The `tablequery/result` for `job` (None: unknown service, empty instance list).
 
@@ -247,7 +240,7 @@ def table_result(job: dict | None, query_key: str) -> TableQueryResult:
 
 def _result_instance(instance: dict, service_ips: tuple[ServiceIp, ...]) -> TableQueryInstance:
     own = ServiceIp(
-        "instance_ip", instance.get("instance_ip") or "", instance.get("instance_ip_v6") or ""
+        INSTANCE_IP.value, instance.get("instance_ip") or "", instance.get("instance_ip_v6") or ""
     )
     return TableQueryInstance(
         instance_number=instance["instance_number"],

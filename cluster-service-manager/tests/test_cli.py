@@ -17,6 +17,8 @@ import requests
 from cluster_service_manager.config import SETTINGS
 from oakestra_net.testing import Broker, free_port, mosquitto_password_file, wait_until
 
+pytestmark = pytest.mark.process  # real broker / server / subprocess
+
 COMMAND = str(Path(sys.executable).with_name("cluster-service-manager"))
 
 

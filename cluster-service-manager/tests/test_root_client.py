@@ -12,6 +12,8 @@ from csm_helpers import LiveServer
 from cluster_service_manager.root_client import NotFound, RootClient, RootRejected, RootUnavailable
 from oakestra_net.testing import free_port
 
+pytestmark = pytest.mark.process  # real broker / server / subprocess
+
 
 class ScriptedRoot:
     """A WSGI app answering from a script of (status, body, delay) and recording requests."""

@@ -1,4 +1,4 @@
-"""HTTP API for the node engine (reference §2.3): routes and JSON exactly as upstream.
+"""HTTP API for the node engine: the routes and JSON the node engine already speaks.
 
 Served on the unix socket (default /etc/netmanager/netmanager.sock) and optionally a
 TCP port. Bad JSON or fields → 400 `{"error", "reason"}` and nothing changes; every

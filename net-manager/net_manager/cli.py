@@ -97,11 +97,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _unix_server(make_server, path: str, app):
+    """Serve on the unix socket `path`, which appears only once it accepts connections.
+
+    The node engine (and anyone else) may connect as soon as the file exists, so the
+    socket is bound and listening under a temporary name first and then renamed.
+    """
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    if os.path.exists(path):
-        os.unlink(path)
-    server = make_server(f"unix://{path}", 0, app, threaded=True)
-    os.chmod(path, 0o660)
+    staging = f"{path}.{os.getpid()}.tmp"
+    server = make_server(f"unix://{staging}", 0, app, threaded=True)  # bind + listen
+    os.chmod(staging, 0o660)
+    os.replace(staging, path)
     return server
 
 

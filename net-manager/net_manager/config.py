@@ -3,8 +3,8 @@
 Sources, later ones winning:
 1. built-in defaults (the NetConfig / TunConfig field defaults);
 2. `netcfg.json` and `tuncfg.json` in the config directory (argument `config_dir`, else
-   env `NETMANAGER_CONFIG_DIR`, else /etc/netmanager), with upstream's keys (reference
-   §2.3) plus MqttCa, MqttUsername, MqttPassword in netcfg.json. A JSON null reads as
+   env `NETMANAGER_CONFIG_DIR`, else /etc/netmanager), with the node engine's keys
+   plus MqttCa, MqttUsername, MqttPassword in netcfg.json. A JSON null reads as
    "not set"; unknown keys are logged and ignored;
 3. environment variables (ENV_VARS below; an empty value counts as not set);
 4. `overrides`, keyed by NetConfig field name (from CLI flags; None means not given).
@@ -15,7 +15,7 @@ Deliberate differences from upstream:
 - a tuncfg.json that exists but cannot be read or parsed is an error (upstream silently
   fell back to its defaults); a missing one means the defaults;
 - a proxy subnet that does not contain the platform's service range (the IPv6 `fcef::/21`
-  upstream ships, reference §10 row 19) is replaced by the platform range (10.30.0.0/16,
+  upstream ships) is replaced by the platform range (10.30.0.0/16,
   fdff::/16) with a warning; a wider subnet that contains it is kept as written.
 
 Every bad value raises ConfigError naming the source and key, e.g.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from net_manager.node.kernel import KernelError, NamespaceNotFound
+from net_manager.node.kernel import InterfaceNotFound, KernelError, NamespaceNotFound
 from net_manager.node.portmap import PortMapping
 
 
@@ -15,6 +15,13 @@ class FakeKernel:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
         self.links: set[str] = set()
+        # End state, for tests that assert what the kernel holds rather than the calls.
+        self.sysctls = False
+        self.bridges: dict[str, tuple] = {}  # name -> (v4_cidr, v6_cidr, mtu)
+        self.base_rules: tuple | None = None  # (bridge, tun, subnet_v4, subnet_v6)
+        self.veths: dict[str, tuple] = {}  # host side -> (peer, bridge, mtu)
+        self.moved: dict[str, tuple] = {}  # peer -> (netns_path, name inside)
+        self.interfaces: dict[str, tuple] = {}  # netns_path -> (ifname, v4, v6, gw4, gw6, mtu)
         self.mappings: set[tuple[str, PortMapping]] = set()
         self.namespaces: set[str] = set()
         self.named: set[str] = set()  # named namespaces we created (unikernels)
@@ -38,25 +45,33 @@ class FakeKernel:
 
     def ensure_sysctls(self):
         self._call("ensure_sysctls")
+        self.sysctls = True
 
     def ensure_bridge(self, name, v4_cidr, v6_cidr, mtu):
         self._call("ensure_bridge", name, v4_cidr, v6_cidr, mtu)
         self.links.add(name)
+        self.bridges[name] = (v4_cidr, v6_cidr, mtu)
 
     def ensure_base_rules(self, bridge, tun, subnet_v4, subnet_v6):
         self._call("ensure_base_rules", bridge, tun, subnet_v4, subnet_v6)
+        self.base_rules = (bridge, tun, subnet_v4, subnet_v6)
 
     def ensure_veth(self, host_name, peer_name, bridge, mtu):
         self._call("ensure_veth", host_name, peer_name, bridge, mtu)
+        if bridge not in self.links:  # as the real one: the bridge must exist first
+            raise InterfaceNotFound(f"cannot attach {host_name} to {bridge}: no such bridge")
         self.links.add(host_name)
+        self.veths[host_name] = (peer_name, bridge, mtu)
 
     def move_into_container(self, peer_name, netns_path, new_name="eth0"):
         self._call("move_into_container", peer_name, netns_path, new_name)
         self._require_ns(netns_path)
+        self.moved[peer_name] = (netns_path, new_name)
 
     def configure_container(self, netns_path, ifname, v4_cidr, v6_cidr, gw_v4, gw_v6, mtu):
         self._call("configure_container", netns_path, ifname, v4_cidr, v6_cidr, gw_v4, gw_v6, mtu)
         self._require_ns(netns_path)
+        self.interfaces[netns_path] = (ifname, v4_cidr, v6_cidr, gw_v4, gw_v6, mtu)
 
     def ensure_port_mapping(self, mapping, namespace_ip, namespace_ip_v6=None):
         self._call("ensure_port_mapping", mapping, namespace_ip, namespace_ip_v6)

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 
@@ -67,6 +68,9 @@ def test_run_inside_a_node_serves_its_socket_and_stops_on_sigterm(ns, tmp_path, 
     )
     try:
         wait_until(lambda: os.path.exists(socket_path), timeout=15, message="no API socket")
+        # The file appears only once the daemon listens: the first connect must succeed.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.connect(socket_path)
         status, body = call(socket_path, "GET", "/status")
         assert status == 200
         assert (body["registered"], body["node_ip"]) == (False, "198.18.0.33")

@@ -12,7 +12,7 @@ import pytest
 
 from net_manager.config import ConfigError, NetConfig, TunConfig, load_config
 
-# What upstream ships (NNM/config/netcfg.json and tuncfg.json, reference §2.3).
+# What upstream ships (NNM/config/netcfg.json and tuncfg.json).
 UPSTREAM_NETCFG = {
     "NodePublicAddress": "0.0.0.0",
     "NodePublicPort": "50103",

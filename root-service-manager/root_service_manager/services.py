@@ -18,6 +18,7 @@ from pymongo.errors import DuplicateKeyError
 
 from oakestra_net.addressing import Pool, PoolExhausted, index_of
 from oakestra_net.log import get_logger
+from oakestra_net.services import CLOSEST, ROUND_ROBIN
 
 from .clusters import Clusters
 from .descriptor import ServiceRequest
@@ -28,7 +29,10 @@ from .outbox import Outbox
 log = get_logger(__name__)
 
 LOCATION_FIELDS = ("namespace_ip", "namespace_ip_v6", "host_ip", "host_port")
-SERVICE_IP_KINDS = (("RR", "rr", Pool.RR_V6), ("Closest", "closest", Pool.CLOSEST_V6))
+SERVICE_IP_KINDS = (
+    (ROUND_ROBIN.value, "rr", Pool.RR_V6),
+    (CLOSEST.value, "closest", Pool.CLOSEST_V6),
+)
 
 
 def object_id(value: Any, field: str = "_id") -> ObjectId:

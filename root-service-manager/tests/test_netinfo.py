@@ -83,6 +83,7 @@ def test_available_ip_preview(deployed, token):
     assert bad.status_code == 400
 
 
+@pytest.mark.process  # connects to a port nothing listens on
 def test_without_a_key_netinfo_answers_503_and_the_rest_works(db):
     keys = KeyProvider(generator_url="http://127.0.0.1:9/key", retry_interval=60)
     app = create_app({"DB": db, "KEYS": keys, "OUTBOX_AUTOSTART": False})

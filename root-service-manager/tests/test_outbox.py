@@ -12,6 +12,8 @@ from rsm_payloads import X1_ID, service_payload
 
 from oakestra_net.testing import wait_until
 
+pytestmark = pytest.mark.process  # real broker / server / subprocess
+
 
 class FlakyCluster:
     """Answers 503 (or drops the connection) until `healthy` is set; records what arrived."""

@@ -7,9 +7,12 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import requests
 
 from oakestra_net.testing import free_port, wait_until
+
+pytestmark = pytest.mark.process  # real broker / server / subprocess
 
 
 def test_console_script_serves_the_api():

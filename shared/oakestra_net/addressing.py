@@ -1,4 +1,4 @@
-"""The platform's fixed address ranges and pools (DESIGN.md §3), as pure arithmetic.
+"""The platform's fixed address ranges and pools, as pure arithmetic.
 
 A pool is an ordered sequence of assignable addresses: service IPs, or the network
 addresses of node subnets. nth() and index_of() map between a position and an address in

@@ -1,6 +1,6 @@
 """MQTT payloads of the component as frozen dataclasses that validate what they read.
 
-One class per payload of reference §3, with the upstream JSON field names. `from_json`
+One class per MQTT payload between node and cluster, with the upstream JSON field names. `from_json`
 accepts the raw payload (str or bytes) or an already decoded dict, checks keys, types,
 ranges, address families and sizes, and raises `InvalidMessage` naming the payload and
 the field. Unknown extra keys are ignored so newer senders stay readable. Constructors do
@@ -21,6 +21,8 @@ import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NoReturn, Self, TypeVar
+
+from oakestra_net import services
 
 __all__ = [
     "MAX_INSTANCES",
@@ -367,7 +369,7 @@ class ServiceIp(Message):
     address: str
     address_v6: str
     _LABEL: ClassVar[str] = "service_ip"
-    IP_TYPES: ClassVar[tuple[str, ...]] = ("RR", "Closest", "instance_ip", "InstanceNumber")
+    IP_TYPES: ClassVar[tuple[str, ...]] = tuple(services.IP_TYPES)
 
     @classmethod
     def _read(cls, r: _Reader) -> Self:

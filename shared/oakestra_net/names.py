@@ -1,7 +1,7 @@
 """Job names: validation, parsing and the `.`<->`_` encoding used in URL paths.
 
 A job name is `app_name.app_ns.service_name.service_ns`, each part 1-30 ASCII letters or
-digits (reference §5.7). Which descriptor fields feed the parts, and turning an
+digits. Which descriptor fields feed the parts, and turning an
 `InvalidName` into an HTTP 400 or a dropped message, is left to the callers.
 """
 
@@ -83,7 +83,7 @@ def is_valid_job_name(value: object) -> bool:
 
 
 def encode_path(value: str) -> str:
-    """Job name or IPv4 address as it travels in a URL path: `.` becomes `_` (reference §2.1)."""
+    """Job name or IPv4 address as it travels in a URL path: `.` becomes `_`."""
     if not isinstance(value, str):
         raise TypeError(f"path segment must be a string, got {type(value).__name__}")
     return value.replace(".", "_")

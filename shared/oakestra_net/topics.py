@@ -1,6 +1,6 @@
 """MQTT topic names of the component: building them, checking the ids in them, parsing them.
 
-Node topics are `nodes/<node_id>/net/<kind>` (reference §3): a worker publishes its
+Node topics are `nodes/<node_id>/net/<kind>`: a worker publishes its
 requests and reports there and the cluster service manager answers there; job updates
 go to `jobs/<job_name>/updates_available`, where the job name may also be a service IP
 string (upstream workers subscribe that way). This module also says which message class

@@ -1,4 +1,4 @@
-"""Address pools and subnet arithmetic, checked against DESIGN.md §3 and independent oracles.
+"""Address pools and subnet arithmetic, checked against the documented ranges and oracles.
 
 The expected values here are written out (or computed with plain `ipaddress`), never taken
 from the module's private tables, so a wrong table shows up as a failing test.
@@ -322,7 +322,7 @@ def test_nth_is_strictly_increasing(case):
 
 
 def _member_oracle(pool, address):
-    """Pool membership written straight from DESIGN.md §3."""
+    """Pool membership written straight from the documented ranges."""
     if pool is Pool.SERVICE_V4:
         return address in IPv4Network("10.30.0.0/16") and str(address) not in (
             "10.30.0.0",

@@ -28,7 +28,7 @@ from oakestra_net.messages import (
 
 JOB = "X.default.X3.default"
 
-# Payloads as upstream sends them (reference §3 and the §8.3 running example).
+# Payloads as upstream sends them (and the running example).
 SUBNET_GET = {"METHOD": "GET"}
 SUBNET_RESULT = {"address": "10.18.0.0", "addressv6": "fc00::"}
 QUERY_BY_NAME = {"sname": JOB, "sip": ""}

@@ -24,6 +24,8 @@ from oakestra_net.mqtt import (
 )
 from oakestra_net.testing import Broker, free_port, mosquitto_password_file, wait_until
 
+pytestmark = pytest.mark.process  # real broker / server / subprocess
+
 
 @pytest.fixture
 def make_client():

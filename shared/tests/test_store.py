@@ -75,6 +75,7 @@ def test_bad_env_is_rejected_naming_the_variable(component, env, error):
         store.mongo_url_from_env(component, env)
 
 
+@pytest.mark.process  # connects to a port nothing listens on
 def test_connect_to_a_real_server_url_is_lazy_and_configured():
     url = f"mongodb://127.0.0.1:{free_port()}/netdb"
     db = store.connect("root", {"MONGO_URL": url})

@@ -11,6 +11,8 @@ import pytest
 
 from testsupport import Broker, free_port, wait_until
 
+pytestmark = pytest.mark.process  # real broker / server / subprocess
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

@@ -1,4 +1,4 @@
-"""The node's MQTT session with its cluster service manager (reference §3).
+"""The node's MQTT session with its cluster service manager.
 
 Moves typed messages between the node daemon and the broker: the subnet request
 and its answer, table queries and their results, `jobs/<job>/updates_available`

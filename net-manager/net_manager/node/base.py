@@ -4,7 +4,7 @@ socket into it and the lock serialising changes, and running tools there."""
 from __future__ import annotations
 
 import threading
-from typing import Self
+from typing import Any, Self
 
 from net_manager.node.commands import run_command
 from net_manager.node.errors import KernelError, NamespaceNotFound
@@ -27,6 +27,8 @@ class KernelBase:
         self.netns_mark = NETNS_MARK if netns is None else f"{NETNS_MARK} {netns}"
         self._lock = threading.RLock()
         self._ipr = open_iproute(self.netns_path)
+        # What the firewall last wrote, and read back, per target (see iptables.py).
+        self._applied: dict[tuple[Any, ...], tuple[str, Any]] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -54,3 +56,7 @@ class KernelBase:
 
     def _run(self, argv: list[str], *, check: bool = True, stdin: str | None = None):
         return run_command(self.netns_path, self.where, argv, check=check, stdin=stdin)
+
+    def _run_in(self, netns_path: str, where: str, argv: list[str], *, stdin: str | None = None):
+        """Run `argv` in another namespace (a unikernel's), not the node's."""
+        return run_command(netns_path, where, argv, stdin=stdin)

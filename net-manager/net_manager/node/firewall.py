@@ -168,3 +168,93 @@ def jumps_to(listing: Sequence[str], chains: Sequence[str]) -> list[str]:
 def as_delete(line: str) -> str:
     """An `iptables -S` rule line as the command deleting that rule."""
     return "-D" + line[2:]
+
+
+# ---- whole tables: reading iptables-save, rendering iptables-restore -----------------
+
+
+def tables_of(save_text: str) -> dict[str, list[str]]:
+    """iptables-save output as table -> its chain declarations (":NAME POLICY", counters
+    dropped) and rules ("-A CHAIN ..."), in order."""
+    tables: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for raw in save_text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or line == "COMMIT":
+            continue
+        if line.startswith("*"):
+            current = tables.setdefault(line[1:], [])
+        elif current is not None:
+            current.append(" ".join(line.split()[:2]) if line.startswith(":") else line)
+    return tables
+
+
+def declared_chains(lines: Sequence[str]) -> set[str]:
+    """Names of the chains declared in one table of tables_of()."""
+    return {line[1:].split()[0] for line in lines if line.startswith(":")}
+
+
+def own_part(tables: dict[str, list[str]]) -> dict[str, list[str]]:
+    """What of `tables` is ours: our chains' declarations and rules, and the jumps to them."""
+    part: dict[str, list[str]] = {}
+    for table, chains in OWN_CHAINS.items():
+        lines = tables.get(table, [])
+        declared = sorted(declared_chains(lines) & set(chains))
+        part[table] = [*declared, *(r for c in chains for r in rules_of(lines, c))]
+        part[table] += jumps_to(lines, chains)
+    return part
+
+
+def restore_script(
+    tables: dict[str, list[str]],
+    chains: dict[str, dict[str, list[str] | None]],
+    jumps: dict[str, list[Jump]],
+) -> str:
+    """An `iptables-restore --noflush` script giving our chains exactly their rules.
+
+    `chains`: table -> chain -> its rule lines ("-A CHAIN ..."), or None for a chain that
+    must only exist (created empty if missing, left as it is otherwise). Declaring a chain
+    in --noflush mode flushes it, so each listed chain ends up with exactly its lines.
+    `jumps`: table -> the jumps from built-in chains, each left once at the top of its
+    built-in chain (the old ones deleted in the same transaction). `tables` is the
+    current state (tables_of()); the script is one transaction per table.
+    """
+    script = []
+    for table in sorted(set(chains) | set(jumps)):
+        current = tables.get(table, [])
+        existing = declared_chains(current)
+        wanted = chains.get(table, {})
+        lines = [
+            f":{chain} - [0:0]"
+            for chain, rules in wanted.items()
+            if rules is not None or chain not in existing
+        ]
+        table_jumps = jumps.get(table, [])
+        lines += [as_delete(line) for line in jumps_to(current, [j.chain for j in table_jumps])]
+        for rules in wanted.values():
+            lines += rules or []
+        for jump in reversed(table_jumps):
+            lines.append(rule_line("-I", f"{jump.builtin} 1", (*jump.match, "-j", jump.chain)))
+        script += [f"*{table}", *lines, "COMMIT"]
+    return "".join(line + "\n" for line in script)
+
+
+def chain_rules(chain: str, rules: Sequence[Sequence[str]]) -> list[str]:
+    """The rule lines ("-A CHAIN ...") of `chain` holding `rules` (argument tuples)."""
+    return [rule_line("-A", chain, rule) for rule in rules]
+
+
+def mapping_lines(
+    current: Sequence[str],
+    add: Sequence[str] | None = None,
+    remove: tuple[str, tuple[int, int, str]] | None = None,
+) -> list[str]:
+    """The port-mapping chain's lines after adding rule `add` (argument tuple; kept once,
+    by its namespace IP and mapping) and removing the rules keyed `remove`; lines of the
+    chain that are no port mapping of ours are dropped."""
+    lines = [line for line in current if parsed_key(line) not in (None, remove)]
+    if add is not None:
+        new = rule_line("-A", NAT_CHAIN, add)
+        if parsed_key(new) not in {parsed_key(line) for line in lines}:
+            lines.append(new)
+    return lines

@@ -1,28 +1,40 @@
-"""Applying firewall rules with iptables-restore, in the node and unikernel namespaces."""
+"""Applying firewall rules: read with iptables-save, write with one iptables-restore.
+
+Every change renders the desired content of our chains (firewall.py) and applies it in
+one `iptables-restore --noflush` transaction per address family, as kube-proxy does:
+the built-in chains and everyone else's rules are left alone, our chains are replaced
+whole, the jumps into them are fixed in the same transaction. Nothing is written when
+the state is already right: port-mapping rules are compared as iptables-save prints
+them, the base chains against what was read back right after this Kernel last wrote
+them (iptables prints rules in its own normal form, so the rendered text is not
+compared with the listing). A unikernel namespace's nat table, which is all ours, goes
+the same way, without --noflush.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from net_manager.node.base import KernelBase
-from net_manager.node.commands import run_command
 from net_manager.node.firewall import (
     IPTABLES,
     NAT_BUILTINS,
     NAT_CHAIN,
     OWN_CHAINS,
-    Jump,
-    RulePlan,
     as_delete,
     base_rule_plan,
-    chains_in,
+    chain_rules,
+    declared_chains,
     jumps_to,
+    mapping_lines,
+    own_part,
     parse_port_mapping_rule,
-    parsed_key,
     port_mapping_spec,
+    restore_script,
     rule_line,
     rules_of,
+    tables_of,
 )
 from net_manager.node.names import PLATFORM_V4, PLATFORM_V6
 from net_manager.node.portmap import PortMapping
@@ -49,20 +61,39 @@ class FirewallOps(KernelBase):
             families.append((6, subnet_v6, platform_v6))
         for family, subnet, platform in families:
             plan = base_rule_plan(family, bridge, tun, subnet, platform)
+            chains: dict[str, dict[str, list[str] | None]] = {
+                table: {chain: chain_rules(chain, rules) for chain, rules in by_chain.items()}
+                for table, by_chain in plan.chains.items()
+            }
+            chains.setdefault("nat", {})[NAT_CHAIN] = None  # port mappings: kept as they are
             with self._lock:
-                self._apply_plan(family, plan)
+                tables = self._tables(family)
+                script = restore_script(tables, chains, plan.jumps)
+                key = ("base", family)
+                if self._applied.get(key) == (script, own_part(tables)):
+                    continue
+                self._restore(family, script)
+                # What iptables made of it: the next call compares against this.
+                after = self._tables(family)
+                self._applied[key] = (restore_script(after, chains, plan.jumps), own_part(after))
 
     def delete_base_rules(self) -> None:
         """Remove our jumps and chains (port mappings included) in iptables and ip6tables."""
         with self._lock:
             for family in IPTABLES:
+                tables = self._tables(family)
+                script = []
                 for table, chains in OWN_CHAINS.items():
-                    listing = self._list_table(family, table)
-                    commands = [as_delete(line) for line in jumps_to(listing, chains)]
-                    for chain in chains:
-                        if chain in chains_in(listing):
-                            commands += [f"-F {chain}", f"-X {chain}"]
-                    self._restore(family, {table: commands})
+                    lines = tables.get(table, [])
+                    existing = declared_chains(lines) & set(chains)
+                    commands = [as_delete(line) for line in jumps_to(lines, chains)]
+                    commands += [f"-F {chain}" for chain in sorted(existing)]
+                    commands += [f"-X {chain}" for chain in sorted(existing)]
+                    if commands:
+                        script += [f"*{table}", *commands, "COMMIT"]
+                if script:
+                    self._restore(family, "".join(line + "\n" for line in script))
+                self._applied.pop(("base", family), None)
 
     def ensure_port_mapping(
         self, mapping: Any, namespace_ip: str, namespace_ip_v6: str | None = None
@@ -74,8 +105,7 @@ class FirewallOps(KernelBase):
         with self._lock:
             for family, target in targets:
                 spec = port_mapping_spec(mapping, namespace_ip, str(target))
-                if not self._rule_exists(family, "nat", NAT_CHAIN, spec):
-                    self._iptables(family, "-t", "nat", "-A", NAT_CHAIN, *spec)
+                self._sync_mappings(family, add=spec)
 
     def delete_port_mapping(
         self, mapping: Any, namespace_ip: str, namespace_ip_v6: str | None = None
@@ -87,92 +117,69 @@ class FirewallOps(KernelBase):
         wanted = (str(address_of(namespace_ip, 4, "namespace IP")), mapping_key(mapping))
         with self._lock:
             for family in IPTABLES:
-                rules = rules_of(self._list_table(family, "nat"), NAT_CHAIN)
-                gone = [line for line in rules if parsed_key(line) == wanted]
-                self._restore(family, {"nat": [as_delete(line) for line in gone]})
+                self._sync_mappings(family, remove=wanted)
 
     def list_port_mappings(self) -> list[tuple[str, PortMapping]]:
         """(namespace_ip, mapping) of every port-mapping rule, v4 and v6 merged."""
         found = set()
         with self._lock:
             for family in IPTABLES:
-                for line in rules_of(self._list_table(family, "nat"), NAT_CHAIN):
+                for line in rules_of(self._tables(family).get("nat", []), NAT_CHAIN):
                     parsed = parse_port_mapping_rule(line)
                     if parsed is not None:
                         found.add(parsed)
         return sorted(found, key=lambda item: (item[0], mapping_key(item[1])))
 
-    def _apply_plan(self, family: int, plan: RulePlan) -> None:
-        for table in OWN_CHAINS:
-            listing = self._list_table(family, table)
-            existing = chains_in(listing)
-            commands = [f"-N {chain}" for chain in OWN_CHAINS[table] if chain not in existing]
-            for chain, rules in plan.chains.get(table, {}).items():
-                if chain not in existing or not self._chain_matches(
-                    family, table, chain, rules, listing
-                ):
-                    commands.append(f"-F {chain}")
-                    commands += [rule_line("-A", chain, rule) for rule in rules]
-            for jump in plan.jumps.get(table, ()):
-                commands += self._jump_fixes(family, table, jump, listing, existing)
-            self._restore(family, {table: commands})
-
-    def _chain_matches(self, family, table, chain, rules, listing) -> bool:
-        if len(rules_of(listing, chain)) != len(rules):
-            return False
-        return all(self._rule_exists(family, table, chain, rule) for rule in rules)
-
-    def _jump_fixes(self, family, table, jump: Jump, listing, existing) -> list[str]:
-        """Commands that leave exactly one jump `jump` at the top of its built-in chain."""
-        current = [
-            line for line in jumps_to(listing, (jump.chain,)) if line.split()[1] == jump.builtin
-        ]
-        rule = (*jump.match, "-j", jump.chain)
-        exists = len(current) == 1 and jump.chain in existing
-        if exists and self._rule_exists(family, table, jump.builtin, rule):
-            return []
-        return [as_delete(line) for line in current] + [rule_line("-I", f"{jump.builtin} 1", rule)]
-
-    def _list_table(self, family: int, table: str) -> list[str]:
-        return self._iptables(family, "-t", table, "-S").splitlines()
-
-    def _rule_exists(self, family: int, table: str, chain: str, rule: Sequence[str]) -> bool:
-        result = self._run([IPTABLES[family], "-w", "-t", table, "-C", chain, *rule], check=False)
-        return result.returncode == 0
-
-    def _iptables(self, family: int, *args: str) -> str:
-        return self._run([IPTABLES[family], "-w", *args]).stdout
-
-    def _restore(self, family: int, commands_by_table: Mapping[str, Sequence[str]]) -> None:
-        """Apply iptables commands atomically per table (iptables-restore --noflush)."""
+    def sync_own_nat_table(
+        self,
+        netns_path: str,
+        family: int,
+        rules: Sequence[tuple[str, tuple[str, ...]]],
+        where: str,
+    ) -> None:
+        """Make the whole nat table of a namespace we own exactly `rules` (chain, rule)."""
         script = "".join(
-            f"*{table}\n" + "".join(f"{line}\n" for line in lines) + "COMMIT\n"
-            for table, lines in commands_by_table.items()
-            if lines
+            line + "\n"
+            for line in [
+                "*nat",
+                *(f":{chain} ACCEPT [0:0]" for chain in NAT_BUILTINS),
+                *(rule_line("-A", chain, rule) for chain, rule in rules),
+                "COMMIT",
+            ]
         )
-        if script:
-            self._run([f"{IPTABLES[family]}-restore", "--noflush", "-w"], stdin=script)
+        key = ("nat", netns_path, family)
+        with self._lock:
+            if self._applied.get(key) == (script, self._tables(family, netns_path, where)):
+                return
+            tool = IPTABLES[family]
+            self._run_in(netns_path, where, [f"{tool}-restore", "-w"], stdin=script)
+            self._applied[key] = (script, self._tables(family, netns_path, where))
 
+    # ---- plumbing ---------------------------------------------------------------
 
-def sync_own_nat_table(
-    netns_path: str, family: int, rules: Sequence[tuple[str, tuple[str, ...]]], where: str
-) -> None:
-    """Make the whole nat table of a namespace we own exactly `rules` (chain, rule)."""
-    tool = IPTABLES[family]
-    listing = run_command(netns_path, where, [tool, "-w", "-t", "nat", "-S"]).stdout
-    current = [line for line in listing.splitlines() if line and not line.startswith("-P ")]
-    if len(current) == len(rules) and all(
-        run_command(
-            netns_path, where, [tool, "-w", "-t", "nat", "-C", chain, *rule], check=False
-        ).returncode
-        == 0
-        for chain, rule in rules
-    ):
-        return
-    script = (
-        "*nat\n"
-        + "".join(f":{chain} ACCEPT [0:0]\n" for chain in NAT_BUILTINS)
-        + "".join(rule_line("-A", chain, rule) + "\n" for chain, rule in rules)
-        + "COMMIT\n"
-    )
-    run_command(netns_path, where, [f"{tool}-restore", "-w"], stdin=script)
+    def _sync_mappings(
+        self,
+        family: int,
+        add: Sequence[str] | None = None,
+        remove: tuple[str, tuple[int, int, str]] | None = None,
+    ) -> None:
+        """Rewrite the port-mapping chain with `add` in it and `remove` out, if that changes it."""
+        tables = self._tables(family)
+        current = rules_of(tables.get("nat", []), NAT_CHAIN)
+        lines = mapping_lines(current, add, remove)
+        if lines == current:
+            return
+        self._restore(family, restore_script(tables, {"nat": {NAT_CHAIN: lines}}, {}))
+
+    def _tables(
+        self, family: int, netns_path: str | None = None, where: str | None = None
+    ) -> dict[str, list[str]]:
+        """iptables-save of one family, in the node namespace or in `netns_path`."""
+        argv = [f"{IPTABLES[family]}-save"]
+        if netns_path is None:
+            return tables_of(self._run(argv).stdout)
+        return tables_of(self._run_in(netns_path, where or netns_path, argv).stdout)
+
+    def _restore(self, family: int, script: str) -> None:
+        """Apply `script` in one transaction per table, leaving all else alone."""
+        self._run([f"{IPTABLES[family]}-restore", "--noflush", "-w"], stdin=script)

@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 
-class Kernel(LinkOps, FirewallOps, NamespaceOps, UnikernelOps):
+class Kernel(LinkOps, NamespaceOps, UnikernelOps, FirewallOps):
     """Kernel state of one node namespace (None: the current one) and its containers."""
 
     def ensure_sysctls(self) -> None:

@@ -1,11 +1,11 @@
-"""Parsing the port-mapping string of a container deployment (reference §6.2).
+"""Parsing the port-mapping string of a container deployment.
 
 The node engine sends `portMappings` as entries separated by `;`, each
 `host[:container][/tcp|/udp]`: `"8080:80;9000/udp"` is tcp 8080->80 and udp 9000->9000.
 This module turns the string into PortMapping values or raises InvalidPortMapping naming
 the offending entry; writing the DNAT rules is the kernel module's job.
 
-Choices (upstream accepted some of these, see reference §6.2):
+Choices (stricter than upstream on some of these):
 - the empty string is no mapping; any other empty entry (`"80;"`, `";"`) is invalid;
 - no whitespace anywhere (upstream rejects `" "`; we also reject `" 80"`, `"80 "`);
 - ports are 1-65535 written with 1-5 ASCII digits: port 0 is rejected (a DNAT to or

@@ -3,9 +3,8 @@ nat table sending everything addressed to the namespace IP to the guest."""
 
 from __future__ import annotations
 
-from net_manager.node.base import KernelBase
 from net_manager.node.firewall import unikernel_nat_rules
-from net_manager.node.iptables import sync_own_nat_table
+from net_manager.node.iptables import FirewallOps
 from net_manager.node.names import (
     UNIKERNEL_BRIDGE,
     UNIKERNEL_GATEWAY,
@@ -27,7 +26,7 @@ from net_manager.node.sysctls import write_sysctls
 from net_manager.node.validate import address_of, check_ifname, check_mtu, interface_of
 
 
-class UnikernelOps(KernelBase):
+class UnikernelOps(FirewallOps):
     """Wiring inside a unikernel namespace."""
 
     def configure_unikernel_inner(
@@ -64,7 +63,7 @@ class UnikernelOps(KernelBase):
             set_link(ipr, tap, mtu=mtu, master=bridge.index, up=True)
         for family, address, guest in families:
             rules = unikernel_nat_rules(uplink, address, guest)
-            sync_own_nat_table(netns_path, family, rules, where)
+            self.sync_own_nat_table(netns_path, family, rules, where)
 
 
 def _unikernel_sysctls(ipv6: bool) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Interest registry: 10 s idle expiry, kept while used or deployed here (reference §7)."""
+"""Interest registry: 10 s idle expiry, kept while used or deployed here."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def entry(
 
 
 def wire_instance(**changes: object) -> TableQueryInstance:
-    """An instance as the cluster sends it in a table query result (reference §3)."""
+    """An instance as the cluster sends it in a table query result."""
     fields: dict[str, object] = {
         "instance_number": 0,
         "instance_ip": "10.30.0.100",

@@ -24,6 +24,8 @@ from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
 from net_manager.dataplane.supervisor import DataPlaneSupervisor
 from testsupport import wait_until
 
+pytestmark = pytest.mark.process  # real broker / server / subprocess
+
 X1, X3 = "X.default.X1.default", "X.default.X3.default"
 NODE_A, NODE_B = "127.0.0.1", "127.0.0.2"
 CLIENT_NS, CLIENT_INSTANCE = "10.16.0.2", "10.30.0.2"

@@ -32,7 +32,7 @@ def test_valid_strings(text: str, expected: tuple[tuple[int, int, str], ...]) ->
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
-        # upstream's own invalid examples (reference §6.2 and §11)
+        # upstream's own invalid examples
         ("80:80-80", "container port '80-80' is not a port number"),
         (" ", "host port ' ' is not a port number"),
         ("hello", "host port 'hello' is not a port number"),

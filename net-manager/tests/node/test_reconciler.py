@@ -63,24 +63,22 @@ def test_sync_sets_up_the_node_then_each_container(kernel):
 
     reconciler.sync()
 
-    assert kernel.calls == [
-        ("ensure_sysctls",),
-        ("ensure_bridge", "oak-br0", "10.16.0.1/26", "fc00::1/120", 1450),
-        ("ensure_base_rules", "oak-br0", TUN, "10.16.0.0/26", "fc00::/120"),
-        ("ensure_veth", "oak-h1", "oak-c1", "oak-br0", 1450),
-        ("move_into_container", "oak-c1", "/proc/1001/ns/net", "eth0"),
-        (
-            "configure_container",
-            "/proc/1001/ns/net",
+    assert kernel.sysctls
+    assert kernel.bridges == {"oak-br0": ("10.16.0.1/26", "fc00::1/120", 1450)}
+    assert kernel.base_rules == ("oak-br0", TUN, "10.16.0.0/26", "fc00::/120")
+    assert kernel.veths == {"oak-h1": ("oak-c1", "oak-br0", 1450)}
+    assert kernel.moved == {"oak-c1": ("/proc/1001/ns/net", "eth0")}
+    assert kernel.interfaces == {
+        "/proc/1001/ns/net": (
             "eth0",
             "10.16.0.2/26",
             "fc00::2/120",
             "10.16.0.1",
             "fc00::1",
             1450,
-        ),
-        ("ensure_port_mapping", WEB, "10.16.0.2", "fc00::2"),
-    ]
+        )
+    }
+    assert kernel.mappings == {("10.16.0.2", WEB)}
     assert (reconciler.sync_count, reconciler.last_error) == (1, None)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from net_manager.control.services.table import TableEntry
-from net_manager.dataplane.core.translate import Endpoint, ServiceEntry, build_snapshot
 from oakestra_net import topics
 from oakestra_net.log import get_logger
 from oakestra_net.messages import (
@@ -43,7 +42,8 @@ class ServiceFeed:
         try:
             self._apply_table_result(result)
         finally:
-            # after the table (and the data plane's snapshot): a waiting packet must find it
+            # After the table and the data plane's snapshot: the answer (Resolved) follows
+            # the snapshot on the same channel, so the one replay it triggers finds the IP.
             self.queries.on_result(result)
 
     def _apply_table_result(self, result: TableQueryResult) -> None:
@@ -108,39 +108,12 @@ class ServiceFeed:
             return
         with self.lock:
             local_ips = {i.namespace_ip for i in self.state.instances.values()}
-        services = [
-            ServiceEntry(
-                view.service_ip,
-                view.service_ip_v6,
-                view.ip_type,
-                tuple(map(self._endpoint, view.entries)),
-            )
-            for view in self.table.service_view()
-        ]
         local = [
-            self._endpoint(entry)
+            entry.to_endpoint()
             for address in local_ips
             if (entry := self.table.by_namespace_ip(address)) is not None
         ]
-        try:
-            build_snapshot(services, local, self.node_ip)  # refuse what the process would
-        except ValueError as err:
-            log.error("table not usable by the data plane, not sent", reason=str(err))
-            return
-        self.dataplane.push_snapshot(services, local, self.node_ip)
-
-    @staticmethod
-    def _endpoint(entry: TableEntry) -> Endpoint:
-        return Endpoint(
-            job_name=entry.job_name,
-            instance_number=entry.instance_number,
-            namespace_ip=entry.namespace_ip,
-            namespace_ip_v6=entry.namespace_ip_v6,
-            instance_ip=entry.instance_ip,
-            instance_ip_v6=entry.instance_ip_v6,
-            node_ip=entry.node_ip,
-            node_port=entry.node_port,
-        )
+        self.dataplane.push_snapshot(self.table.dataplane_services(), local, self.node_ip)
 
     def _jobs_used(self, job_names: list[str]) -> None:
         for job_name in job_names:

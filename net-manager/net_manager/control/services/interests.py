@@ -1,4 +1,4 @@
-"""Which remote jobs this node is interested in, and when an interest expires (reference §7).
+"""Which remote jobs this node is interested in, and when an interest expires.
 
 An interest in a job means the node is subscribed to `jobs/<job>/updates_available` and
 keeps the job's translation-table entries. It starts when a table query returns the job

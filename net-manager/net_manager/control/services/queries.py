@@ -1,4 +1,4 @@
-"""Table queries to the cluster and their answers, correlated (reference §3, §7, §10 row 20).
+"""Table queries to the cluster and their answers, correlated.
 
 A query asks the cluster for the instances of a job by job name (`sname`) or by service
 IP (`sip`) through a publish callable, then waits for the `tablequery/result` the MQTT
@@ -30,10 +30,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from net_manager.control.services.table import canonical_ip
 from oakestra_net.log import get_logger
 from oakestra_net.messages import TableQueryRequest, TableQueryResult
 from oakestra_net.names import InvalidName, parse_job_name
+from oakestra_net.services import canonical_ip
 
 log = get_logger(__name__)
 

@@ -1,4 +1,4 @@
-"""The node's translation table: which instances stand behind each service IP (reference §4.3).
+"""The node's translation table: which instances stand behind each service IP.
 
 A TableEntry is one instance of a job as a table query returned it: where it lives
 (namespace IPs, node IP and tunnel port) and its service IPs (the job's RR / Closest IPs
@@ -33,22 +33,16 @@ import functools
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any, NamedTuple, Self
 
+from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
 from oakestra_net.addressing import SERVICE_V4, SERVICE_V6
 from oakestra_net.messages import NIL_ADDRESS, ServiceIp, TableQueryInstance
 from oakestra_net.names import is_valid_job_name
+from oakestra_net.services import INSTANCE_IP, IP_TYPES, canonical_ip, parse_ip
 
-ROUND_ROBIN = "RR"
-CLOSEST = "Closest"
-INSTANCE_IP = "instance_ip"
-_KINDS = {
-    "RR": ROUND_ROBIN,
-    "Closest": CLOSEST,
-    "instance_ip": INSTANCE_IP,
-    "InstanceNumber": INSTANCE_IP,
-}
+_KINDS = IP_TYPES
 _SERVICE_NETS: dict[int, IPv4Network | IPv6Network] = {4: SERVICE_V4, 6: SERVICE_V6}
 
 
@@ -56,17 +50,11 @@ class InvalidEntry(ValueError):
     """A table entry that breaks the validity rules; the message names the instance."""
 
 
-def canonical_ip(text: object) -> str | None:
-    """`text` as a canonical IP address string; None if it is not one (or is scoped)."""
-    parsed = _parse_ip(text) if isinstance(text, str) else None
-    return parsed[0] if parsed else None
-
-
 def _typed_ip(text: object, version: int) -> str | None:
     """Canonical `text` if it is an address of `version`, "" if empty, else None."""
     if text == "":
         return ""
-    parsed = _parse_ip(text) if isinstance(text, str) else None
+    parsed = parse_ip(text) if isinstance(text, str) else None
     return parsed[0] if parsed and parsed[1].version == version else None
 
 
@@ -74,21 +62,10 @@ def _service_address(text: object, version: int) -> str | None:
     """Canonical `text` if it is a service address of `version`, "" if empty, else None."""
     if text == "":
         return ""
-    parsed = _parse_ip(text) if isinstance(text, str) else None
+    parsed = parse_ip(text) if isinstance(text, str) else None
     if parsed is None or parsed[1] not in _SERVICE_NETS[version]:
         return None
     return parsed[0]
-
-
-@functools.lru_cache(maxsize=65_536)  # the same few addresses come back all the time
-def _parse_ip(text: str) -> tuple[str, IPv4Address | IPv6Address] | None:
-    try:
-        address = ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(address, IPv6Address) and address.scope_id is not None:
-        return None
-    return str(address), address
 
 
 @functools.lru_cache(maxsize=4096)
@@ -180,6 +157,19 @@ class TableEntry:
     @property
     def instance_ip_v6(self) -> str:
         return self._instance_address("address_v6")
+
+    def to_endpoint(self) -> Endpoint:
+        """This instance as the data plane addresses it."""
+        return Endpoint(
+            job_name=self.job_name,
+            instance_number=self.instance_number,
+            namespace_ip=self.namespace_ip,
+            namespace_ip_v6=self.namespace_ip_v6,
+            instance_ip=self.instance_ip,
+            instance_ip_v6=self.instance_ip_v6,
+            node_ip=self.node_ip,
+            node_port=self.node_port,
+        )
 
     def _instance_address(self, field: str) -> str:
         found = ""
@@ -277,6 +267,7 @@ class TranslationTable:
         self._claims: dict[str, dict[str, _Claim]] = {}
         self._job_claims: dict[str, dict[str, _Claim]] = {}
         self._view: tuple[int, list[ServiceView]] = (0, [])
+        self._services: tuple[int, list[ServiceEntry]] = (0, [])
 
     @property
     def version(self) -> int:
@@ -358,6 +349,24 @@ class TranslationTable:
                 view = self._build_view()
                 self._view = (self._version, view)
             return list(view)
+
+    def dataplane_services(self) -> list[ServiceEntry]:
+        """service_view() as the data plane consumes it: one ServiceEntry per service
+        address (pair), valid by construction, so the data plane takes it as it is."""
+        with self._lock:
+            version, services = self._services
+            if version != self._version:
+                services = [
+                    ServiceEntry(
+                        view.service_ip,
+                        view.service_ip_v6,
+                        view.ip_type,
+                        tuple(entry.to_endpoint() for entry in view.entries),
+                    )
+                    for view in self.service_view()
+                ]
+                self._services = (self._version, services)
+            return list(services)
 
     # ------------------------------------------------------------------ internals
 

@@ -13,17 +13,9 @@ from collections.abc import Container, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from net_manager.dataplane.core.flows import FlowKey
+from oakestra_net.services import IP_TYPES
 
-ROUND_ROBIN = "RR"
-CLOSEST = "Closest"
-INSTANCE_IP = "instance_ip"
-
-_NAMES = {
-    "RR": ROUND_ROBIN,
-    "Closest": CLOSEST,
-    "instance_ip": INSTANCE_IP,
-    "InstanceNumber": INSTANCE_IP,
-}
+_NAMES = IP_TYPES
 
 
 def policy_name(ip_type: str) -> str:

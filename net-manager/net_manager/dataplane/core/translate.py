@@ -41,9 +41,6 @@ from net_manager.dataplane.core.packet import (
     parse,
 )
 from net_manager.dataplane.core.policies import (
-    CLOSEST,
-    INSTANCE_IP,
-    ROUND_ROBIN,
     Closest,
     InstanceIp,
     Policy,
@@ -51,6 +48,7 @@ from net_manager.dataplane.core.policies import (
     policy_name,
 )
 from oakestra_net.addressing import SERVICE_V4, SERVICE_V6
+from oakestra_net.services import CLOSEST, INSTANCE_IP, ROUND_ROBIN
 
 NOT_SERVICE = "not_service"  # outgoing to an address that is no service IP
 UNKNOWN_SENDER = "unknown_sender"  # outgoing from an address that is no local instance

@@ -1,15 +1,15 @@
 """The packet loop's side of the control channel, and the misses it resolves through it.
 
-Snapshot replaces the table (and replays what waits for IPs it now has), Resolved
-replays or fails the packets of one service IP, Stop ends the loop; the loop sends
-Resolve, Used and Counters.
+Snapshot replaces the table, Resolved replays (once) or fails the packets waiting for one
+service IP, Stop ends the loop; the loop sends Resolve, Used and Counters. The control
+side sends the snapshot holding a resolved IP before its Resolved, on this one ordered
+channel, so the replay finds it.
 """
 
 from __future__ import annotations
 
 import logging
 import select
-from ipaddress import ip_address
 
 from net_manager.dataplane.channel import (
     ChannelClosed,
@@ -96,9 +96,6 @@ class ControlDispatch:
         self.peers.retain(addresses)
         self.prober.set_peers(addresses)
         self._update_gso_peers()
-        for service_ip in self.pending.service_ips:
-            if ip_address(service_ip).packed in snapshot.routes:
-                self._replay(service_ip)
 
     def _resolved(self, message: Resolved) -> None:
         if message.found:

@@ -1,7 +1,7 @@
 """RTT probes between data planes over the tunnel port, for the Closest policy.
 
 Tunnel datagrams whose first nibble is 4 or 6 are packets; the rest are ours
-(DESIGN.md §4), and upstream nodes drop them. A probe or an echo is 16 bytes:
+(the tunnel's control range), and upstream nodes drop them. A probe or an echo is 16 bytes:
 
     magic 0xA5 | kind (1 probe, 2 echo) | capabilities u16 | nonce u32 | token u64
 

@@ -4,7 +4,7 @@
         --tun-v4 10.19.1.254/12 --tun-v6 fcef::dead:beef/7 --mtu 1450 --port 50103
 
 It runs in an interpreter of its own so packet work never competes with the control
-plane's GIL (DESIGN.md §2). The control plane (supervisor.py) passes one end of a
+plane's GIL. The control plane (supervisor.py) passes one end of a
 socketpair as --control-fd; this process answers Ready once its devices exist, then
 serves until Stop, SIGTERM/SIGINT, or the control end closing (the daemon died).
 Test modes: --no-tun (no device; packets for the TUN are counted and dropped) and

@@ -3,7 +3,7 @@
 open_tun() creates a TUN (IFF_TUN | IFF_NO_PI, non-blocking) with python-pytun, gives it
 its IPv4 address/prefix and MTU, brings it up, then adds its IPv6 address/prefix. The
 /12 and /7 prefixes make the kernel route the whole platform range (10.16.0.0/12,
-fc00::/7) to the TUN (reference §6.1); node subnets on the bridge are more specific.
+fc00::/7) to the TUN; node subnets on the bridge are more specific.
 
 pytun only sets IPv4 addresses, so the IPv6 one is set with the SIOCSIFADDR ioctl on an
 AF_INET6 socket and a struct in6_ifreq (no `ip` binary, no subprocess). TUN devices are

@@ -156,7 +156,7 @@ def test_the_server_side_gets_requests_unchanged(family: str, kind: str) -> None
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_seed_example_end_to_end_through_two_nodes(family: str) -> None:
-    """X1.0 on node A talks to X3's RR IP; X3.0 on node B answers (seed 003, reference §8.3)."""
+    """X1.0 on node A talks to X3's RR IP; X3.0 on node B answers (seed 003)."""
     client_ns, client_instance, service, server_ns, server_instance = FAMILIES[family]
     a, b = node_a(), Translator(build_snapshot([], [X3_0], NODE_B))
 
