@@ -18,6 +18,8 @@ import pytest
 from oakestra_net.testing import free_port, wait_until
 from root_service_manager.config import SETTINGS
 
+pytestmark = pytest.mark.process  # real broker / server / subprocess
+
 COMMAND = shutil.which("root-service-manager", path=os.path.dirname(sys.executable))
 QUICK = 20  # seconds: far more than a process that does not serve needs
 

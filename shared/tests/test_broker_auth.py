@@ -7,6 +7,8 @@ import pytest
 
 from oakestra_net import broker_auth
 
+pytestmark = pytest.mark.process  # real broker / server / subprocess
+
 
 def test_every_cluster_user_gets_its_block_and_the_node_patterns_come_once():
     text = broker_auth.acl_text(["cluster-service-manager", "cluster-service-manager-2"])

@@ -6,6 +6,7 @@ import datetime
 import threading
 import time
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -14,6 +15,8 @@ from cryptography.x509.oid import NameOID
 from oakestra_net.mqtt import MqttConfig
 from oakestra_net.startcheck import mongo_problem, mqtt_problem
 from oakestra_net.testing import Broker, free_port, mosquitto_password_file
+
+pytestmark = pytest.mark.process  # real broker / server / subprocess
 
 
 def _config(broker_port: int, **credentials) -> MqttConfig:
