@@ -123,16 +123,11 @@ class MixedCluster(LocalCluster):
         super().__init__(workers=2, **options)
         self.peer = PeerHandle(self, self.workers.pop(), interest_seconds)  # no net manager
 
-    def start(self) -> MixedCluster:
-        super().start()
-        try:
-            with self.progress.step(f"starting the raw peer on {self.peer.name}"):
-                self._launch(self.peer.process)
-                self.peer.process.wait_until(self.peer.status, START_TIMEOUT, "ready")
-        except BaseException:
-            self.close()
-            raise
-        return self
+    def start_peer(self) -> None:
+        """After the cluster is registered at the root: the peer asks for its subnet."""
+        with self.progress.step(f"starting the raw peer on {self.peer.name}"):
+            self._launch(self.peer.process)
+            self.peer.process.wait_until(self.peer.status, START_TIMEOUT, "ready")
 
     def close(self) -> None:
         self.peer.close()
@@ -149,6 +144,7 @@ def mixed_cluster(
     try:
         cluster.start()
         orchestrator.bootstrap()
+        cluster.start_peer()
         yield cluster, orchestrator, cluster.peer
     finally:
         orchestrator.close()

@@ -338,7 +338,7 @@ class RawPeer:
         sh("ip", "link", "set", host_side, "master", BRIDGE_NAME, "up")
         sh("ip", "-n", netns, "addr", "add", f"{nsip}/26", "dev", inside)
         sh("ip", "-n", netns, "addr", "add", f"{nsip_v6}/120", "dev", inside, "nodad")
-        sh("ip", "-n", netns, "link", "set", inside, "up")
+        sh("ip", "-n", netns, "link", "set", inside, "mtu", str(MTU), "up")
         sh("ip", "-n", netns, "route", "add", "default", "via", str(self.subnet_v4[1]))
         sh("ip", "-n", netns, "-6", "route", "add", "default", "via", str(self.subnet_v6[1]))
         report = {
@@ -456,8 +456,8 @@ class RawPeer:
         self.count("sent")
 
     def incoming(self, data: bytes) -> None:
-        if data[0] >> 4 not in (4, 6):
-            self.count("ignored_not_ip")  # our nodes' RTT probes and offload frames
+        if data[0] >> 4 not in (4, 6):  # e.g. our nodes' RTT probes (0xa5)
+            self.count(f"ignored_0x{data[0]:02x}")
             return
         packet = parse(data)
         if packet is None:
