@@ -289,7 +289,7 @@ def test_the_peer_removes_its_interests_by_name_and_by_ip_and_only_names_reach_t
 
     # the job: nobody here needs X5, the cluster drops its root interest
     scene.peer.process.wait_until(
-        lambda: scene.root_interest_removals() == removals_before + 1, 10, "root interest dropped"
+        lambda: scene.root_interest_removals() > removals_before, 10, "root interest dropped"
     )
     # the service IP: logged and ignored; a root call for it would be queued in the same
     # lane after the job's, so a later query that needs the root proves it never came
