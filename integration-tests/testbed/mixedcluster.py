@@ -4,14 +4,17 @@
         ...
 
 The last worker namespace of a LocalCluster gets no net manager: the raw peer
-(rawpeer.py) runs there instead, as an upstream node would. The test plays the node
-engine for it (`PeerHandle.deploy_instance` after the orchestrator told the root and
-the cluster), exactly as for our node; a container of the peer is a namespace of its
-own whose sockets the test opens (`NetnsSockets`).
+(rawpeer.py) runs there instead, as an upstream node would, started once the cluster
+is registered at the root. `PeerHandle.deploy_instance` plays Oakestra for it (the
+root and the cluster learn of the instance as from Oakestra's managers, then the node
+engine's deploy goes to the peer's control socket); a container of the peer is a
+namespace of its own whose sockets the test opens (`NetnsSockets`). The broker is the
+one upstream nodes can log in to: anonymous, Oakestra's default.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -120,7 +123,7 @@ class MixedCluster(LocalCluster):
     """A LocalCluster whose last worker namespace hosts the raw peer (see the module doc)."""
 
     def __init__(self, *, interest_seconds: float = 10.0, **options: Any) -> None:
-        super().__init__(workers=2, **options)
+        super().__init__(workers=2, **_upstream_broker(), **options)
         self.peer = PeerHandle(self, self.workers.pop(), interest_seconds)  # no net manager
 
     def start_peer(self) -> None:
@@ -132,6 +135,13 @@ class MixedCluster(LocalCluster):
     def close(self) -> None:
         self.peer.close()
         super().close()
+
+
+def _upstream_broker() -> dict[str, Any]:
+    """Upstream nodes log in anonymously (or with client certificates, which the peer does
+    not do): upstream's default broker, where LocalCluster offers the choice."""
+    accepted = inspect.signature(LocalCluster.__init__).parameters
+    return {"open_broker": True} if "open_broker" in accepted else {}
 
 
 @contextmanager

@@ -55,12 +55,12 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from oakestra_net.mqtt import MqttClient, MqttConfig
-from testbed.rawpacket import TCP, UDP, FragmentMap, Packet, parse, rewrite
+from testbed.rawpacket import TCP, UDP, FragmentMap, parse, rewrite
 
 TUN_NAME, BRIDGE_NAME = "rawtun0", "rawbr0"
 TUN_V4, TUN_V6 = "10.19.1.254/12", "fcef::dead:beef/7"  # upstream's tuncfg.json
@@ -163,7 +163,7 @@ class Table:
         return None
 
     def snapshot(self) -> list[dict]:
-        return [e.__dict__ | {"service_ips": list(e.service_ips)} for e in self._all()]
+        return [asdict(e) for e in self._all()]
 
 
 # ------------------------------------------------------------------------------ the peer
@@ -586,6 +586,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-__all__ = ["Entry", "Packet", "RawPeer", "Table", "main"]
