@@ -223,6 +223,20 @@ def test_tcp_over_ipv6_both_ways(scene: Scene) -> None:
         assert received == sent, host
 
 
+def test_round_robin_spreads_over_both_kinds_of_nodes(scene: Scene) -> None:
+    """X2 has an instance on w1 and one on the peer: calls from either side reach both."""
+    x2 = scene.orch.deploy_service("X", "X2", rr_ip="10.30.2.2")
+    ours = scene.orch.deploy_instance(x2, scene.w1)
+    theirs = scene.peer.deploy_instance(x2)
+    echo = UdpEcho(theirs.sockets, theirs.name)
+    try:
+        for sockets in (scene.our_sockets, scene.theirs.sockets):
+            seen = {udp_exchange(sockets, x2.rr_ip, b"hi")["instance"] for _ in range(12)}
+            assert seen == {ours.name, theirs.name}
+    finally:
+        echo.close()
+
+
 @pytest.mark.parametrize("family", ["v4", "v6"])
 def test_a_fragmented_datagram_on_a_warm_path_arrives_whole(scene: Scene, family: str) -> None:
     v4 = family == "v4"
