@@ -171,12 +171,16 @@ class Table:
 
 @dataclass
 class Interest:
+    """A job or a queried service IP the peer follows; `local` ones never expire."""
+
     last_used: float
     local: bool
     is_job: bool
 
 
 class RawPeer:
+    """The node: its MQTT session, its table and interests, its TUN and tunnel socket."""
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.node_id: str = args.node_id
         self.address: str = args.address
