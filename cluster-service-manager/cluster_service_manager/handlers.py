@@ -252,10 +252,14 @@ class Handlers:
 
     def interest_remove(self, node_id: str, msg: InterestRemove) -> None:
         name = msg.appname
+        # First: "10.30.1.30" is also four dot-separated parts of letters and digits.
+        if jobs.canonical_ip(name) is not None:
+            # upstream nodes' pseudo-interest: interests are recorded per job, never per IP
+            log.info("interest removal for a service IP ignored", node_id=node_id, service_ip=name)
+            return
         if not is_valid_job_name(name):
-            if jobs.canonical_ip(name) is None:
-                log.warning("interest removal for an invalid job name", node_id=node_id, name=name)
-            return  # a service IP pseudo-interest: nothing was recorded under it
+            log.warning("interest removal for an invalid job name", node_id=node_id, name=name)
+            return
         if self.cache.remove_interest(name, node_id):
             self._forget_if_unused(name, node_lane(node_id))
         else:
