@@ -40,15 +40,19 @@ def cluster_url(address: str, port: Any) -> str:
     return f"http://{host}:{port}/api/net/job/update"
 
 
-def coalesce(pending: dict, new: dict) -> dict:
+def coalesce(pending: dict, new: dict, *, pending_merged: bool = False) -> dict:
     """The one update that stands for `pending` followed by `new` (same cluster and job).
 
     A `DEPLOYMENT` update makes the cluster fetch the whole job again, which brings
     every change since, removals included; so two different updates coalesce into a
-    `DEPLOYMENT`. An `UNDEPLOYMENT` of every instance (-1), or a repeat, stands for itself.
+    `DEPLOYMENT`. An `UNDEPLOYMENT` stands for itself when it removes every instance
+    (-1), repeats the pending one, or follows a single update of the same instance
+    (`pending_merged` says whether `pending` already stands for several).
     """
-    if new["type"] == "UNDEPLOYMENT" and (new["instance_number"] == -1 or new == pending):
-        return new
+    if new["type"] == "UNDEPLOYMENT":
+        same_instance = new["instance_number"] == pending["instance_number"]
+        if new["instance_number"] == -1 or new == pending or (same_instance and not pending_merged):
+            return new
     return {**new, "type": "DEPLOYMENT"}
 
 
@@ -118,9 +122,10 @@ class Outbox:
                 except DuplicateKeyError:
                     continue
                 return body
-            merged = coalesce(pending["body"], body)
+            merged = coalesce(pending["body"], body, pending_merged=pending.get("merged", False))
             replaced = self.messages.update_one(
-                {"_id": key, "seq": pending["seq"]}, {"$set": {"seq": seq, "body": merged}}
+                {"_id": key, "seq": pending["seq"]},
+                {"$set": {"seq": seq, "body": merged, "merged": merged != body}},
             )
             if replaced.matched_count == 1:
                 return merged

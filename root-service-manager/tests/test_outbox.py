@@ -187,6 +187,8 @@ def test_a_dead_cluster_costs_one_pending_update_per_job(client, root, cluster):
         (("UNDEPLOYMENT", 1), ("DEPLOYMENT", 2), ("DEPLOYMENT", 2)),
         (("UNDEPLOYMENT", 1), ("UNDEPLOYMENT", 1), ("UNDEPLOYMENT", 1)),
         (("DEPLOYMENT", 1), ("UNDEPLOYMENT", -1), ("UNDEPLOYMENT", -1)),
+        (("DEPLOYMENT", 1), ("UNDEPLOYMENT", 1), ("UNDEPLOYMENT", 1)),
+        (("DEPLOYMENT", 1, "merged"), ("UNDEPLOYMENT", 1), ("DEPLOYMENT", 1)),
     ],
 )
 def test_coalescing_keeps_what_the_cluster_must_do(pending, new, sent):
@@ -195,4 +197,5 @@ def test_coalescing_keeps_what_the_cluster_must_do(pending, new, sent):
     def body(kind_number):
         return {"job_name": "a.b.c.d", "type": kind_number[0], "instance_number": kind_number[1]}
 
-    assert coalesce(body(pending), body(new)) == body(sent)
+    merged = len(pending) == 3
+    assert coalesce(body(pending), body(new), pending_merged=merged) == body(sent)
