@@ -35,6 +35,8 @@ def test_console_script_serves_the_api():
 
         wait_until(healthy, timeout=20, message="root service manager did not come up")
         assert requests.get(f"{base}/healthz").json()["store"] == "embedded"
+        # a new store: no allocation until the clusters could report (none here: 3 s)
+        wait_until(lambda: not requests.get(f"{base}/healthz").json()["rebuilding"], timeout=10)
         first = requests.get(f"{base}/api/net/subnet").json()
         second = requests.get(f"{base}/api/net/subnet").json()
         assert first["subnet_addr"] != second["subnet_addr"]
