@@ -2,7 +2,8 @@
 
 `create_app(config)` config keys (all optional): `DB` (a pymongo database; default
 `oakestra_net.store.connect("cluster")`), `SETTINGS` (`config.Settings`; default from
-the environment), `MQTT_AUTOSTART` (default True: connect to the broker now). The
+the environment), `MQTT_AUTOSTART` (default True: connect to the broker now),
+`ROOT_WATCH_INTERVAL` (seconds between checks of the root's store generation). The
 MQTT client and the lane workers start inside the process that calls create_app, so
 under gunicorn they run in the worker, never in the master. The parts live in
 `app.extensions["cluster_service_manager"]`; `Parts.stop()` ends their threads.
@@ -31,6 +32,7 @@ from .metrics import Metrics
 from .mqtt_endpoint import MqttEndpoint
 from .replies import Replies
 from .root_client import NotFound, RootClient, RootRejected, RootUnavailable
+from .root_watch import RootWatch
 
 log = get_logger(__name__)
 
@@ -49,14 +51,16 @@ class Parts:
     handlers: Handlers
     deployments: Deployments
     endpoint: MqttEndpoint
+    watch: RootWatch
 
     def stop(self) -> None:
+        self.watch.stop()
         self.endpoint.stop()
         self.lanes.stop()
         self.root.close()
 
 
-def build_parts(settings: Settings, db: Any) -> Parts:
+def build_parts(settings: Settings, db: Any, watch_interval: float = 1.0) -> Parts:
     metrics = Metrics()
     root = RootClient(
         settings.root_base_url,
@@ -81,23 +85,25 @@ def build_parts(settings: Settings, db: Any) -> Parts:
     deployments = Deployments(cache, directory, lanes, replies)
     shared = settings.mqtt_shared if settings.mqtt_shared is not None else not store.is_embedded(db)
     endpoint = MqttEndpoint(client, handlers, shared=shared, metrics=metrics)
+    watch = RootWatch(root, cache, settings.self_registration, interval=watch_interval)
+    root.on_unknown_cluster = watch.trigger
     metrics.gauge("oakestra_cluster_pending_root_work", "steps waiting for the root", lanes.pending)
     metrics.gauge("oakestra_cluster_cached_jobs", "jobs in the cache", cache.count)
     metrics.gauge("oakestra_cluster_broker_connected", "1 if connected", lambda: client.connected)
     return Parts(
-        settings, db, metrics, root, cache, lanes, directory, handlers, deployments, endpoint
+        settings, db, metrics, root, cache, lanes, directory, handlers, deployments, endpoint, watch
     )
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
-    app.config.update(MQTT_AUTOSTART=True)
+    app.config.update(MQTT_AUTOSTART=True, ROOT_WATCH_INTERVAL=1.0)
     app.config.update(config or {})
     settings = app.config.get("SETTINGS") or Settings.from_env()
     db = app.config.get("DB")
     if db is None:
         db = store.connect("cluster")
-    parts = build_parts(settings, db)
+    parts = build_parts(settings, db, app.config["ROOT_WATCH_INTERVAL"])
     app.extensions["cluster_service_manager"] = parts
     app.register_blueprint(views.net)
     app.register_blueprint(views.ops)
@@ -106,6 +112,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     if app.config["MQTT_AUTOSTART"]:
         parts.endpoint.start()
     _self_register(parts)
+    parts.watch.start()
     log.info(
         "cluster service manager ready",
         root=settings.root_base_url,
