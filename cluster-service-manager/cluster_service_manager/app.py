@@ -19,6 +19,7 @@ from flask import Flask
 from oakestra_net import store
 from oakestra_net.http_errors import register_json_errors
 from oakestra_net.log import get_logger
+from oakestra_net.messages import AddressChanged, ServiceDeployed, ServiceUndeployed, SubnetRequest
 from oakestra_net.mqtt import MqttClient
 
 from . import views
@@ -33,6 +34,7 @@ from .mqtt_endpoint import MqttEndpoint
 from .replies import Replies
 from .root_client import NotFound, RootClient, RootRejected, RootUnavailable
 from .root_watch import RootWatch
+from .root_work import RootWork, StoredJournal, replay
 
 log = get_logger(__name__)
 
@@ -52,6 +54,7 @@ class Parts:
     deployments: Deployments
     endpoint: MqttEndpoint
     watch: RootWatch
+    journal: StoredJournal
 
     def stop(self) -> None:
         self.watch.stop()
@@ -71,27 +74,42 @@ def build_parts(settings: Settings, db: Any, watch_interval: float = 1.0) -> Par
     )
     cache = JobCache(db, settings.cluster_id)
     cache.ensure_indexes()
+    journal = StoredJournal(db)
     lanes = Lanes(
         workers=settings.root_workers,
         retryable=(RootUnavailable,),
         final=(NotFound, RootRejected),
         max_age=settings.retry_max_age,
         name="root-work",
+        journal=journal,
     )
     client = MqttClient(settings.mqtt_config(), workers=settings.mqtt_workers, name="cluster-sm")
     replies = Replies(client.publish)
     directory = Directory(cache, root)
-    handlers = Handlers(cache, directory, root, lanes, replies, metrics)
+    work = RootWork(root, directory)
+    handlers = Handlers(cache, directory, root, lanes, replies, metrics, work)
     deployments = Deployments(cache, directory, lanes, replies)
     shared = settings.mqtt_shared if settings.mqtt_shared is not None else not store.is_embedded(db)
     endpoint = MqttEndpoint(client, handlers, shared=shared, metrics=metrics)
     watch = RootWatch(root, cache, settings.self_registration, interval=watch_interval)
     root.on_unknown_cluster = watch.trigger
     metrics.gauge("oakestra_cluster_pending_root_work", "steps waiting for the root", lanes.pending)
+    metrics.gauge("oakestra_cluster_journaled_root_work", "steps kept for a restart", journal.count)
     metrics.gauge("oakestra_cluster_cached_jobs", "jobs in the cache", cache.count)
     metrics.gauge("oakestra_cluster_broker_connected", "1 if connected", lambda: client.connected)
     return Parts(
-        settings, db, metrics, root, cache, lanes, directory, handlers, deployments, endpoint, watch
+        settings,
+        db,
+        metrics,
+        root,
+        cache,
+        lanes,
+        directory,
+        handlers,
+        deployments,
+        endpoint,
+        watch,
+        journal,
     )
 
 
@@ -108,6 +126,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(views.net)
     app.register_blueprint(views.ops)
     _register_errors(app)
+    _replay(parts)
     parts.lanes.start()
     if app.config["MQTT_AUTOSTART"]:
         parts.endpoint.start()
@@ -120,6 +139,22 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         subscription=parts.endpoint.pattern,
     )
     return app
+
+
+def _replay(parts: Parts) -> None:
+    """Queue the root work a previous process left in the store (before anything runs)."""
+    handlers = parts.handlers
+    by_type = {
+        SubnetRequest: handlers.subnet,
+        ServiceDeployed: handlers.service_deployed,
+        ServiceUndeployed: handlers.service_undeployed,
+        AddressChanged: handlers.address_changed,
+    }
+
+    def dispatch(node_id: str, msg: Any) -> None:
+        by_type[type(msg)](node_id, msg)
+
+    replay(parts.journal, parts.lanes, handlers.work, dispatch)
 
 
 def _self_register(parts: Parts) -> None:
