@@ -91,8 +91,18 @@ def build_parts(settings: Settings, db: Any, watch_interval: float = 1.0) -> Par
     deployments = Deployments(cache, directory, lanes, replies)
     shared = settings.mqtt_shared if settings.mqtt_shared is not None else not store.is_embedded(db)
     endpoint = MqttEndpoint(client, handlers, shared=shared, metrics=metrics)
-    watch = RootWatch(root, cache, settings.self_registration, interval=watch_interval)
+    watch = RootWatch(
+        root, cache, settings.self_registration, interval=watch_interval, meta=db["cluster_meta"]
+    )
     root.on_unknown_cluster = watch.trigger
+    metrics.gauge(
+        "oakestra_cluster_state_pushes", "state pushes to new roots", lambda: watch.pushes
+    )
+    metrics.gauge(
+        "oakestra_cluster_registration_known",
+        "1 if this cluster can register itself again at a root that lost its store",
+        lambda: watch.can_register(),
+    )
     metrics.gauge("oakestra_cluster_pending_root_work", "steps waiting for the root", lanes.pending)
     metrics.gauge("oakestra_cluster_journaled_root_work", "steps kept for a restart", journal.count)
     metrics.gauge("oakestra_cluster_cached_jobs", "jobs in the cache", cache.count)

@@ -4,8 +4,11 @@ The root's store has a generation (`GET /api/net/state`); a new one means the ro
 forgot its services, addresses and registered clusters, while this cluster's nodes
 still use them. Every `interval` seconds (and at once when a root call is refused
 because the root does not know this cluster) the watch compares the generation with
-the last one it served; on a change it registers the cluster again (when it knows
-its own id and address) and pushes its state: every cached job with its service and
+the last one it served; on a change it registers the cluster again and pushes its
+state. It registers with `CLUSTER_ID`/`CLUSTER_ADDRESS` when configured, else as the
+previous root had registered it (Oakestra's system manager registers clusters; the
+root tells each cluster its registration, which the watch keeps in the store). The
+state is: every cached job with its service and
 instance IPs, and its nodes' subnets. The root then reserves exactly those before it
 allocates anything new. A root without that endpoint (upstream's) is asked again
 only every `UNSUPPORTED_INTERVAL` seconds.
@@ -26,6 +29,7 @@ from .root_client import NotFound, RootClient, RootError
 log = get_logger(__name__)
 
 UNSUPPORTED_INTERVAL = 60.0
+REGISTRATION_ID = "root_registration"
 
 
 def snapshot(cache: JobCache) -> dict:
@@ -63,6 +67,7 @@ class RootWatch:
         *,
         interval: float = 1.0,
         state: Callable[[], dict] | None = None,
+        meta: Any = None,
     ) -> None:
         self.root = root
         self.cache = cache
@@ -70,6 +75,8 @@ class RootWatch:
         self.interval = interval
         self._state = state or (lambda: snapshot(cache))
         self.generation: str | None = None  # the root generation that has our state
+        # where the registration the root told us is kept (default: beside the cache)
+        self._meta = meta if meta is not None else cache.nodes.database["cluster_meta"]
         self.pushes = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -116,19 +123,47 @@ class RootWatch:
             log.debug("root state unavailable", reason=str(err))
             return self.interval
         generation = state["generation"]
+        self._remember(state.get("cluster"))
         if generation == self.generation:
             return self.interval
         try:
-            self._tell(generation)
+            self._tell(generation, known=isinstance(state.get("cluster"), dict))
         except RootError as err:
             log.warning("could not give the root our state, will retry", reason=str(err))
             return self.interval
         self.generation = generation
         return self.interval
 
-    def _tell(self, generation: str) -> None:
+    def _remember(self, cluster: Any) -> None:
+        """Keep how the root registered us, to register the same way with a new root."""
+        if self.registration is not None or not isinstance(cluster, dict):
+            return
+        try:
+            known = (str(cluster["cluster_id"]), str(cluster["cluster_address"]))
+            registration = (*known, int(cluster["cluster_port"]))
+        except (KeyError, TypeError, ValueError):
+            return
+        self._meta.update_one(
+            {"_id": REGISTRATION_ID}, {"$set": {"registration": list(registration)}}, upsert=True
+        )
+
+    def can_register(self) -> bool:
+        return self._registration(known=False) is not None
+
+    def _registration(self, known: bool) -> tuple[str, str, int] | None:
+        """How to register now: as configured, else as before if the root forgot us."""
         if self.registration is not None:
-            self.root.register_cluster(*self.registration)
+            return self.registration
+        doc = None if known else self._meta.find_one({"_id": REGISTRATION_ID})
+        if doc is None:
+            return None
+        cluster_id, address, port = doc["registration"]
+        return str(cluster_id), str(address), int(port)
+
+    def _tell(self, generation: str, known: bool) -> None:
+        registration = self._registration(known)
+        if registration is not None:
+            self.root.register_cluster(*registration)
         pushed: dict[str, Any] = self._state()
         answer = self.root.push_state(pushed)
         self.pushes += 1
@@ -136,7 +171,7 @@ class RootWatch:
         log.info(
             "state given to the root",
             generation=generation,
-            registered=self.registration is not None,
+            registered=registration is not None,
             jobs=len(pushed["jobs"]),
             subnets=len(pushed["subnets"]),
             reserved=answer.get("reserved"),

@@ -54,8 +54,8 @@ class Service:
 
 def up(url: str) -> bool:
     try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.ConnectionError:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:  # not listening yet, or still starting
         return False
 
 
@@ -67,7 +67,10 @@ def services(tmp_path) -> Iterator[list[Service]]:
         service.stop(signal.SIGKILL)
 
 
-def test_restarted_root_never_hands_out_an_address_in_use(tmp_path, mosquitto, services):
+@pytest.mark.parametrize("registered_by", ["itself", "system manager"])
+def test_restarted_root_never_hands_out_an_address_in_use(
+    tmp_path, mosquitto, services, registered_by
+):
     root_port, cluster_port = free_port(), free_port()
     root_url = f"http://127.0.0.1:{root_port}"
     root_env = {
@@ -84,10 +87,10 @@ def test_restarted_root_never_hands_out_an_address_in_use(tmp_path, mosquitto, s
         "ROOT_SERVICE_MANAGER_PORT": str(root_port),
         "MQTT_BROKER_URL": mosquitto.host,
         "MQTT_BROKER_PORT": str(mosquitto.port),
-        "CLUSTER_ID": "c1",
-        "CLUSTER_ADDRESS": "127.0.0.1",
-        "CLUSTER_PORT": str(cluster_port),
     }
+    if registered_by == "itself":
+        cluster_env.update(CLUSTER_ID="c1", CLUSTER_ADDRESS="127.0.0.1")
+        cluster_env["CLUSTER_PORT"] = str(cluster_port)
 
     def start_root() -> Service:
         root = Service("root-service-manager", root_env, tmp_path / "root.log")
@@ -101,6 +104,13 @@ def test_restarted_root_never_hands_out_an_address_in_use(tmp_path, mosquitto, s
     root = start_root()
     services.append(Service("cluster-service-manager", cluster_env, tmp_path / "cluster.log"))
     wait_until(lambda: up(f"http://127.0.0.1:{cluster_port}/healthz"), timeout=20)
+    if registered_by == "system manager":
+        body = {"cluster_id": "c1", "cluster_address": "127.0.0.1", "cluster_port": cluster_port}
+        assert requests.post(f"{root_url}/api/net/cluster", json=body, timeout=5).ok
+        # the cluster learns how it is registered (to do the same with a new root)
+        metrics = f"http://127.0.0.1:{cluster_port}/metrics"
+        known = "oakestra_cluster_registration_known 1.0"
+        wait_until(lambda: known in requests.get(metrics, timeout=5).text, timeout=10)
     wait_until(allocating, timeout=20, message="first root never left the rebuild")
 
     old: set[str] = set()
@@ -131,6 +141,12 @@ def test_restarted_root_never_hands_out_an_address_in_use(tmp_path, mosquitto, s
         root.stop(signal.SIGKILL)
         root = start_root()  # a fresh embedded store: it knows nothing
         wait_until(allocating, timeout=20, message="the cluster never rebuilt the new root")
+        registered = requests.get(f"{root_url}/api/net/state", timeout=5).json()["cluster"]
+        assert registered == {
+            "cluster_id": "c1",
+            "cluster_address": "127.0.0.1",
+            "cluster_port": cluster_port,
+        }, "the cluster registered again by itself"
 
         # the old services are known again, with their addresses
         for index, job_id in enumerate(JOB_IDS):

@@ -11,16 +11,19 @@ class FakeRoot:
     def __init__(self) -> None:
         self.generation: str | None = "g1"
         self.calls: list[tuple] = []
+        self.cluster: dict | None = None
 
     def root_state(self) -> dict:
         if self.generation is None:
             raise RootUnavailable("down")
         if self.generation == "upstream":
             raise NotFound("no such endpoint")
-        return {"generation": self.generation, "rebuilding": False}
+        return {"generation": self.generation, "rebuilding": False, "cluster": self.cluster}
 
     def register_cluster(self, *registration) -> None:
         self.calls.append(("register", *registration))
+        fields = ("cluster_id", "cluster_address", "cluster_port")
+        self.cluster = dict(zip(fields, registration, strict=True))
 
     def push_state(self, state: dict) -> dict:
         self.calls.append(("push", len(state["jobs"]), len(state["subnets"])))
@@ -74,3 +77,16 @@ def test_snapshot_carries_addresses_and_locations(db):
     assert job["instance_list"][0]["instance_ip"] == "10.30.0.3"
     assert "reported_by" not in job["instance_list"][0]
     assert state["subnets"] == [{"subnet_addr": "10.16.0.0", "subnet_addr_v6": "fc00::"}]
+
+
+def test_a_cluster_registered_by_the_system_manager_registers_again_as_it_was(db):
+    cache = JobCache(db, None)
+    root = FakeRoot()
+    root.cluster = {"cluster_id": "c7", "cluster_address": "192.0.2.7", "cluster_port": 10110}
+    watch = RootWatch(root, cache, None)  # type: ignore[arg-type]
+    watch.check()
+    assert root.calls == [("push", 0, 0)]  # registered by somebody else: nothing to do
+    root.generation, root.cluster = "g2", None  # a new store: it forgot us
+    restarted = RootWatch(root, JobCache(db, None), None)  # type: ignore[arg-type]
+    restarted.check()  # even after a restart of ours: the registration is in the store
+    assert root.calls[1:] == [("register", "c7", "192.0.2.7", 10110), ("push", 0, 0)]

@@ -1,9 +1,10 @@
 """The root's generation, and clusters pushing their state into a new store (ours, not upstream's).
 
-`GET /api/net/state` tells a cluster which store generation it talks to and whether
-the root is still rebuilding; `POST /api/net/cluster/state` takes what a cluster knows
-is in use (see `rebuild.py`). The caller is identified by its address, like every
-cluster call; an unregistered caller's addresses are restored too.
+`GET /api/net/state` tells a cluster which store generation it talks to, whether
+the root is still rebuilding and how it registered the caller;
+`POST /api/net/cluster/state` takes what a cluster knows is in use (see
+`rebuild.py`). The caller is identified by its address, like every cluster call; an
+unregistered caller's addresses are restored too.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ bp = Blueprint("rebuild", __name__, url_prefix="/api/net")
 
 @bp.get("/state")
 def root_state():
-    return jsonify(current_app.extensions["root"].gate.state())
+    """The generation, and how the caller is registered (None: not), so that a cluster
+    can register itself again as it was should the root lose its store."""
+    root = current_app.extensions["root"]
+    cluster = root.clusters.by_address(request.remote_addr)
+    if cluster is not None:
+        cluster = {k: cluster.get(k) for k in ("cluster_id", "cluster_address", "cluster_port")}
+    return jsonify({**root.gate.state(), "cluster": cluster})
 
 
 @bp.post("/cluster/state")
