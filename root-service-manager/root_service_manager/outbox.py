@@ -178,7 +178,7 @@ class Outbox:
             if message["next_attempt_at"] > self.clock() or not self._send(url, message):
                 return
             # A newer state of the job replaced the message while it was sent: keep that.
-            self.messages.delete_one({"_id": message["_id"], "seq": message["seq"]})
+            self.messages.delete_one({"_id": message["_id"], "seq": message.get("seq")})
 
     def _send(self, url: str, message: dict) -> bool:
         cluster_id = message["cluster_id"]
