@@ -8,7 +8,8 @@ whose `_id` is `<pool>/<address>`, so two callers can never own the same address
 cursor comes round to it again, so stale caches elsewhere cannot reach a new owner
 early. No in-process locks: several processes may share one database. Each
 reservation also records its position in the pool (`slot`), so the next free address
-after a run of taken ones is found with one ordered index query per batch.
+after a run of taken ones is found with ordered range queries on an index, a number
+logarithmic in the pool's size, and the cursor jumps past the run.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from oakestra_net.addressing import Pool, PoolExhausted, index_of, nth, pool_siz
 CURSORS = "ip_cursors"
 RESERVATIONS = "ip_reservations"
 
-# Reserved positions are read in ordered batches of this size when the cursor meets a
-# run of taken addresses, so finding the next free one costs at most pool/BATCH queries.
+# Positions whose reservations are read in one ordered query when the cursor meets a
+# taken address, and how many such windows are read before a longer run is crossed
+# by bisection with range counts.
 BATCH = 1000
+WINDOWS = 8
 # Attempts when concurrent callers keep winning the free address found.
 MAX_RACES = 64
 # Positions are stored as fixed-width decimal strings: the v6 pools have more than 2**63
@@ -156,21 +159,41 @@ class Allocator:
         return free if free is not None else self._first_gap(pool, 0, position + 1)
 
     def _first_gap(self, pool: Pool, low: int, high: int) -> int | None:
-        """The first position in [low, high) without a reservation, or None."""
+        """The first position in [low, high) without a reservation, or None.
+
+        The reservations of the next positions are read in order, BATCH positions per
+        query on the (pool, slot) index; a run longer than WINDOWS such windows is
+        crossed by bisection with range counts instead, so the number of queries stays
+        logarithmic in the pool, whatever the run's length.
+        """
         expected = low
-        while expected < high:
-            query = {"pool": str(pool), "slot": {"$gte": _slot(expected), "$lt": _slot(high)}}
-            taken = self._reservations.find(query, {"slot": 1, "_id": 0}).sort("slot", 1)
-            read = 0
-            for doc in taken.limit(BATCH):
-                read += 1
+        for _ in range(WINDOWS):
+            window = min(high, expected + BATCH)
+            if expected >= window:
+                return None
+            query = {"pool": str(pool), "slot": {"$gte": _slot(expected), "$lt": _slot(window)}}
+            for doc in self._reservations.find(query, {"slot": 1, "_id": 0}).sort("slot", 1):
                 position = int(doc["slot"])
                 if position > expected:
                     return expected
                 expected = position + 1
-            if read < BATCH:
-                break
+            if expected < window:
+                return expected
+        expected = self._end_of_run(pool, expected, high)
         return expected if expected < high else None
+
+    def _end_of_run(self, pool: Pool, low: int, high: int) -> int:
+        """The largest end <= high such that every position in [low, end) is taken."""
+        full, beyond = low, high  # [low, full) is taken; the answer is in [full, beyond]
+        while full < beyond:
+            middle = (full + beyond + 1) // 2
+            span = {"$gte": _slot(full), "$lt": _slot(middle)}
+            taken = self._reservations.count_documents({"pool": str(pool), "slot": span})
+            if taken == middle - full:
+                full = middle
+            else:
+                beyond = middle - 1
+        return full
 
     def _advance(self, pool: Pool) -> int:
         for _ in range(3):

@@ -49,6 +49,7 @@ def test_specific_address_is_exclusive(db):
     assert allocator.reserve(Pool.SERVICE_V4, mine) == "10.30.1.31"
 
 
+@pytest.mark.slow  # 15,359 reservations on the embedded store: 10-20 s
 def test_exhaustion_is_reported_only_when_every_address_is_taken(db):
     """User-chosen runs ahead of the cursor; allocation goes on until the pool is truly full."""
     allocator = Allocator(db)
