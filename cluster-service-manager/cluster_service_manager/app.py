@@ -92,7 +92,12 @@ def build_parts(settings: Settings, db: Any, watch_interval: float = 1.0) -> Par
     shared = settings.mqtt_shared if settings.mqtt_shared is not None else not store.is_embedded(db)
     endpoint = MqttEndpoint(client, handlers, shared=shared, metrics=metrics)
     watch = RootWatch(
-        root, cache, settings.self_registration, interval=watch_interval, meta=db["cluster_meta"]
+        root,
+        cache,
+        settings.self_registration,
+        interval=watch_interval,
+        meta=db["cluster_meta"],
+        drop_interest=directory.drop_root_interest,
     )
     root.on_unknown_cluster = watch.trigger
     metrics.gauge(

@@ -68,12 +68,14 @@ class RootWatch:
         interval: float = 1.0,
         state: Callable[[], dict] | None = None,
         meta: Any = None,
+        drop_interest: Callable[[str], None] | None = None,
     ) -> None:
         self.root = root
         self.cache = cache
         self.registration = registration
         self.interval = interval
         self._state = state or (lambda: snapshot(cache))
+        self._drop_interest = drop_interest or (lambda _job_name: None)
         self.generation: str | None = None  # the root generation that has our state
         # where the registration the root told us is kept (default: beside the cache)
         self._meta = meta if meta is not None else cache.nodes.database["cluster_meta"]
@@ -179,3 +181,8 @@ class RootWatch:
         )
         for conflict in conflicts[:20]:
             log.error("root reports an address conflict", conflict=str(conflict)[:200])
+        # The push gave the root our interest in every job of the snapshot; a job that
+        # left the cache meanwhile must lose it again (its removal may have come first).
+        for job in pushed["jobs"]:
+            if self.cache.get(job["job_name"]) is None:
+                self._drop_interest(job["job_name"])

@@ -90,3 +90,20 @@ def test_a_cluster_registered_by_the_system_manager_registers_again_as_it_was(db
     restarted = RootWatch(root, JobCache(db, None), None)  # type: ignore[arg-type]
     restarted.check()  # even after a restart of ours: the registration is in the store
     assert root.calls[1:] == [("register", "c7", "192.0.2.7", 10110), ("push", 0, 0)]
+
+
+def test_a_job_forgotten_during_the_push_loses_the_interest_the_push_gave(db):
+    cache = JobCache(db, "c1")
+    cache.store(JOB)
+    taken = snapshot(cache)
+    cache.delete(JOB["job_name"])  # forgotten while the push was on its way
+    dropped: list[str] = []
+    watch = RootWatch(
+        FakeRoot(),  # type: ignore[arg-type]
+        cache,
+        None,
+        state=lambda: taken,
+        drop_interest=dropped.append,
+    )
+    watch.check()
+    assert dropped == [JOB["job_name"]]
