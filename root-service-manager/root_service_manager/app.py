@@ -24,16 +24,22 @@ log = get_logger(__name__)
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """config keys: DB (a pymongo database), KEYS (KeyProvider), OUTBOX_AUTOSTART (bool),
     OUTBOX_TIMEOUT (seconds), REBUILD_MIN / REBUILD_MAX (seconds a new store waits for the
-    clusters' state, see `rebuild.py`). Unset keys come from the environment."""
+    clusters' state, see `rebuild.py`). Unset keys come from the environment.
+
+    The rebuild gate guards a store the app opens itself (3 s / 30 s unless the
+    environment says otherwise); a caller that hands in its own DB knows whether it is
+    new, so there the gate is off unless configured."""
     app = Flask(__name__)
-    app.config.update(
-        OUTBOX_AUTOSTART=True,
-        OUTBOX_TIMEOUT=2.0,
-        REBUILD_MIN=_seconds("ROOT_REBUILD_MIN_SECONDS", 3.0),
-        REBUILD_MAX=_seconds("ROOT_REBUILD_MAX_SECONDS", 30.0),
-    )
+    app.config.update(OUTBOX_AUTOSTART=True, OUTBOX_TIMEOUT=2.0)
     app.config.update(config or {})
     db = app.config.get("DB")
+    opened_here = db is None
+    app.config.setdefault(
+        "REBUILD_MIN", _seconds("ROOT_REBUILD_MIN_SECONDS", 3.0 if opened_here else 0.0)
+    )
+    app.config.setdefault(
+        "REBUILD_MAX", _seconds("ROOT_REBUILD_MAX_SECONDS", 30.0 if opened_here else 0.0)
+    )
     if db is None:
         db = store.connect("root")
     keys = app.config.get("KEYS") or KeyProvider.from_env(os.environ)
