@@ -140,12 +140,15 @@ class FakeClock:
 class FakeSession:
     """The node's MQTT session without a broker: records what the daemon publishes."""
 
-    def __init__(self, config, node_id, *, on_table_result, on_job_update, subnet=None):
+    def __init__(
+        self, config, node_id, *, on_table_result, on_job_update, on_ready=None, subnet=None
+    ):
         from oakestra_net.messages import SubnetResult
 
         self.node_id = node_id
         self.on_table_result = on_table_result
         self.on_job_update = on_job_update
+        self.on_ready = on_ready
         self.subnet = subnet or SubnetResult(address="10.16.0.0", addressv6="fc00::")
         self.published: list[tuple[str, object]] = []
         self.queries: list = []
