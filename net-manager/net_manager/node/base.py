@@ -9,7 +9,7 @@ from typing import Self
 from net_manager.node.commands import run_command
 from net_manager.node.errors import KernelError, NamespaceNotFound
 from net_manager.node.names import NETNS_MARK, NETNS_NAME
-from net_manager.node.netlink import netns_file, open_iproute, same_file
+from net_manager.node.netlink import OwnThreadIPRoute, netns_file, same_file
 
 
 class KernelBase:
@@ -26,7 +26,7 @@ class KernelBase:
         self.named_netns_prefix = named_netns_prefix
         self.netns_mark = NETNS_MARK if netns is None else f"{NETNS_MARK} {netns}"
         self._lock = threading.RLock()
-        self._ipr = open_iproute(self.netns_path)
+        self._ipr = OwnThreadIPRoute(self.netns_path)
 
     def close(self) -> None:
         with self._lock:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 
 import pytest
 from werkzeug.serving import make_server
@@ -315,3 +316,36 @@ def _raw(socket_path: str, text: str):
     connection.request("POST", "/container/deploy", text, {"Content-Type": "application/json"})
     response = connection.getresponse()
     return response.status, json.loads(response.read())
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.slow
+def test_no_file_descriptor_leak_over_1000_deploy_undeploy_cycles(running, cluster, ns):
+    """Each API request runs on a thread of its own; the node's netlink socket must not
+    multiply with them (it did: two sockets per cycle until deploys failed at the limit)."""
+    daemon = running()  # in this process: its descriptors are ours
+    register(daemon)
+    container = ns.container()
+    deploy = {"pid": container.pid, "serviceName": X1, "instanceNumber": 0, "portMappings": ""}
+    undeploy = {"serviceName": X1, "instanceNumber": 0}
+
+    def cycle() -> None:
+        status, body = daemon.call("POST", "/container/deploy", deploy)
+        assert status == 200, body
+        status, body = daemon.call("POST", "/container/undeploy", undeploy)
+        assert status == 200, body
+
+    for _ in range(5):  # warm up: lazily opened sockets, thread pools, the data plane
+        cycle()
+    before = _open_fds()
+    started = time.monotonic()
+    for _ in range(1000):
+        cycle()
+    elapsed = time.monotonic() - started
+    assert _open_fds() - before <= 3, f"{before} -> {_open_fds()} descriptors"
+    assert elapsed < 600, f"1,000 cycles took {elapsed:.0f} s"
+    host_veth, _peer = veth_names(f"{X1}.0")
+    assert not daemon.kernel.link_exists(host_veth)
