@@ -23,6 +23,7 @@ class FakeKernel:
         # namespace there, so the daemon can stat it (its inode stands for the namespace).
         self.run_dir = "/nonexistent/oakt-fake-netns"
         self.fail: dict[str, Exception] = {}
+        self.node_namespaces: set[str] = set()  # namespaces that count as the node's own
 
     def _call(self, name: str, *args) -> None:
         self.calls.append((name, *args))
@@ -78,6 +79,9 @@ class FakeKernel:
 
     def namespace_exists(self, netns_path):
         return netns_path in self.namespaces
+
+    def is_node_namespace(self, netns_path):
+        return netns_path in self.node_namespaces
 
     def named_netns_path(self, name):
         if not name or "/" in name:

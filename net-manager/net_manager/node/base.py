@@ -38,15 +38,19 @@ class KernelBase:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
+    def is_node_namespace(self, netns_path: str) -> bool:
+        """Whether `netns_path` is the node's own namespace (a host-networking container);
+        NamespaceNotFound if it does not exist."""
+        node = self.netns_path or "/proc/self/ns/net"
+        try:
+            return same_file(netns_path, node)
+        except OSError:
+            raise NamespaceNotFound(f"network namespace {netns_path} not found") from None
+
     def _check_not_node(self, netns_path: str) -> None:
         """Refuse a "container" that shares the node's namespace (host networking): its
         configuration would replace the node's own default route."""
-        node = self.netns_path or "/proc/self/ns/net"
-        try:
-            same = same_file(netns_path, node)
-        except OSError:
-            raise NamespaceNotFound(f"network namespace {netns_path} not found") from None
-        if same:
+        if self.is_node_namespace(netns_path):
             raise KernelError(
                 f"{netns_path} is the node's own network namespace (host networking?): "
                 "refusing to configure it as a container"
