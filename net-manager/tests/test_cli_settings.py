@@ -178,8 +178,7 @@ def test_a_broker_refusing_the_credentials_stops_the_start(node, tmp_path):
     process = nstools.popen_in(node.netns, [mosquitto, "-c", str(broker_dir / "mosquitto.conf")])
     try:
         wait_until(
-            lambda: f"127.0.0.1:{broker.port}"
-            in nstools.run_in(node.netns, ["ss", "-ltn"]).stdout,
+            lambda: f"127.0.0.1:{broker.port}" in nstools.run_in(node.netns, ["ss", "-ltn"]).stdout,
             message="broker listening",
         )
         node.netcfg(
