@@ -8,14 +8,19 @@ races of a restart deterministic instead of one run in fifteen.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator
 
 import pytest
 from mqtt_proxy import MqttProxy
+from nm_fakes import FakeKernel
 
+from net_manager.config import NetConfig
+from net_manager.control.daemon import NodeDaemon
 from net_manager.control.services.queries import TableQueries
 from net_manager.control.session import NodeSession
+from net_manager.node.kernel import netns_path_of_pid
 from oakestra_net.messages import TableQueryResult
 from oakestra_net.mqtt import MqttClient, MqttConfig
 from testsupport import wait_until
@@ -51,7 +56,7 @@ def _answer(sname: str) -> bytes:
 
 
 class FastCluster:
-    """Answers every table query the moment it arrives; counts the requests."""
+    """Answers every table query (and subnet request) the moment it arrives; counts queries."""
 
     def __init__(self, port: int) -> None:
         self.requests = 0
@@ -59,17 +64,26 @@ class FastCluster:
             MqttConfig(host="127.0.0.1", port=port, client_id="cluster"), name="cluster"
         )
         self.client.subscribe("nodes/+/net/tablequery/request", self._answer)
+        self.client.subscribe("nodes/+/net/subnet", self._subnet)
 
     def start(self) -> FastCluster:
         self.client.start()
         assert self.client.wait_subscribed("nodes/+/net/tablequery/request", 5)
+        assert self.client.wait_subscribed("nodes/+/net/subnet", 5)
         return self
 
     def _answer(self, topic: str, payload: bytes) -> None:
         self.requests += 1
-        node = re.match(r"nodes/([^/]+)/", topic).group(1)  # type: ignore[union-attr]
         sname = json.loads(payload)["sname"]
-        self.client.publish(f"nodes/{node}/net/tablequery/result", _answer(sname))
+        self.client.publish(f"nodes/{_node(topic)}/net/tablequery/result", _answer(sname))
+
+    def _subnet(self, topic: str, _payload: bytes) -> None:
+        answer = json.dumps({"address": "10.16.0.0", "addressv6": "fc00::"})
+        self.client.publish(f"nodes/{_node(topic)}/net/subnetwork/result", answer)
+
+
+def _node(topic: str) -> str:
+    return re.match(r"nodes/([^/]+)/", topic).group(1)  # type: ignore[union-attr]
 
 
 class Node:
@@ -155,3 +169,41 @@ def test_an_answer_lost_on_a_broken_connection_is_asked_again(proxy, cluster, no
     wait_until(node.answered, timeout=4, message="table answer after the reconnect")
     assert cluster.requests >= 2
     assert node.session.stats()["reconnects"] >= 1
+
+
+def test_a_restarted_daemon_learns_its_local_jobs_table(proxy, cluster, tmp_path):
+    """The whole daemon (fake kernel, real session): restarted with a live container while
+    the broker's CONNACK is delayed, it still learns its own job's table."""
+    config = NetConfig(
+        node_public_address="198.18.0.10",
+        cluster_url="127.0.0.1",
+        cluster_mqtt_port=proxy.port,
+        state_file=str(tmp_path / "state.json"),
+    )
+
+    def daemon() -> NodeDaemon:
+        kernel = FakeKernel()
+        kernel.namespaces.add(netns_path_of_pid(os.getpid()))  # our process: the container
+        return NodeDaemon(config, kernel=kernel, dataplane_factory=None)
+
+    def knows_job(node: NodeDaemon) -> bool:
+        return any(entry["job_name"] == JOB for entry in node.table.to_status())
+
+    first = daemon()
+    first.start()
+    try:
+        first.register(NODE, "127.0.0.1")
+        first.deploy_container(os.getpid(), JOB, 0, "")
+        wait_until(lambda: knows_job(first), message="first daemon learned its job")
+    finally:
+        first.stop()
+
+    proxy.hold_connack.set()
+    second = daemon()
+    second.start()  # resumes: reconnects and asks for its local job
+    try:
+        wait_until(proxy.connack_held.is_set, message="reconnecting, CONNACK held")
+        proxy.release_connack()
+        wait_until(lambda: knows_job(second), timeout=4, message="restarted daemon's table")
+    finally:
+        second.stop()
