@@ -60,7 +60,7 @@ class NodeSession:
         self._on_job_update = on_job_update
         self._on_ready = on_ready
         self._result_topic = self._topic(topics.TABLEQUERY_RESULT)
-        self._held = 0  # queries not sent because the result subscription was not live
+        self._deferred = 0  # queries not sent: the result subscription was not live yet
         self._subnet: SubnetResult | None = None
         self._subnet_arrived = threading.Event()
         self._followed: set[str] = set()
@@ -93,7 +93,7 @@ class NodeSession:
         return self.client.wait_subscribed(self._result_topic, 0)
 
     def stats(self) -> dict[str, int]:
-        return {**self.client.stats(), "queries_held": self._held}
+        return {**self.client.stats(), "queries_deferred": self._deferred}
 
     def publish(self, kind: str, message: Message) -> None:
         self.client.publish(self._topic(kind), message)
@@ -117,8 +117,8 @@ class NodeSession:
         """Publish a table query, unless its answer could not reach us yet (then on_ready
         tells the daemon to send its pending queries)."""
         if not self.ready:
-            self._held += 1
-            log.debug("table query held until subscribed", sname=request.sname, sip=request.sip)
+            self._deferred += 1
+            log.debug("table query deferred until subscribed", sname=request.sname, sip=request.sip)
             return
         self.publish(topics.TABLEQUERY_REQUEST, request)
 
