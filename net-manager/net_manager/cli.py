@@ -124,7 +124,7 @@ def effective(config: NetConfig, values: dict[str, Any]) -> dict[str, Any]:
     shown = {}
     for row in SETTINGS.rows:
         value = getattr(config, ENV_VARS[row.env]) if row.env in ENV_VARS else values[row.field]
-        shown[row.env] = s.display(row, value)
+        shown[row.env] = s.display(row, value) if value != "" else None  # "" = unset
     shown["Debug"] = config.debug
     shown["TunnelDevice"] = config.tun.device_name
     return shown
@@ -143,16 +143,23 @@ def cmd_run(values: dict[str, Any], config: NetConfig) -> int:
     check_broker(config, values["startup_timeout"])
     daemon = NodeDaemon(config)
     app = create_app(daemon)
+    servers: list[Any] = []
     try:
-        servers = [_unix_server(make_server, config.socket_path, app)]
+        servers.append(_unix_server(make_server, config.socket_path, app))
         if config.tcp_port:
-            servers.append(make_server("127.0.0.1", config.tcp_port, app, threaded=True))
+            servers.append(_tcp_server(make_server, config.tcp_port, app))
     except OSError as err:
-        where = f"NETMANAGER_SOCKET {config.socket_path} / NETMANAGER_PORT {config.tcp_port}"
+        _close(servers, config.socket_path)
+        where = (
+            f"NETMANAGER_PORT {config.tcp_port}"
+            if servers
+            else f"NETMANAGER_SOCKET {config.socket_path}"
+        )
         exit_unavailable(COMPONENT, f"{where}: cannot serve the API: {err.strerror or err}")
     try:
         daemon.start()
     except DaemonError as err:
+        _close(servers, config.socket_path)
         exit_unavailable(COMPONENT, err.reason)
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -226,12 +233,43 @@ def check_broker(config: NetConfig, timeout: float) -> None:
 
 
 def _unix_server(make_server, path: str, app):
+    """Serve `app` on the unix socket `path`. We bind it ourselves: werkzeug prints and
+    exits on a bind error, and must not replace a socket another daemon still serves."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     if os.path.exists(path):
-        os.unlink(path)
-    server = make_server(f"unix://{path}", 0, app, threaded=True)
-    os.chmod(path, 0o660)
-    return server
+        if _answers(path):
+            raise OSError(f"another net manager already serves {path}")
+        os.unlink(path)  # left by a daemon that died
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(path)
+        os.chmod(path, 0o660)
+        listener.listen(128)
+        return make_server(f"unix://{path}", 0, app, threaded=True, fd=listener.fileno())
+
+
+def _tcp_server(make_server, port: int, app):
+    with socket.create_server(("127.0.0.1", port), backlog=128) as listener:
+        return make_server("127.0.0.1", port, app, threaded=True, fd=listener.fileno())
+
+
+def _close(servers: list[Any], socket_path: str) -> None:
+    """Close what was bound; the socket file goes only if we created it (a server exists)."""
+    for server in servers:
+        server.server_close()
+    if servers and os.path.exists(socket_path):
+        os.unlink(socket_path)
+
+
+def _answers(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def cmd_status(args: argparse.Namespace, config: NetConfig) -> int:
