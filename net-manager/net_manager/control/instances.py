@@ -69,7 +69,10 @@ class Instances:
         key = instance_key(job_name, instance_number)
         with self.lock:
             current = self.state.instances.get(key)
-            inode = netns_inode(netns_path)
+            try:
+                inode = netns_inode(netns_path)
+            except OSError:
+                raise DaemonError(400, f"pid {pid}: the process is gone") from None
             if current is not None and current.netns_inode == inode:
                 return _answer(current)
             self._check_claims(key, mappings, inode)
