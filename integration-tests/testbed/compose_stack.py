@@ -51,6 +51,12 @@ class ComposeStack:
     def logs(self, service: str, tail: int = 40) -> str:
         return self.run("logs", "--no-color", "--tail", str(tail), service, check=False).stdout
 
+    def container_ip(self, service: str) -> str:
+        """The service's address on the project network (what its peers see)."""
+        container = self.run("ps", "--quiet", service).stdout.strip()
+        template = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
+        return self.engine.docker("inspect", "--format", template, container).stdout.strip()
+
     def volume_path(self, volume: str) -> Path:
         """Where a named volume of this project lives on disk (visible from outside)."""
         name = f"{self.project}_{volume}"

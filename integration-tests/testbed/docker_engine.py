@@ -33,6 +33,9 @@ from testbed.topology import unique_prefix
 
 PACKAGES = {"dockerd": "docker.io", "containerd": "containerd", "runc": "runc"}
 TOOL_PACKAGES = {"debootstrap": "debootstrap", "unshare": "util-linux"}
+UPLINK = "uplink0"
+UPLINK_ADDRESS = "198.19.200.1/24"
+UPLINK_GATEWAY = "198.19.200.2"  # nobody: the route exists, the packets go nowhere
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 
@@ -129,6 +132,7 @@ class DockerEngine:
             self._ip("netns", "add", self.netns)
             self._netns_made = True
             self._ip("-n", self.netns, "link", "set", "lo", "up")
+            self._add_uplink()
             argv = [
                 _which("dockerd") or "dockerd",
                 "--data-root", str(self.home / "data"),
@@ -149,6 +153,17 @@ class DockerEngine:
                 )
             self._wait_ready()
         return self
+
+    def _add_uplink(self) -> None:
+        """An uplink and a default route, as a machine has (the net manager finds its
+        node address through it). Both veth ends stay in the namespace and the gateway
+        does not exist, so nothing sent that way goes anywhere."""
+        ns = ["-n", self.netns]
+        self._ip(*ns, "link", "add", UPLINK, "type", "veth", "peer", "name", f"{UPLINK}-peer")
+        self._ip(*ns, "addr", "add", UPLINK_ADDRESS, "dev", UPLINK)
+        self._ip(*ns, "link", "set", f"{UPLINK}-peer", "up")
+        self._ip(*ns, "link", "set", UPLINK, "up")
+        self._ip(*ns, "route", "add", "default", "via", UPLINK_GATEWAY, "dev", UPLINK)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
