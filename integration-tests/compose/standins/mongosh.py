@@ -18,7 +18,9 @@ parser.add_argument("--eval", default="")
 args, _ignored = parser.parse_known_args()
 if "ping" not in args.eval:
     sys.exit(f"mongosh stand-in: only the ping healthcheck is supported, not {args.eval!r}")
-client = MongoClient(args.host, int(args.port), directConnection=True, serverSelectionTimeoutMS=3000)
+client = MongoClient(
+    args.host, int(args.port), directConnection=True, serverSelectionTimeoutMS=3000
+)
 try:
     print(int(client.admin.command("ping")["ok"]))
 except Exception as error:  # noqa: BLE001 - any failure means unhealthy
