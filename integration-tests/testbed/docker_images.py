@@ -42,14 +42,19 @@ class StandIns:
 def build_standins(engine: DockerEngine, progress: Progress) -> StandIns:
     rootfs = docker_cache.base_rootfs(progress)
     wheels = docker_cache.wheelhouse(progress)
-    with progress.step(f"docker import {DEBIAN}"):
-        engine.docker(
-            "import",
-            "--change", "ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "--change", "ENV LANG=C.UTF-8",
-            "--change", 'CMD ["bash"]',
-            str(rootfs), DEBIAN,
-        )  # fmt: skip
+    label = '{{index .Config.Labels "org.oakestra-net.rootfs"}}'
+    present = engine.docker("image", "inspect", "--format", label, DEBIAN, check=False)
+    # importing again would give a new image id and void every build cache on top
+    if present.returncode != 0 or present.stdout.strip() != rootfs.name:
+        with progress.step(f"docker import {DEBIAN}"):
+            engine.docker(
+                "import",
+                "--change", "ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "--change", "ENV LANG=C.UTF-8",
+                "--change", f"LABEL org.oakestra-net.rootfs={rootfs.name}",
+                "--change", 'CMD ["bash"]',
+                str(rootfs), DEBIAN,
+            )  # fmt: skip
     builds = [
         (PYTHON, "python.Dockerfile", wheels, {"BASE": DEBIAN}),
         (MONGO, "mongo.Dockerfile", STANDINS, {"PYTHON_IMAGE": PYTHON}),
