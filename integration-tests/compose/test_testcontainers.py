@@ -10,8 +10,9 @@ error, never a crash; once MongoDB is back, so is the root, with its data.
 
 from __future__ import annotations
 
-import shutil
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from bson import ObjectId
@@ -71,9 +72,10 @@ def engine_net(docker_engine):
 def test_root_rides_out_a_mongodb_outage(docker_engine, mongo_container, engine_net, tmp_path):
     url = f"mongodb://127.0.0.1:{MONGO_PORT}/?directConnection=true"
     env = {"MY_PORT": str(ROOT_PORT), "MONGO_URL": url}
-    program = shutil.which("root-service-manager")
-    assert program, "root-service-manager is not installed in this virtualenv"
-    root = Process("root", docker_engine.netns, [program], tmp_path / "root.log", child_env(env))
+    program = Path(sys.executable).with_name("root-service-manager")  # this virtualenv's
+    assert program.exists(), f"{program} is not installed"
+    argv = [str(program)]
+    root = Process("root", docker_engine.netns, argv, tmp_path / "root.log", child_env(env))
     root.start()
     try:
         healthz = f"http://127.0.0.1:{ROOT_PORT}/healthz"
