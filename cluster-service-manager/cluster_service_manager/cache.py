@@ -113,8 +113,14 @@ class JobCache:
 
     # -- interests -------------------------------------------------------------------
 
-    def add_interest(self, job_name: str, node_id: str) -> bool:
-        """Record the node's interest; False if the job is not cached (any more)."""
+    def add_interest(self, job_name: str, node_id: str, job: dict | None = None) -> bool:
+        """Record the node's interest; False if the job is not cached (any more).
+
+        `job`, the document just read, saves the write when it already lists the node
+        (a node asking again: the common case).
+        """
+        if job is not None and node_id in job.get("interested_nodes", ()):
+            return True
         change = {"$addToSet": {"interested_nodes": node_id}}
         result = self.jobs.update_one({"_id": job_name}, change)
         return result.matched_count == 1
@@ -129,11 +135,13 @@ class JobCache:
         runs_here: list[dict] = [{"worker_id": {"$type": "string"}}]
         if self.cluster_id is not None:
             runs_here.append({"cluster_id": self.cluster_id})
+        # `$nor` of one `$elemMatch` per condition, not `$or` inside `$elemMatch`: the same
+        # documents, and a form every MongoDB-wire server accepts
         result = self.jobs.delete_one(
             {
                 "_id": job_name,
                 "interested_nodes.0": {"$exists": False},
-                "instance_list": {"$not": {"$elemMatch": {"$or": runs_here}}},
+                "$nor": [{"instance_list": {"$elemMatch": cond}} for cond in runs_here],
             }
         )
         return result.deleted_count == 1

@@ -6,8 +6,10 @@ the root now, so the caller learns whether that worked. `remove` drops a cached 
 the job's lane, so updates of one job apply in the order the root sent them:
 `DEPLOYMENT` refreshes a cached job from the root, `UNDEPLOYMENT` removes the
 instance (-1: all) from the cache and, once the job has no instance left and no node
-is interested, forgets it (dropping the root interest). Each change is announced to the nodes on
-`jobs/<job_name>/updates_available`. Input validation is the views' job.
+is interested, forgets it (dropping the root interest). A change of what nodes see in the
+table is announced to them once on `jobs/<job_name>/updates_available` (a refresh that
+changes nothing visible, such as the root echoing a location we reported, is not); an
+update for a job not cached here is passed on as it came. Input validation is the views' job.
 """
 
 from __future__ import annotations
@@ -43,11 +45,13 @@ class Deployments:
 
     def deploy(self, job_name: str) -> dict:
         """Fetch and cache the job; NotFound / RootUnavailable / RootRejected propagate."""
+        before = self.cache.get(job_name)
         job = self.directory.fetch_by_name(job_name)
         if job is None:
             raise NotFound(f"root does not know job {job_name}")
         log.info("job stored", job_name=job_name, instances=len(job["instance_list"]))
-        self.replies.job_update(job_name, DEPLOYMENT)
+        if jobs.table_changed(before, job):
+            self.replies.job_update(job_name, DEPLOYMENT)
         return job
 
     def remove(self, job_name: str) -> bool:
@@ -67,19 +71,27 @@ class Deployments:
         self.lanes.submit(job_lane(job_name), what, step)
 
     def _refresh(self, job_name: str) -> None:
-        cached = self.cache.get(job_name) is not None
-        if cached and self.directory.fetch_by_name(job_name) is None:
+        before = self.cache.get(job_name)
+        if before is None:
+            self.replies.job_update(job_name, DEPLOYMENT)
+            return
+        after = self.directory.fetch_by_name(job_name)
+        if after is None:
             log.info("root no longer knows the job, removed from the cache", job_name=job_name)
             self.cache.delete(job_name)
-        self.replies.job_update(job_name, DEPLOYMENT)
+        if jobs.table_changed(before, after):
+            self.replies.job_update(job_name, DEPLOYMENT)
 
     def _undeploy(self, job_name: str, instance_number: int) -> Step | None:
         result = self.cache.update_instances(
             job_name, lambda instances: jobs.without_instance(instances, instance_number)
         )
-        if result is not None:
+        if result is None:
+            self.replies.job_update(job_name, UNDEPLOYMENT)
+        else:
             log.info("instance removed", job_name=job_name, instance_number=instance_number)
-        self.replies.job_update(job_name, UNDEPLOYMENT)
+            if jobs.table_changed(*result):
+                self.replies.job_update(job_name, UNDEPLOYMENT)
         emptied = result is not None and not result[1]["instance_list"]
         if emptied and self.cache.forget_if_unused(job_name):
             log.info("job forgotten: no node interested, no instance here", job_name=job_name)

@@ -110,7 +110,7 @@ class Handlers:
             self._answer(node_id, None, key, "invalid")
             return
         job = self.directory.cached(job_name=msg.sname, service_ip=msg.sip)
-        if job is not None and self.cache.add_interest(job["job_name"], node_id):
+        if job is not None and self.cache.add_interest(job["job_name"], node_id, job):
             self._answer(node_id, job, key, "cache")
             return
         self.lanes.submit(
@@ -195,7 +195,8 @@ class Handlers:
         changed = jobs.changed_numbers(before["instance_list"], after["instance_list"])
         if not changed:
             return None
-        self.replies.job_update(report.job_name, report.kind)
+        if jobs.table_changed(before, after):
+            self.replies.job_update(report.job_name, report.kind)
         return lambda: self._tell_root(report, changed)
 
     def _fetch_and_apply(self, report: _NodeReport) -> Step | None:

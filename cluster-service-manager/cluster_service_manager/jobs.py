@@ -245,6 +245,15 @@ def table_result(job: dict | None, query_key: str) -> TableQueryResult:
     return TableQueryResult(app_name=job["job_name"], query_key=query_key, instance_list=instances)
 
 
+def table_changed(before: dict | None, after: dict | None) -> bool:
+    """Whether a node asking now gets another answer than before the change.
+
+    Only such a change is announced on `jobs/<job>/updates_available`: every
+    announcement makes every interested node fetch the table again.
+    """
+    return table_result(before, "") != table_result(after, "")
+
+
 def _result_instance(instance: dict, service_ips: tuple[ServiceIp, ...]) -> TableQueryInstance:
     own = ServiceIp(
         "instance_ip", instance.get("instance_ip") or "", instance.get("instance_ip_v6") or ""

@@ -91,7 +91,7 @@ def make_cluster(mosquitto, root_server, db) -> Iterator[Callable[..., ClusterHa
         harness = ClusterHarness(app, LiveServer(app).start())
         clusters.append(harness)
         endpoint = harness.parts.endpoint
-        assert endpoint.client.wait_subscribed(endpoint.pattern, 5), "cluster not subscribed"
+        assert endpoint.wait_subscribed(5), "cluster not subscribed"
         if register:
             root_server.register_cluster(cluster_id, harness.server.port)
         return harness

@@ -26,6 +26,14 @@ def deploy_x3(root, instances: int = 1) -> None:
         root.deploy_instance(X3_ID, n)
 
 
+def locate_at_root(root, number: int) -> None:
+    """The root learns where instance `number` of X3 runs (as from another cluster)."""
+    location = {"namespace_ip": "10.18.0.2", "namespace_ip_v6": "fc00::2"}
+    location.update(host_ip="192.0.2.7", host_port=50103, instance_number=number)
+    body = {"job_id": X3_ID, "instances": [location]}
+    root._call("POST", "/api/net/service/net_deploy_status", json=body)
+
+
 BAD_BODIES = [
     (b"not json", "JSON object"),
     (b"[1]", "JSON object"),
@@ -107,12 +115,19 @@ def test_deployment_update_refreshes_from_the_root(root_server, cluster, mqtt_re
     answer = cluster.client.post("/api/net/job/update", json=body)
     assert answer.get_json() == {"message": "update notification received"}
     wait_until(lambda: len(cluster.job(X3)["instance_list"]) == 2)
+    cluster.idle()
+    assert updates.messages() == []  # nodes would see no difference: not announced
+    locate_at_root(root_server, 1)  # pushes the located instance (the cluster is interested)
     assert updates.wait_for().payload == {"type": "DEPLOYMENT"}
+    cluster.idle()
+    assert len(updates.messages()) == 1  # one change, one announcement
 
 
 def test_undeployment_update_removes_instances_and_forgets(root_server, cluster, mqtt_recorder):
     deploy_x3(root_server, instances=2)
+    locate_at_root(root_server, 1)
     cluster.client.post("/api/net/deployment", json={"job_name": X3})
+    cluster.idle()
     updates = mqtt_recorder(f"jobs/{X3}/updates_available")
     body = {"job_name": X3, "instance_number": 1, "type": "UNDEPLOYMENT"}
     cluster.client.post("/api/net/job/update", json=body)
