@@ -7,7 +7,7 @@ APT_PACKAGES := mosquitto mosquitto-clients iptables iproute2 iperf3
 COMPONENTS := shared root-service-manager cluster-service-manager net-manager
 PYTEST_ARGS ?=
 
-.PHONY: help setup apt venv lint format test test-pure test-kernel test-system run bench clean
+.PHONY: help setup apt venv lint format test test-pure test-kernel test-system test-mongo run bench bench-control clean
 
 help:
 	@echo "make setup   install system packages (apt) and the dev virtualenv (.venv)"
@@ -15,6 +15,8 @@ help:
 	@echo "make lint    ruff check + ruff format --check + mypy on the pure core"
 	@echo "make run     local cluster in network namespaces with a demo app (needs root)"
 	@echo "make bench   data-path benchmark vs the direct kernel path (needs root)"
+	@echo "make bench-control  control-plane benchmark: 1,000 MQTT nodes, root, cluster (table)"
+	@echo "make test-mongo     the store tests again against SecantusDB (MongoDB wire protocol)"
 	@echo "make clean   remove everything make run / tests left behind, and the venv"
 
 setup: apt venv
@@ -47,7 +49,7 @@ format: venv
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: setup lint test-pure test-kernel test-system
+test: setup lint test-pure test-kernel test-system test-mongo
 
 # pytest exits 5 when a tier has no tests yet; that is not a failure.
 test-pure: venv
@@ -59,11 +61,19 @@ test-kernel: venv
 test-system: venv
 	$(VENV)/bin/pytest -m "system" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
+# Every test that touches the store, against a SecantusDB the tier starts (testsupport/mongo.py).
+test-mongo: venv
+	$(VENV)/bin/pytest --mongo -m "store and not kernel" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
 run: setup
 	PYTHONPATH=integration-tests $(PY) -m testbed.run
 
 bench: setup
 	PYTHONPATH=integration-tests $(PY) -m testbed.bench
+
+# BENCH_ARGS: e.g. --quick, --store embedded, --root-services 2000
+bench-control: setup
+	PYTHONPATH=integration-tests $(PY) -m testbed.control_bench $(BENCH_ARGS)
 
 clean:
 	-test -x $(PY) && PYTHONPATH=integration-tests $(PY) -m testbed.sweep || true

@@ -1,3 +1,10 @@
-"""Repository-wide pytest setup: the shared test fixtures (broker, waiting helpers)."""
+"""Repository-wide pytest setup: the shared test fixtures (broker, waiting helpers), the mongo tier."""
 
-pytest_plugins = ["oakestra_net.testing"]
+import os
+import sys
+
+_ROOT = os.path.dirname(os.path.abspath(__file__))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)  # testsupport
+
+pytest_plugins = ["oakestra_net.testing", "testsupport.mongo"]

@@ -50,8 +50,7 @@ class Deployments:
         if job is None:
             raise NotFound(f"root does not know job {job_name}")
         log.info("job stored", job_name=job_name, instances=len(job["instance_list"]))
-        if jobs.table_changed(before, job):
-            self.replies.job_update(job_name, DEPLOYMENT)
+        self._announce(job_name, before, job)
         return job
 
     def remove(self, job_name: str) -> bool:
@@ -79,8 +78,12 @@ class Deployments:
         if after is None:
             log.info("root no longer knows the job, removed from the cache", job_name=job_name)
             self.cache.delete(job_name)
-        if jobs.table_changed(before, after):
-            self.replies.job_update(job_name, DEPLOYMENT)
+        self._announce(job_name, before, after)
+
+    def _announce(self, job_name: str, before: dict | None, after: dict | None) -> None:
+        kind = jobs.visible_change(before, after)
+        if kind is not None:
+            self.replies.job_update(job_name, kind)
 
     def _undeploy(self, job_name: str, instance_number: int) -> Step | None:
         result = self.cache.update_instances(
@@ -90,8 +93,7 @@ class Deployments:
             self.replies.job_update(job_name, UNDEPLOYMENT)
         else:
             log.info("instance removed", job_name=job_name, instance_number=instance_number)
-            if jobs.table_changed(*result):
-                self.replies.job_update(job_name, UNDEPLOYMENT)
+            self._announce(job_name, *result)
         emptied = result is not None and not result[1]["instance_list"]
         if emptied and self.cache.forget_if_unused(job_name):
             log.info("job forgotten: no node interested, no instance here", job_name=job_name)

@@ -195,8 +195,9 @@ class Handlers:
         changed = jobs.changed_numbers(before["instance_list"], after["instance_list"])
         if not changed:
             return None
-        if jobs.table_changed(before, after):
-            self.replies.job_update(report.job_name, report.kind)
+        kind = jobs.visible_change(before, after)
+        if kind is not None:
+            self.replies.job_update(report.job_name, kind)
         return lambda: self._tell_root(report, changed)
 
     def _fetch_and_apply(self, report: _NodeReport) -> Step | None:

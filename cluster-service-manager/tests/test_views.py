@@ -6,6 +6,7 @@ import pytest
 from csm_helpers import X3, X3_ID, make_settings
 
 from cluster_service_manager.app import create_app
+from oakestra_net import store
 from oakestra_net.testing import free_port, wait_until
 
 pytestmark = pytest.mark.usefixtures("fail_on_log_exception")
@@ -162,7 +163,7 @@ def test_health_and_metrics(cluster, make_node):
     assert health.get_json() == {
         "status": "ok",
         "broker": "connected",
-        "store": "embedded",
+        "store": "embedded" if store.is_embedded(cluster.parts.db) else "mongodb",
         "pending_root_work": 0,
     }
     node = make_node()

@@ -159,7 +159,7 @@ class Nodes:
             if i % 200 == 199:
                 await asyncio.sleep(0)
         waiting = list(job_names)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600
         while waiting and time.monotonic() < deadline:
             answers = await self._query_all([("sname", n) for n in waiting])
             waiting = [
@@ -168,7 +168,7 @@ class Nodes:
                 if answer is None or not _has_instance(answer, number)
             ]
             if waiting:
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(1.0)
         if waiting:
             raise TimeoutError(f"{len(waiting)} jobs not located, e.g. {waiting[0]}")
 

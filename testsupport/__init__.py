@@ -1,0 +1,1 @@
+"""Test-only code shared by the test suites (pytest plugins, fixtures)."""
