@@ -1,4 +1,4 @@
-"""Repository-wide pytest setup: the shared test fixtures (broker, waiting helpers), the mongo tier."""
+"""Repository-wide pytest setup: shared fixtures (broker, waiting helpers), the mongo tier."""
 
 import os
 import sys

@@ -1,9 +1,9 @@
 """Two root and two cluster service manager processes on one MongoDB-wire database.
 
 Runs in the mongo tier (`make test-mongo`), which starts the server: addresses stay
-unique when both roots hand them out at once, and nodes served by both cluster processes (shared MQTT
-subscription) get one subnet each, the same one when they ask again, and see their
-reports in the tables either process answers.
+unique when both roots hand them out at once, and nodes served by both cluster
+processes (shared MQTT subscription) get one subnet each, the same one when they ask
+again, and see their reports in the tables either process answers.
 """
 
 from __future__ import annotations
@@ -148,7 +148,9 @@ def test_two_roots_never_hand_out_one_address_twice(pair):
 def test_nodes_served_by_two_cluster_processes(pair, mosquitto, mqtt_recorder):
     answers = mqtt_recorder("nodes/+/net/+/result")
     publisher = MqttClient(
-        MqttConfig(host=mosquitto.host, port=mosquitto.port, client_id="nodes-" + uuid.uuid4().hex[:8]),
+        MqttConfig(
+            host=mosquitto.host, port=mosquitto.port, client_id="nodes-" + uuid.uuid4().hex[:8]
+        ),
         workers=1,
         name="nodes",
     )
@@ -185,7 +187,9 @@ def test_nodes_served_by_two_cluster_processes(pair, mosquitto, mqtt_recorder):
 
         def located(node: str) -> bool:
             answers.clear()
-            publisher.publish(f"nodes/{node}/net/tablequery/request", json.dumps({"sname": job, "sip": ""}))
+            publisher.publish(
+                f"nodes/{node}/net/tablequery/request", json.dumps({"sname": job, "sip": ""})
+            )
             answer = answers.wait_for(f"nodes/{node}/net/tablequery/result", 10).payload
             return len(answer["instance_list"]) == 1
 

@@ -3,10 +3,11 @@
 One subscription (QoS 1) per kind of message a node sends (`nodes/+/net/subnet`,
 `nodes/+/net/tablequery/request`, ...), each under `$share/cluster-sm/` when several
 processes serve one cluster. Not `nodes/+/net/#`: that would bring back every answer
-this service publishes itself, one delivery per answer for nothing. The MQTT wrapper runs handlers on its worker pool with
-the node id as order key: one node's messages are handled in order, different nodes
-in parallel. Every message is parsed into its dataclass here; an invalid one is
-logged once (topic, reason, start of the payload) and dropped.
+this service publishes itself, one delivery per answer for nothing. The MQTT wrapper
+runs handlers on its worker pool with the node id as order key: one node's messages
+are handled in order, different nodes in parallel. Every message is parsed into its
+dataclass here; an invalid one is logged once (topic, reason, start of the payload)
+and dropped.
 """
 
 from __future__ import annotations

@@ -41,7 +41,9 @@ def db():
 @pytest.fixture
 def root_server() -> Iterator[RootHarness]:
     """The real root service manager (its own embedded store), served on 127.0.0.1."""
-    app = create_root_app({"DB": cluster_db("root"), "KEYS": KeyProvider(), "OUTBOX_AUTOSTART": True})
+    app = create_root_app(
+        {"DB": cluster_db("root"), "KEYS": KeyProvider(), "OUTBOX_AUTOSTART": True}
+    )
     server = LiveServer(app).start()
     try:
         yield RootHarness(app, server)

@@ -138,7 +138,9 @@ def test_username_and_password(tmp_path, root_server, db, caplog):
 def test_two_processes_share_the_nodes_through_a_shared_subscription(make_cluster, make_node):
     first = make_cluster(mqtt_shared=True)
     second = make_cluster(mqtt_shared=True, register=False)  # same store, same cluster
-    assert all(p.startswith("$share/cluster-sm/nodes/+/net/") for p in first.parts.endpoint.patterns)
+    assert all(
+        p.startswith("$share/cluster-sm/nodes/+/net/") for p in first.parts.endpoint.patterns
+    )
     nodes = [make_node() for _ in range(12)]
     subnets = {node.node_id: node.request_subnet()["address"] for node in nodes}
     assert len(set(subnets.values())) == len(nodes)

@@ -164,8 +164,7 @@ class Stack:
         conf.write_text(
             f"listener {self.broker_port} 127.0.0.1\nallow_anonymous true\n"
             "persistence false\nset_tcp_nodelay true\nmax_connections -1\n"
-            "max_queued_messages 100000\n"
-            + ("user root\n" if os.geteuid() == 0 else "")
+            "max_queued_messages 100000\n" + ("user root\n" if os.geteuid() == 0 else "")
         )
         broker = self._spawn("mosquitto", [_program("mosquitto"), "-c", str(conf)], {})
         wait_for(lambda: _accepts(self.broker_port), 10, "mosquitto", broker)
@@ -196,7 +195,9 @@ class Stack:
 
     def _store(self, component: str) -> dict[str, str]:
         """Root and cluster keep their own databases (both have a `jobs` collection)."""
-        return {"MONGO_URL": f"{self.mongo_url}oakestra_bench_{component}"} if self.mongo_url else {}
+        return (
+            {"MONGO_URL": f"{self.mongo_url}oakestra_bench_{component}"} if self.mongo_url else {}
+        )
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
         proc = Proc(name, argv, self.workdir / f"{name}.log", env)

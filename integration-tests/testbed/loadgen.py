@@ -129,13 +129,18 @@ class Nodes:
     def query(self, node: str, key: Key) -> asyncio.Future:
         future = self.loop.create_future()
         self._pending[(node, key[1])].append(future)
-        body = {"sname": key[1] if key[0] == "sname" else "", "sip": key[1] if key[0] == "sip" else ""}
+        body = {
+            "sname": key[1] if key[0] == "sname" else "",
+            "sip": key[1] if key[0] == "sip" else "",
+        }
         self._fire(node, "tablequery/request", body)
         return future
 
     def _fire(self, node: str, kind: str, body: dict[str, Any]) -> None:
         client = self.clients[node]
-        task = self.loop.create_task(client.publish(f"nodes/{node}/net/{kind}", json.dumps(body), qos=1))
+        task = self.loop.create_task(
+            client.publish(f"nodes/{node}/net/{kind}", json.dumps(body), qos=1)
+        )
         task.add_done_callback(_ignore_result)
 
     def deployed(self, node: str, job_name: str, number: int, nsip: str) -> None:
@@ -164,7 +169,7 @@ class Nodes:
             answers = await self._query_all([("sname", n) for n in waiting])
             waiting = [
                 n
-                for n, answer in zip(waiting, answers)
+                for n, answer in zip(waiting, answers, strict=True)
                 if answer is None or not _has_instance(answer, number)
             ]
             if waiting:

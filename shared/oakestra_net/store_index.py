@@ -158,7 +158,9 @@ class CollectionIndex:
         for name, condition in filter.items():
             ids: set | None
             if name == "$and" and isinstance(condition, list):
-                ids = _smallest(self._candidates(c) if isinstance(c, dict) else None for c in condition)
+                ids = _smallest(
+                    self._candidates(c) if isinstance(c, dict) else None for c in condition
+                )
             elif name == "$or" and isinstance(condition, list) and condition:
                 ids = self._union(condition)
             elif name == "_id":

@@ -98,14 +98,16 @@ def test_lookups_visit_only_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
     jobs.create_index("job_name", unique=True)
     jobs.create_index("service_ip_list.Address")
     jobs.insert_many(
-        {"_id": i, "job_name": f"j{i}", "service_ip_list": [{"Address": f"10.30.{i // 256}.{i % 256}"}]}
+        {
+            "_id": i,
+            "job_name": f"j{i}",
+            "service_ip_list": [{"Address": f"10.30.{i // 256}.{i % 256}"}],
+        }
         for i in range(2000)
     )
     calls = []
     real = store_index.filter_applies
-    monkeypatch.setattr(
-        store_index, "filter_applies", lambda f, d: calls.append(1) or real(f, d)
-    )
+    monkeypatch.setattr(store_index, "filter_applies", lambda f, d: calls.append(1) or real(f, d))
     assert jobs.find_one({"_id": 1500})["job_name"] == "j1500"
     assert jobs.find_one({"job_name": "j7"})["_id"] == 7
     assert jobs.find_one({"service_ip_list.Address": "10.30.3.4"})["_id"] == 3 * 256 + 4
