@@ -53,8 +53,8 @@ class Scale:
     subnets: int = 2000
     interested: int = 500
     step_seconds: float = 3.0
-    rates: tuple[int, ...] = (500, 1000, 2000, 3000, 4000)
-    forward_rates: tuple[int, ...] = (100, 250, 500, 1000)
+    rates: tuple[int, ...] = (250, 500, 1000, 2000, 3000)
+    forward_rates: tuple[int, ...] = (50, 100, 250, 500)
 
     @classmethod
     def quick(cls) -> Scale:
@@ -326,22 +326,23 @@ class Bench:
             keys = [("sname", job_name(i)) for i in range(cached)]
         else:
             keys = [("sip", self.service_ips[i]) for i in range(cached)]
-        best = None
+        best, first = None, None
         for rate in self.scale.rates:
             result = nodes.run(nodes.open_loop(keys, rate, self.scale.step_seconds))
             print(f"    offered {rate}/s: {result.describe()}", file=sys.stderr, flush=True)
+            first = first or f"short of {rate}/s offered: {result.describe()}"
             if not result.kept_up(rate):
                 break
             best = result
         label = "by name" if kind == "sname" else "by service IP"
         self.row(
             f"cached table queries {label} ({cached} services, {len(nodes.ids)} nodes)",
-            best.describe() if best else "below the lowest offered rate",
+            best.describe() if best else str(first),
         )
 
     def forwarded(self, nodes: loadgen.Nodes, first: int) -> int:
         """Queries by name for jobs the root knows and the cluster has not cached."""
-        best = None
+        best, shortfall = None, "no forwarded queries left to send"
         index = first
         for rate in self.scale.forward_rates:
             count = int(rate * self.scale.step_seconds)
@@ -352,9 +353,10 @@ class Bench:
             result = nodes.run(nodes.open_loop(keys, rate, self.scale.step_seconds, once=True))
             print(f"    forwarded, offered {rate}/s: {result.describe()}", file=sys.stderr)
             if not result.kept_up(rate):
+                shortfall = f"short of {rate}/s offered: {result.describe()}"
                 break
             best = result
-        self.row("queries forwarded to the root", best.describe() if best else "below 100/s")
+        self.row("queries forwarded to the root", best.describe() if best else shortfall)
         return index
 
     def fan_out(self, nodes: loadgen.Nodes, target: int) -> None:
