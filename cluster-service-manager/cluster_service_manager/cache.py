@@ -136,11 +136,17 @@ class JobCache:
 
     # -- writing jobs ----------------------------------------------------------------
 
-    def store(self, job: dict) -> dict:
-        """Insert or refresh a job from the root (see `jobs.merge_instances`); the stored doc."""
+    def store(self, job: dict, *, create: bool = True) -> dict | None:
+        """Insert or refresh a job from the root (see `jobs.merge_instances`); the stored doc.
+
+        With `create=False` only a job still cached is refreshed (None otherwise): a
+        refresh must not bring back a job forgotten meanwhile.
+        """
         name = job["job_name"]
         for _ in range(MAX_ATTEMPTS):
             current = self.get(name)
+            if current is None and not create:
+                return None
             if current is None:
                 doc = {"_id": name, **job, "interested_nodes": [], "version": 1}
                 with self._writing() as memory:

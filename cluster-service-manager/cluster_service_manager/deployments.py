@@ -74,10 +74,9 @@ class Deployments:
         if before is None:
             self.replies.job_update(job_name, DEPLOYMENT)
             return
-        after = self.directory.fetch_by_name(job_name)
-        if after is None:
+        after = self.directory.fetch_by_name(job_name, create=False)
+        if after is None and self.cache.delete(job_name) is not None:
             log.info("root no longer knows the job, removed from the cache", job_name=job_name)
-            self.cache.delete(job_name)
         self._announce(job_name, before, after)
 
     def _announce(self, job_name: str, before: dict | None, after: dict | None) -> None:
