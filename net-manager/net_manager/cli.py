@@ -127,6 +127,7 @@ def format_status(status: dict) -> str:
         f"node        {status['node_id'] or '(not registered)'}   ip {status['node_ip']}:"
         f"{status['node_port']}   broker {'connected' if status['broker_connected'] else 'DOWN'}",
         f"subnets     {status['subnet'] or '-'}/26   {status['subnet_v6'] or '-'}/120",
+        f"data plane  {status.get('dataplane_mode') or '-'}",
         f"instances   {len(status['instances'])}",
     ]
     lines += [
