@@ -69,6 +69,10 @@ class KernelBackend:
         self.inner.rtt = value
 
     def start(self) -> None:
+        """Start the proxy and the poll thread; a table left by a daemon that died is
+        removed first (its rules may name instances that are gone)."""
+        with self._lock:
+            self._fall_back_locked()
         self.inner.start()
         self._thread = threading.Thread(target=self._run, name="dataplane-kernel", daemon=True)
         self._thread.start()
@@ -108,12 +112,16 @@ class KernelBackend:
     def _run(self) -> None:
         while not self._stop.wait(self._poll_interval):
             try:
-                with self._lock:
-                    self._sync_locked()
-                    self._read_flows_locked()
-                self._report_used()
+                self._run_once()
             except Exception:  # noqa: BLE001 - the loop must go on
                 log.exception("kernel data plane round failed")
+
+    def _run_once(self) -> None:
+        """One round: retry or refresh the rules, read the counters, report use."""
+        with self._lock:
+            self._sync_locked()
+            self._read_flows_locked()
+        self._report_used()
 
     def _sync_locked(self) -> None:
         """Apply the plan of the latest table when its rules differ from those in force."""
