@@ -25,8 +25,8 @@ from net_manager.dataplane.backend import (
     UsedCallback,
 )
 from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
-from net_manager.dataplane.kernel.nft import Nft, NftError, chain_packets
-from net_manager.dataplane.kernel.ruleset import KernelPlan, plan
+from net_manager.dataplane.kernel.nft import Conntrack, Nft, NftError, chain_packets
+from net_manager.dataplane.kernel.ruleset import KernelPlan, departed, plan
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,11 @@ class KernelBackend:
         bridge: str,
         on_used: UsedCallback,
         poll_interval: float = 1.0,
+        conntrack: Conntrack | None = None,
     ) -> None:
         self.inner = inner
         self._nft = nft
+        self._conntrack = conntrack
         self._bridge = bridge
         self._on_used = on_used
         self._poll_interval = poll_interval
@@ -56,7 +58,12 @@ class KernelBackend:
         self.plan: KernelPlan | None = None
         self._retired_flows = 0  # new-connection counts of tables we replaced
         self._live_flows: dict[str, int] = {}
-        self._stats = {"kernel_applies": 0, "kernel_apply_errors": 0, "kernel_used_reports": 0}
+        self._stats = {
+            "kernel_applies": 0,
+            "kernel_apply_errors": 0,
+            "kernel_used_reports": 0,
+            "kernel_flows_forgotten": 0,  # (service IP, departed instance) pairs flushed
+        }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -144,6 +151,8 @@ class KernelBackend:
         self._retired_flows += sum(self._live_flows.values())
         self._live_flows = {}
         self._applied = script
+        if self.plan is not None:
+            self._forget_locked(departed(self.plan, services))
         self.plan = new_plan
         self._stats["kernel_applies"] += 1
         log.info(
@@ -151,6 +160,18 @@ class KernelBackend:
             len(new_plan.services),
             len(new_plan.skipped),
         )
+
+    def _forget_locked(self, gone: list[tuple[int, str, str]]) -> None:
+        """Connections to instances that left pick again on their next packet."""
+        if self._conntrack is None:
+            return
+        for version, service_ip, namespace_ip in gone:
+            try:
+                self._conntrack.forget(version, service_ip, namespace_ip)
+            except NftError as err:
+                log.warning("connections to a departed instance stay: %s", err)
+                return
+            self._stats["kernel_flows_forgotten"] += 1
 
     def _fall_back_locked(self) -> None:
         self._applied = ""
@@ -214,6 +235,12 @@ def kernel_factory(inner_factory: DataPlaneFactory, bridge: str) -> DataPlaneFac
             on_used=on_used,
             netns_exec=netns_exec,
         )
-        return KernelBackend(inner, Nft(netns_exec), bridge=bridge, on_used=on_used)
+        return KernelBackend(
+            inner,
+            Nft(netns_exec),
+            bridge=bridge,
+            on_used=on_used,
+            conntrack=Conntrack(netns_exec),
+        )
 
     return build

@@ -105,6 +105,31 @@ class Nft:
         return done.stdout
 
 
+class Conntrack:
+    """`conntrack` in one namespace: forgets the connections NATed to an instance that
+    left. Without the tool, such connections just run into the void until they end."""
+
+    def __init__(self, netns_exec: Sequence[str] | None = None, binary: str = "conntrack"):
+        self._prefix = [*(netns_exec or ()), binary]
+        self._binary = binary
+
+    def forget(self, version: int, service_ip: str, namespace_ip: str) -> None:
+        """Delete the entries of connections to service_ip that went to namespace_ip."""
+        if shutil.which(self._binary) is None:
+            raise NftError(f"{self._binary} is not installed")
+        family = "ipv4" if version == 4 else "ipv6"
+        argv = ["-D", "-f", family, "--orig-dst", service_ip, "--reply-src", namespace_ip]
+        try:
+            done = subprocess.run(
+                [*self._prefix, *argv], capture_output=True, text=True, timeout=TIMEOUT
+            )
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise NftError(f"conntrack {' '.join(argv)}: {err}") from None
+        # exit status 1 with "0 flow entries have been deleted" is not an error
+        if done.returncode not in (0, 1) or "entries have been deleted" not in done.stderr:
+            raise NftError(f"conntrack {' '.join(argv)}: {done.stderr.strip()[:500]}")
+
+
 def _objects(listing: str) -> list[dict[str, Any]]:
     try:
         data = json.loads(listing or "{}")

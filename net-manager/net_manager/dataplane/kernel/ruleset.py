@@ -172,6 +172,22 @@ def _sort_key(text: str) -> tuple[int, int]:
     return address.version, int(address)
 
 
+def departed(old: KernelPlan, services: Iterable[ServiceEntry]) -> list[tuple[int, str, str]]:
+    """(version, service IP, namespace IP) of kernel targets of `old` that no endpoint of
+    the new table has any more: the instance left, so its connections must be forgotten
+    (their next packet then picks again, as with the TUN proxy)."""
+    still_there: set[str] = set()
+    for entry in services:
+        for endpoint in entry.endpoints:
+            still_there.update(ns for ns, _ in _addresses(endpoint).values())
+    return [
+        (service.version, service.service_ip, target)
+        for service in old.services
+        for target in service.targets
+        if target not in still_there
+    ]
+
+
 # ---------------------------------------------------------------- the plan
 
 

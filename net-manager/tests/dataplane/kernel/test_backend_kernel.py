@@ -20,7 +20,7 @@ import pytest
 
 from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
 from net_manager.dataplane.kernel.backend import KernelBackend
-from net_manager.dataplane.kernel.nft import Nft
+from net_manager.dataplane.kernel.nft import Conntrack, Nft
 from net_manager.dataplane.kernel.ruleset import TABLE
 from testsupport import nstools, wait_until
 
@@ -65,6 +65,22 @@ print("listening", flush=True)
 while True:
     data, peer = sock.recvfrom(100)
     sock.sendto(f"{sys.argv[2]} {peer[0].removeprefix('::ffff:')}".encode(), peer)
+"""
+
+
+STICKY_UDP = r"""
+import socket, sys
+host, port, wanted = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+for _ in range(20):  # a flow (one socket) that landed on `wanted`
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(3)
+    sock.sendto(b"x", (host, port))
+    if sock.recv(100).split()[0].decode() == wanted:
+        break
+print("landed", flush=True)
+sys.stdin.readline()
+sock.sendto(b"again", (host, port))
+print(sock.recv(100).split()[0].decode(), flush=True)
 """
 
 
@@ -140,6 +156,7 @@ def backend(node):
         bridge="oak-br0",
         on_used=used.append,
         poll_interval=0.2,
+        conntrack=Conntrack(["ip", "netns", "exec", node_ns]),
     )
     kernel.used = used  # type: ignore[attr-defined]
     kernel.start()
@@ -243,3 +260,23 @@ def test_stop_removes_our_table_and_nothing_else(node):
     listing = tables(node_ns)
     assert TABLE not in listing and "someone_else" in listing
     assert kernel.inner.stopped  # type: ignore[attr-defined]
+
+
+def test_flows_to_an_instance_that_left_pick_again(node, backend):
+    _, containers = node
+    backend.push_snapshot(TABLE_ENTRIES, [A, B, C], NODE_IP)
+    argv = [sys.executable, "-c", STICKY_UDP, RR.service_ip, str(PORT), "c"]
+    flow = nstools.popen_in(
+        containers[A], argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert flow.stdout is not None and flow.stdin is not None
+        assert flow.stdout.readline().strip() == "landed"
+        without_c = [ServiceEntry(RR.service_ip, RR.service_ip_v6, "RR", (B,)), *instance_ips(A, B)]
+        backend.push_snapshot(without_c, [A, B], NODE_IP)  # C left (its server still runs)
+        flow.stdin.write("go\n")
+        flow.stdin.flush()
+        assert flow.stdout.readline().strip() == "b"  # the same socket, now to B
+        assert backend.counters()["kernel_flows_forgotten"] >= 1
+    finally:
+        nstools.stop_process(flow)

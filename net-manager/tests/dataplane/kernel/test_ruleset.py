@@ -8,7 +8,7 @@ import re
 import pytest
 
 from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
-from net_manager.dataplane.kernel.ruleset import TABLE, plan, render_delete
+from net_manager.dataplane.kernel.ruleset import TABLE, departed, plan, render_delete
 
 HERE, THERE = "198.18.0.1", "198.18.0.2"
 A = Endpoint("X.d.a.d", 0, "10.16.0.2", "fc00::2", "10.30.0.2", "fdff::2", HERE, 50103)
@@ -151,3 +151,14 @@ def test_an_empty_table_renders_no_dnat():
     script = plan([], [], HERE, bridge="oak-br0").render()
     assert "dnat ip" not in script and "vmap" not in script
     assert "snat ip to ip saddr map @instance_ip_v4" in script  # harmless without services
+
+
+def test_departed_names_targets_no_endpoint_has_any_more():
+    old = plan([ServiceEntry("10.30.1.30", "fdff:2000::1e", "RR", (B, C))], [A, B, C], HERE,
+               bridge="oak-br0")  # fmt: skip
+    assert departed(old, [ServiceEntry("10.30.1.30", "fdff:2000::1e", "RR", (B, C))]) == []
+    gone = departed(old, [ServiceEntry("10.30.1.30", "fdff:2000::1e", "RR", (B,))])
+    assert gone == [(4, "10.30.1.30", "10.16.0.4"), (6, "fdff:2000::1e", "fc00::4")]
+    # C moved to the TUN's care (an instance elsewhere joined): still there, not departed
+    mixed = [ServiceEntry("10.30.1.30", "fdff:2000::1e", "RR", (B, C, FAR))]
+    assert departed(old, mixed) == []
