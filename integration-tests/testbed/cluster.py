@@ -91,9 +91,12 @@ class LocalCluster:
         run_dir: Path | str | None = None,
         progress: Progress | None = None,
         open_broker: bool = False,
+        dataplane_mode: str = "tun",
     ) -> None:
         """`open_broker`: upstream Oakestra's default broker (anonymous, no ACL, retained
-        messages kept) instead of ours; the API token stays."""
+        messages kept) instead of ours; the API token stays. `dataplane_mode`: the
+        nodes' DataplaneMode (tun, kernel, auto)."""
+        self.dataplane_mode = dataplane_mode
         self.topology = local_cluster(prefix or unique_prefix(RUN_PREFIX), workers)
         self.prefix = self.topology.prefix
         name = f"oakestra-net-{self.prefix.rstrip('-')}-"
@@ -184,6 +187,7 @@ class LocalCluster:
             "Debug": False,
             "MqttCert": "",
             "MqttKey": "",
+            "DataplaneMode": self.dataplane_mode,
         }
         if not self.credentials.open_broker:
             netcfg["MqttCa"] = str(self.credentials.ca_file)
