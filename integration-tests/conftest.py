@@ -15,9 +15,11 @@ from testbed.processes import Progress  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def dataplane_mode() -> str:
-    """The nodes' data-plane mode; a module overrides this fixture to run over others."""
-    return "tun"
+def dataplane_mode() -> str | None:
+    """The nodes' data-plane mode (None: LocalCluster's default, which
+    $OAKESTRA_TEST_DATAPLANE_MODE sets); a module overrides this fixture to run over
+    several."""
+    return None
 
 
 @pytest.fixture(scope="module")

@@ -98,7 +98,7 @@ class NetConfig:
     reconcile_interval: float = 30.0
     interest_timeout: float = 10.0
     table_query_timeout: float = 5.0
-    dataplane_mode: str = "tun"  # tun | kernel | auto (kernel when nft and the kernel can)
+    dataplane_mode: str = "auto"  # tun | kernel | auto (kernel when nft and the kernel can)
     tun: TunConfig = TunConfig()
 
 
