@@ -19,7 +19,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from net_manager.api import create_app
-from net_manager.cli import call
+from net_manager.cli import call, format_status
 from net_manager.config import NetConfig
 from net_manager.control.daemon import NodeDaemon
 from net_manager.dataplane.kernel.ruleset import TABLE
@@ -161,7 +161,9 @@ def test_kernel_mode_serves_known_services_and_leaves_misses_to_the_tun(daemon, 
     node_ns, node, api = daemon
     assert api("POST", "/register", {"client_id": NODE_ID, "cluster_address": ""})[0] == 200
     wait_until(lambda: api("GET", "/status")[1]["counters"]["dataplane"].get("running"))
-    assert api("GET", "/status")[1]["dataplane_mode"] == "kernel"
+    status = api("GET", "/status")[1]
+    assert status["dataplane_mode"] == "kernel"
+    assert "data plane  kernel" in format_status(status).splitlines()  # net-manager status
     containers = {}
     for job, number in ((CLIENT, 0), (SERVER, 0), (SERVER, 1)):
         container = ns.container()
