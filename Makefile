@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-APT_PACKAGES := mosquitto mosquitto-clients iptables iproute2 iperf3
+APT_PACKAGES := mosquitto mosquitto-clients iptables iproute2 iperf3 nftables conntrack
 COMPONENTS := shared root-service-manager cluster-service-manager net-manager
 PYTEST_ARGS ?=
 

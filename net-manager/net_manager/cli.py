@@ -298,6 +298,7 @@ def format_status(status: dict) -> str:
         f"node        {status['node_id'] or '(not registered)'}   ip {status['node_ip']}:"
         f"{status['node_port']}   broker {'connected' if status['broker_connected'] else 'DOWN'}",
         f"subnets     {status['subnet'] or '-'}/26   {status['subnet_v6'] or '-'}/120",
+        f"data plane  {status.get('dataplane_mode') or '-'}",
         f"instances   {len(status['instances'])}",
     ]
     lines += [
@@ -334,8 +335,25 @@ def cmd_cleanup(args: argparse.Namespace, config: NetConfig) -> int:
     removed = Reconciler(kernel, lambda: desired).sweep()
     if args.all:
         kernel.delete_base_rules()
+        removed += _delete_kernel_path_table()
     print(f"removed: {', '.join(removed) if removed else 'nothing'}")
     return 0
+
+
+def _delete_kernel_path_table() -> list[str]:
+    """The kernel data plane's nftables table, if nft is installed and it exists."""
+    from net_manager.dataplane.kernel.nft import Nft, NftError
+    from net_manager.dataplane.kernel.ruleset import FAMILY, TABLE
+
+    nft = Nft()
+    try:
+        if not nft.supported()[0] or not nft.table():
+            return []
+        nft.delete_table()
+    except NftError as err:
+        print(f"cannot remove the nftables table {TABLE}: {err}", file=sys.stderr)
+        return []
+    return [f"nftables {FAMILY} {TABLE}"]
 
 
 def main(argv: list[str] | None = None) -> int:
