@@ -37,8 +37,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
-from net_manager.dataplane.core.policies import CLOSEST, INSTANCE_IP, ROUND_ROBIN, policy_name
+from net_manager.dataplane.core.policies import policy_name
 from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
+from oakestra_net.services import CLOSEST, INSTANCE_IP, ROUND_ROBIN
 
 TABLE = "oakestra_net"
 FAMILY = "inet"
