@@ -10,8 +10,15 @@ one preallocated buffer (readinto / recvfrom_into), and does the verdict's I/O:
   or sendto on the bound socket, see LoopConfig.connect_peers); MISS -> the miss queue
   (`pending`) keeps a copy and the control side gets one Resolve per service IP; its
   Resolved replays the packets, a timeout or "not found" drops them (counted);
-- from the tunnel: first nibble 4/6 -> Translator.incoming -> DELIVER: write to the TUN;
-  GSO_MAGIC -> a GSO frame (`offload`); anything else is a control datagram (`probes`).
+- from the tunnel: first nibble 4/6 -> Translator.from_tunnel (admission, then the
+  reverse translation) -> DELIVER: write to the TUN; MISS (the inner source may be the
+  instance IP of a caller not resolved yet) -> the admission queue, resolved like a
+  table miss; GSO_MAGIC -> a GSO frame (`offload`); anything else is a control
+  datagram (`probes`).
+
+New addresses to resolve are rate-limited per owner (per container on the TUN side,
+per sending node on the tunnel side), so neither a container nor a host on the underlay
+can turn packets into a storm of table queries.
 
 The control channel's messages are handled by `control` (ControlDispatch), TUN offload
 and GSO frames by `offload` (OffloadPath); both are mixed into PacketLoop, which keeps
@@ -41,7 +48,7 @@ from net_manager.dataplane.io import probes
 from net_manager.dataplane.io.control import ControlDispatch
 from net_manager.dataplane.io.offload import GSO_FRAME_HEADER, GSO_MAGIC, OffloadPath
 from net_manager.dataplane.io.peers import SOCKET_BUFFER, Peers, bound_address, source_ip
-from net_manager.dataplane.io.pending import PendingPackets
+from net_manager.dataplane.io.pending import PendingPackets, RateLimiter
 from net_manager.dataplane.io.tun import (
     VNET_HDR_LEN,
 )
@@ -58,8 +65,14 @@ class LoopConfig:
     report_interval: float = 1.0  # Used + Counters + flow expiry (s)
     resolve_timeout: float = 5.0  # queued packets of an unanswered miss are dropped after
     negative_ttl: float = 2.0  # a "not found" answer is trusted this long (s)
-    queue_per_ip: int = 32
+    queue_per_ip: int = 64  # a 64 KiB datagram is 46 fragments at MTU 1450
     queue_total: int = 1024
+    queue_bytes: int = 4 * 1024 * 1024  # per queue (misses, admission)
+    miss_rate: float = 5.0  # new service IPs one container may have resolved, per s
+    miss_burst: float = 10.0
+    admission_rate: float = 20.0  # new caller instance IPs one node may make us resolve
+    admission_burst: float = 50.0
+    admission: bool = True  # False: tunnel packets skip admission (bench comparison only)
     probe_interval: float = 3.0
     connect_peers: bool = True  # a connected socket per peer, else sendto on the bound one
     socket_buffer: int = SOCKET_BUFFER
@@ -111,11 +124,23 @@ class PacketLoop(OffloadPath, ControlDispatch):
             self._tun_write = self._tun_writer(plain_write)
         tunnel.setblocking(False)
         self.peers = Peers(tunnel, connect=config.connect_peers, buffer_size=config.socket_buffer)
-        self.pending = PendingPackets(
+        self.pending: PendingPackets[bytes] = PendingPackets(
             per_ip=config.queue_per_ip,
             total=config.queue_total,
+            total_bytes=config.queue_bytes,
             timeout=config.resolve_timeout,
             negative_ttl=config.negative_ttl,
+            limiter=RateLimiter(rate=config.miss_rate, burst=config.miss_burst),
+        )
+        # Tunnelled packets waiting for their source to be resolved: (sender, packet).
+        self.admission: PendingPackets[tuple[str, bytes]] = PendingPackets(
+            per_ip=config.queue_per_ip,
+            total=config.queue_total,
+            total_bytes=config.queue_bytes,
+            timeout=config.resolve_timeout,
+            negative_ttl=config.negative_ttl,
+            limiter=RateLimiter(rate=config.admission_rate, burst=config.admission_burst),
+            size_of=lambda item: len(item[1]),
         )
         self.prober = probes.Prober(
             translator.rtt,
@@ -194,7 +219,7 @@ class PacketLoop(OffloadPath, ControlDispatch):
             elif verdict is LOCAL:
                 written += write_tun(view[:n])
             elif verdict.action is miss:
-                self._queue_miss(verdict.service_ip, bytes(view[:n]))
+                self._queue_miss(verdict, bytes(view[:n]))
         counts = self.counts
         counts["tun_packets_read"] += done
         counts["tunnel_packets_sent"] += sent
@@ -204,7 +229,11 @@ class PacketLoop(OffloadPath, ControlDispatch):
     def _on_tunnel(self) -> None:
         """Drain up to batch datagrams from the tunnel; deliver packets for local IPs."""
         recv, buf, view = self._tunnel.recvfrom_into, self._buf, self._view
-        incoming, write_tun, deliver = self.translator.incoming, self._tun_write, Action.DELIVER
+        from_tunnel, write_tun = self.translator.from_tunnel, self._tun_write
+        deliver, miss = Action.DELIVER, Action.MISS
+        if not self.config.admission:
+            incoming = self.translator.incoming
+            from_tunnel = lambda buf, n, sender: incoming(buf, n)  # noqa: E731
         done = written = 0
         for _ in range(self.config.batch):
             try:
@@ -217,10 +246,13 @@ class PacketLoop(OffloadPath, ControlDispatch):
             done += 1
             version = buf[0] >> 4 if n else 0
             if version == 4 or version == 6:
-                if incoming(buf, n).action is deliver:
+                verdict = from_tunnel(buf, n, address[0])
+                if verdict.action is deliver:
                     written += write_tun(view[:n])
+                elif verdict.action is miss:
+                    self._queue_admission(verdict, bytes(view[:n]))
             elif buf[0] == GSO_MAGIC:
-                written += self._on_gso_frame(n)
+                written += self._on_gso_frame(n, address[0])
             else:
                 self._on_control_datagram(view[:n], address)
         self.counts["tunnel_packets_received"] += done
@@ -260,7 +292,7 @@ class PacketLoop(OffloadPath, ControlDispatch):
             except OSError as err:
                 self.counts["drop_tunnel_send"] += 1
                 self._send_error(err, verdict.address)
-        elif verdict is LOCAL:
+        elif verdict is LOCAL or verdict.action is Action.DELIVER:
             self.counts["tun_packets_written"] += self._tun_write(view)
 
     def _on_control_datagram(self, data: memoryview, address: tuple) -> None:
@@ -287,8 +319,8 @@ class PacketLoop(OffloadPath, ControlDispatch):
 
     def _timers(self, now: float) -> None:
         """Expire misses (every tick); then once per report_interval the periodic work."""
-        expired = self.pending.expire(now)
-        self.counts["drop_resolve_timeout"] += expired
+        self.counts["drop_resolve_timeout"] += self.pending.expire(now)
+        self.counts["drop_admission_timeout"] += self.admission.expire(now)
         if now < self._next_report:
             return
         self._next_report = now + self.config.report_interval
@@ -303,8 +335,10 @@ class PacketLoop(OffloadPath, ControlDispatch):
 
     def counters(self) -> dict[str, int]:
         values = {**self.translator.counters, **self.counts}
-        values["queued_packets"] = len(self.pending)
-        values["queued_service_ips"] = len(self.pending.service_ips)
+        values["queued_packets"] = len(self.pending) + len(self.admission)
+        values["queued_service_ips"] = len(self.pending.service_ips) + len(
+            self.admission.service_ips
+        )
         values["peers"] = len(self.peers)
         values["probes_sent"] = self.prober.sent
         values["probe_echoes"] = self.prober.echoes
@@ -328,6 +362,13 @@ LOOP_COUNTERS = (
     "drop_queue_full",
     "drop_unresolved",
     "drop_resolve_timeout",
+    "drop_miss_rate_limited",
+    "drop_admission_queue_full",
+    "drop_admission_unresolved",
+    "drop_admission_timeout",
+    "drop_admission_rate_limited",
+    "drop_admission_gso",
+    "admission_resolves",
     "drop_bad_control",
     "resolve_requests",
     "control_datagrams",

@@ -20,6 +20,9 @@ class Peers:
         self._sockets: dict[tuple[str, int], socket.socket] = {}
         self.senders: dict[tuple[str, int], Callable[[memoryview], int]] = {}
         self.frame_senders: dict[tuple[str, int], Callable[[list], int]] = {}
+        # Peers admit our datagrams by their source address: send from this node's own
+        # address (the bound one, else the node IP of the table) where it is local.
+        self.source = _specific_address(bound)
 
     def __len__(self) -> int:
         return len(self.senders)
@@ -37,6 +40,11 @@ class Peers:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         set_buffers(sock, self._buffer_size, receive=False)
         sock.setblocking(False)
+        if self.source and (":" in self.source) == (family == socket.AF_INET6):
+            try:
+                sock.bind((self.source, 0))
+            except OSError:  # not an address here (e.g. behind NAT): the route picks one
+                pass
         sock.connect(address)
         self._sockets[address] = sock
         return sock.send
@@ -71,6 +79,22 @@ class Peers:
 
     def close(self) -> None:
         self.retain(set())
+
+    def set_source(self, node_ip: str) -> None:
+        """Send from node_ip from now on (unless the tunnel socket is bound to one)."""
+        if _specific_address(self._bound) or node_ip == self.source:
+            return
+        self.source = "" if node_ip in ("0.0.0.0", "::") else node_ip
+        self.close()  # sockets are made again, from the new address
+
+
+def _specific_address(sock: socket.socket) -> str:
+    try:
+        host = sock.getsockname()[0]
+    except OSError:
+        return ""
+    host = host[7:] if host.startswith("::ffff:") else host
+    return "" if host in ("0.0.0.0", "::") else host
 
 
 def bound_address(sock: socket.socket, address: tuple[str, int]) -> tuple[str, int]:
