@@ -98,6 +98,8 @@ class NetConfig:
     reconcile_interval: float = 30.0
     interest_timeout: float = 10.0
     table_query_timeout: float = 5.0
+    # Share of the data plane's flow table one container may hold (0 < share <= 1).
+    flow_quota: float = 0.25
     tun: TunConfig = TunConfig()
 
 
@@ -241,6 +243,20 @@ def _seconds_or_off(value: object, where: str) -> float:
     return _seconds(value, where, zero_ok=True)
 
 
+def _share(value: object, where: str) -> float:
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if number is None or not math.isfinite(number) or not 0 < number <= 1:
+        _fail(where, "a share above 0 and at most 1 (e.g. 0.25)", value)
+    return number
+
+
 # ---------------------------------------------------------------- what is read where
 
 NETCFG_KEYS: dict[str, tuple[str, Parser]] = {
@@ -256,6 +272,7 @@ NETCFG_KEYS: dict[str, tuple[str, Parser]] = {
     "MqttCa": ("mqtt_ca", _string),
     "MqttUsername": ("mqtt_username", _string),
     "MqttPassword": ("mqtt_password", _string),
+    "FlowQuotaPerContainer": ("flow_quota", _share),  # ours, not upstream's
 }
 
 TUNCFG_KEYS: dict[str, tuple[str, Parser]] = {
@@ -296,6 +313,7 @@ ENV_VARS: dict[str, str] = {
     "MQTT_USERNAME": "mqtt_username",
     "MQTT_PASSWORD": "mqtt_password",
     "ADDRESS_WATCH_INTERVAL": "address_watch_interval",  # public address check (0: off)
+    "FLOW_QUOTA_PER_CONTAINER": "flow_quota",  # share of the flow table one container may hold
 }
 
 

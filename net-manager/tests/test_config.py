@@ -72,6 +72,7 @@ def test_every_file_key_is_read(tmp_path: Path) -> None:
             "MqttCa": "/certs/ca.pem",
             "MqttUsername": "node1",
             "MqttPassword": "secret",
+            "FlowQuotaPerContainer": 0.1,
         },
     )
     write(
@@ -102,6 +103,7 @@ def test_every_file_key_is_read(tmp_path: Path) -> None:
         mqtt_ca="/certs/ca.pem",
         mqtt_username="node1",
         mqtt_password="secret",
+        flow_quota=0.1,
         tun=TunConfig(
             device_name="oak-tun9",
             tunnel_ip="10.19.1.253",
@@ -319,6 +321,9 @@ def test_config_path_that_is_a_directory_is_an_error(tmp_path: Path) -> None:
         ("ADDRESS_WATCH_INTERVAL", "-5", "env ADDRESS_WATCH_INTERVAL must be a number of"),
         ("ADDRESS_WATCH_INTERVAL", "nan", "env ADDRESS_WATCH_INTERVAL must be a number of"),
         ("DEFAULT_INTERFACE", "x" * 16, "env DEFAULT_INTERFACE must be an interface name"),
+        ("FLOW_QUOTA_PER_CONTAINER", "0", "env FLOW_QUOTA_PER_CONTAINER must be a share above"),
+        ("FLOW_QUOTA_PER_CONTAINER", "1.5", "env FLOW_QUOTA_PER_CONTAINER must be a share"),
+        ("FLOW_QUOTA_PER_CONTAINER", "x", "env FLOW_QUOTA_PER_CONTAINER must be a share"),
     ],
 )
 def test_bad_environment_value_names_the_variable(
@@ -401,3 +406,8 @@ def test_ipv4_proxy_subnet_missing_the_service_ips_is_replaced(
 
 def test_password_is_not_in_the_repr() -> None:
     assert "hunter2" not in repr(NetConfig(mqtt_password="hunter2"))
+
+
+def test_flow_quota_per_container_comes_from_the_environment(tmp_path: Path) -> None:
+    assert load(tmp_path).flow_quota == 0.25
+    assert load(tmp_path, {"FLOW_QUOTA_PER_CONTAINER": "0.5"}).flow_quota == 0.5

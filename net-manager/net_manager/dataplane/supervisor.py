@@ -63,6 +63,7 @@ class DataPlaneSupervisor:
         on_resolve: Callable[[str, Callable[[bool], None]], None],
         on_used: Callable[[list[str]], None],
         netns_exec: Sequence[str] | None = None,
+        flow_quota: float = 0.25,
         extra_args: Sequence[str] = (),
         pass_fds: Sequence[int] = (),
         backoff_min: float = 0.5,
@@ -77,7 +78,8 @@ class DataPlaneSupervisor:
             "net_manager.dataplane.io.process",
             *(["--no-tun"] if tun_name is None else ["--tun", tun_name]),
             *["--tun-v4", tun_v4_cidr, "--tun-v6", tun_v6_cidr],
-            *["--mtu", str(mtu), "--port", str(port), *extra_args],
+            *["--mtu", str(mtu), "--port", str(port), "--flow-quota", str(flow_quota)],
+            *extra_args,
         ]
         self._pass_fds = tuple(pass_fds)  # e.g. a stand-in TUN for --tun-fd (tests)
         self._on_resolve = on_resolve
