@@ -30,6 +30,7 @@ from testsupport import wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "integration-tests"))
 from testbed import Testbed, two_nodes, unique_prefix  # noqa: E402
+from testbed.topology import CONTAINER_LINK, UNDERLAY_BRIDGE  # noqa: E402
 
 pytestmark = [
     pytest.mark.kernel,
@@ -370,6 +371,84 @@ for i in range(300):
     assert after["tun_packets_written"] == before["tun_packets_written"]
     assert n2.supervisor.restarts == 0
     assert http_get(testbed, "10.30.1.30")["client"] == "10.30.0.2"  # still serving
+
+
+# Sent from a namespace on the underlay: one UDP datagram to n2's tunnel port per packet
+# given (hex), from the given source address.
+TUNNEL_SEND = r"""
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((sys.argv[1], 0))
+for packet in sys.argv[2:]:
+    sock.sendto(bytes.fromhex(packet), ("198.18.0.2", 50103))
+"""
+
+
+def test_tunnel_datagrams_from_strangers_or_with_spoofed_sources_are_not_delivered(bed) -> None:
+    testbed, n1, n2 = bed
+    only_in(testbed, "offload")
+    from net_manager.dataplane.core.microbench import build_packet
+
+    stranger = "198.18.0.99"  # a host on the underlay that is no node
+    testbed.ip("ul", "addr", "add", f"{stranger}/24", "dev", UNDERLAY_BRIDGE)
+    before = n2.fresh_counters()
+    # n1 is a member, but c2's instance IP lives on n2; the stranger uses c1's, and a
+    # namespace IP; c2's server would answer each of them (it listens on 7777).
+    spoofed = build_packet(C2.instance_ip, C2.namespace_ip, 17, 5000, 7777).hex()
+    as_c1 = build_packet(C1.instance_ip, C2.namespace_ip, 17, 5000, 7777).hex()
+    as_ns = build_packet("10.16.0.2", C2.namespace_ip, 17, 5000, 7777).hex()
+    testbed.python("n1", TUNNEL_SEND, N1, spoofed)
+    testbed.python("ul", TUNNEL_SEND, stranger, as_c1, as_ns)
+    wait_until(
+        lambda: (
+            n2.counters()["drop_spoofed_source"] > before["drop_spoofed_source"]
+            and n2.counters()["drop_not_member"] >= before["drop_not_member"] + 2
+        ),
+        5,
+        message="drops counted by reason",
+    )
+    after = n2.fresh_counters()
+    assert after["tun_packets_written"] == before["tun_packets_written"]
+    assert http_get(testbed, "10.30.1.30")["client"] == "10.30.0.2"  # members still served
+
+
+X6_V4 = ServiceEntry("10.30.1.60", "", "RR", (C2,))  # resolved only when first used
+X6_V6 = ServiceEntry("", "fdff:2000::3c", "RR", (C2,))
+UDP_BIG = r"""
+import json, socket, sys
+host = sys.argv[1]
+sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+sock.settimeout(5)
+sock.sendto(b"y" * 4000, (host, 7777))
+data, peer = sock.recvfrom(65535)
+print(json.dumps({"from": peer[0], "reply": json.loads(data)}))
+"""
+
+
+@pytest.mark.parametrize("entry", [X6_V4, X6_V6], ids=["v4", "v6"])
+def test_a_fragmented_datagram_to_an_unresolved_service_ip_arrives_whole(
+    bed, entry: ServiceEntry
+) -> None:
+    testbed, n1, n2 = bed
+    service_ip = entry.service_ip or entry.service_ip_v6
+
+    def answer(address: str, reply: Callable[[bool], None]) -> None:
+        push_n1(n1, entry)
+        reply(True)
+
+    n1.answer = answer
+    # As the net manager sets it (the testbed leaves the container's side at 1500, so
+    # its 1500-byte fragments would be dropped by the bridge port before any proxy).
+    testbed.ip("c1", "link", "set", CONTAINER_LINK, "mtu", "1450")
+    try:
+        result = json.loads(testbed.python("c1", UDP_BIG, service_ip, timeout=15))
+    finally:
+        n1.answer = None
+        testbed.ip("c1", "link", "set", CONTAINER_LINK, "mtu", "1500")
+        push_n1(n1)
+    assert n1.resolves.count(service_ip) == 1
+    assert result["from"] == service_ip and result["reply"]["size"] == 4000
+    assert n1.fresh_counters()["drop_fragment_unknown"] == 0
 
 
 def test_peers_measure_their_rtt(bed) -> None:
