@@ -16,7 +16,11 @@ the TUNs, the two data planes and the UDP tunnel. Measurements, each repeated:
 - CPU per proxied packet (utime + stime of both data-plane processes from /proc/<pid>/
   stat over the proxied UDP runs, divided by the packets they handled; the same over
   the TCP runs, where with TUN offload a packet is a TCP segment of up to 64 KiB);
-- first-packet latency of a table miss (the bench answers the resolve at once).
+- first-packet latency of a table miss (the bench answers the resolve at once);
+- the cost of tunnel admission (known sender node, inner source one of its instance
+  IPs): the proxied UDP packets/s and round trip with admission and with the data
+  planes restarted with --no-admission, alternating, each repeated; the cost is
+  compared with the spread of the runs themselves (the run's noise).
 
 Prints progress on stderr and one table of medians and ratios on stdout. Everything it
 creates is removed on exit (and by `python -m testbed.sweep`).
@@ -171,13 +175,18 @@ def start_plane(bed: Testbed, node: str, extra_args: list[str]) -> Plane:
 def set_up(bed: Testbed, extra_args: list[str]) -> list[Plane]:
     bed.ip("n1", "route", "add", "10.16.0.64/26", "via", N2)  # the direct path
     bed.ip("n2", "route", "add", "10.16.0.0/26", "via", N1)
-    planes = [start_plane(bed, "n1", extra_args), start_plane(bed, "n2", extra_args)]
-    planes[0].supervisor.push_snapshot([RR, *INSTANCE_IPS], [C1], N1)
-    planes[1].supervisor.push_snapshot(INSTANCE_IPS, [C2], N2)
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     bed.popen("c2", ["iperf3", "-s", "-p", "5201"], **quiet)
     echo = bed.popen("c2", [sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True)
     bed.wait_for_line(echo)
+    return start_planes(bed, extra_args)
+
+
+def start_planes(bed: Testbed, extra_args: list[str]) -> list[Plane]:
+    """Both data planes, with their tables taken."""
+    planes = [start_plane(bed, "n1", extra_args), start_plane(bed, "n2", extra_args)]
+    planes[0].supervisor.push_snapshot([RR, *INSTANCE_IPS], [C1], N1)
+    planes[1].supervisor.push_snapshot(INSTANCE_IPS, [C2], N2)
     deadline = time.monotonic() + 10
     while not all(p.supervisor.counters().get("snapshots") for p in planes):
         if time.monotonic() > deadline:
@@ -260,6 +269,9 @@ class Results:
     miss: list[tuple[float, float]] = field(default_factory=list)
     cpu_us: float = float("nan")  # per packet per data plane, UDP runs
     tcp_cpu_us: float = float("nan")  # per packet per data plane, TCP runs (GSO: 64 KiB)
+    # proxied path with admission ("on") and without ("off"), runs alternating
+    admission_udp: dict[str, list[float]] = field(default_factory=lambda: {"on": [], "off": []})
+    admission_p50: dict[str, list[float]] = field(default_factory=lambda: {"on": [], "off": []})
 
 
 def measure(bed: Testbed, planes: list[Plane], repeat: int, seconds: float) -> Results:
@@ -292,6 +304,30 @@ def measure(bed: Testbed, planes: list[Plane], repeat: int, seconds: float) -> R
     return results
 
 
+def measure_admission(
+    bed: Testbed, planes: list[Plane], extra_args: list[str], repeat: int, results: Results
+) -> None:
+    """Proxied UDP packets/s and p50 with admission and without, alternating (the
+    planes are restarted for each mode; `planes` always holds the running ones)."""
+    for i in range(1, repeat + 1):
+        for mode in ("off", "on"):
+            for plane in planes:
+                plane.supervisor.stop()
+            planes.clear()
+            args = extra_args + (["--no-admission"] if mode == "off" else [])
+            planes.extend(start_planes(bed, args))
+            pps = udp_max_pps(bed, PROXIED)
+            p50 = ping_pong(bed, PROXIED)["p50"]
+            results.admission_udp[mode].append(pps)
+            results.admission_p50[mode].append(p50)
+            progress(f"admission {mode} {i}/{repeat}: {pps:,.0f} packets/s, p50 {p50:.3f} ms")
+
+
+def spread(values: list[float]) -> float:
+    """(max - min) / median: how far repeated runs of one measurement lie apart."""
+    return (max(values) - min(values)) / statistics.median(values) if values else float("nan")
+
+
 def table(results: Results) -> str:
     med = statistics.median
     tcp_d, tcp_p = med(results.tcp["direct"]), med(results.tcp["proxied"])
@@ -312,11 +348,33 @@ def table(results: Results) -> str:
         ("CPU per packet per data plane, us", "-", f"{results.cpu_us:.1f}", "UDP runs", ""),
         ("  same, TCP runs (up to 64 KiB each)", "-", f"{results.tcp_cpu_us:.1f}", "", ""),
         ("table miss: first packet RTT, ms", "-", f"{first:.2f}", f"next packet {second:.2f}", ""),
+        *_admission_rows(results, udp_d, p50_d),
     ]  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _admission_rows(results: Results, udp_d: float, p50_d: float) -> list[tuple[str, ...]]:
+    """Service-IP path without and with admission, vs direct; the cost vs the noise."""
+    if not results.admission_udp["on"]:
+        return []
+    med = statistics.median
+    udp_on, udp_off = med(results.admission_udp["on"]), med(results.admission_udp["off"])
+    p50_on, p50_off = med(results.admission_p50["on"]), med(results.admission_p50["off"])
+    cost = 1 - udp_on / udp_off
+    noise = max(spread(results.admission_udp["on"]), spread(results.admission_udp["off"]))
+    return [
+        ("UDP packets/s, admission off", f"{udp_d:,.0f}", f"{udp_off:,.0f}",
+         f"{udp_off / udp_d:.1%}", ""),
+        ("UDP packets/s, admission on", f"{udp_d:,.0f}", f"{udp_on:,.0f}",
+         f"{udp_on / udp_d:.1%}", ""),
+        ("  admission cost (packets/s)", "-", f"{cost:+.1%}", f"run spread {noise:.1%}",
+         _check(abs(cost) <= noise, "within noise")),
+        ("UDP round trip p50, admission off/on, ms", f"{p50_d:.3f}", f"{p50_off:.3f}/{p50_on:.3f}",
+         f"{(p50_on - p50_off) * 1000:+.1f} us", ""),
+    ]  # fmt: skip
 
 
 def _check(ok: bool, target: str) -> str:
@@ -340,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         planes = set_up(bed, extra_args)
         try:
             results = measure(bed, planes, args.repeat, args.seconds)
+            measure_admission(bed, planes, extra_args, args.repeat, results)
         finally:
             for plane in planes:
                 plane.supervisor.stop()
