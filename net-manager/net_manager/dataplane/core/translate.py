@@ -169,8 +169,9 @@ class Snapshot:
     local_ips: frozenset[bytes]  # every local namespace IP
     owners: Mapping[bytes, str]  # local namespace IP (both families) -> "job.instance"
     # Tunnel admission: a node's underlay address (as recvfrom reports it, IPv4 also in
-    # its ::ffff: form) -> the instance IPs of the instances the table places there.
-    members: Mapping[str, frozenset[bytes]]
+    # its ::ffff: form) -> the instance IPs of the instances the table places there,
+    # each with its job name.
+    members: Mapping[str, Mapping[bytes, str]]
 
 
 _FAMILY_FIELDS = {4: ("namespace_ip", "instance_ip"), 6: ("namespace_ip_v6", "instance_ip_v6")}
@@ -208,14 +209,15 @@ def build_snapshot(
     )
 
 
-def _members(targets: Iterable[Target | None]) -> dict[str, frozenset[bytes]]:
-    sources: dict[str, set[bytes]] = {}
+def _members(targets: Iterable[Target | None]) -> dict[str, Mapping[bytes, str]]:
+    sources: dict[str, dict[bytes, str]] = {}
     for target in targets:
         if target is not None:
-            sources.setdefault(target.endpoint.node_ip, set()).add(target.instance_ip)
-    members: dict[str, frozenset[bytes]] = {}
+            endpoint = target.endpoint
+            sources.setdefault(endpoint.node_ip, {})[target.instance_ip] = endpoint.job_name
+    members: dict[str, Mapping[bytes, str]] = {}
     for node_ip, allowed in sources.items():
-        members[node_ip] = frozen = frozenset(allowed)
+        members[node_ip] = frozen = MappingProxyType(allowed)
         if ":" not in node_ip:  # a dual-stack socket reports IPv4 senders as ::ffff:a.b.c.d
             members["::ffff:" + node_ip] = frozen
     return members
@@ -483,8 +485,11 @@ class Translator:
         if h.dst not in snapshot.local_ips:
             return self._drop(NOT_FOR_US)
         allowed = snapshot.members.get(sender)
-        if allowed is None or h.src not in allowed:
+        job_name = allowed.get(h.src) if allowed is not None else None
+        if job_name is None:
             return self._not_admitted(h, sender, known=allowed is not None)
+        # The caller's job stays followed while it calls (its entry routes the replies).
+        self.used_jobs.add(job_name)
         return self._deliver(buf, length, h)
 
     def incoming(self, buf: bytearray, length: int) -> Verdict:

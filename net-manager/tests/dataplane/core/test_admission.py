@@ -94,6 +94,7 @@ def test_an_unknown_source_in_the_service_range_is_resolved_first(family: str) -
     b.set_snapshot(build_snapshot([X1_0_IP], [X3_0], NODE_B))  # the answer arrived
     assert run(b.from_tunnel, request, NODE_A)[0] is DELIVER
     assert b.counters["admission_misses"] == 1 and b.counters["packets_in"] == 1
+    assert b.used_jobs == {X1}  # the caller's job is kept while it calls
 
 
 @pytest.mark.parametrize("family", FAMILIES)
