@@ -72,6 +72,8 @@ class LoopConfig:
     miss_burst: float = 10.0
     admission_rate: float = 20.0  # new caller instance IPs one node may make us resolve
     admission_burst: float = 50.0
+    admission_overall_rate: float = 100.0  # the same for all senders together (spoofed
+    admission_overall_burst: float = 200.0  # underlay addresses are cheap)
     admission: bool = True  # False: tunnel packets skip admission (bench comparison only)
     probe_interval: float = 3.0
     connect_peers: bool = True  # a connected socket per peer, else sendto on the bound one
@@ -140,6 +142,9 @@ class PacketLoop(OffloadPath, ControlDispatch):
             timeout=config.resolve_timeout,
             negative_ttl=config.negative_ttl,
             limiter=RateLimiter(rate=config.admission_rate, burst=config.admission_burst),
+            overall=RateLimiter(
+                rate=config.admission_overall_rate, burst=config.admission_overall_burst
+            ),
             size_of=lambda item: len(item[1]),
         )
         self.prober = probes.Prober(

@@ -45,7 +45,8 @@ class PendingPackets(Generic[T]):
     add() says what to do with a packet to an unknown address: "resolve" (queued, and
     the first for this IP: ask the control side), "queued", or a drop reason
     ("queue_full"; "unresolved" while a negative answer is fresh; "miss_rate_limited"
-    when the owner, e.g. a container, asks for too many new addresses). An address the
+    when the owner, e.g. a container, asks for too many new addresses, or all owners
+    together exceed the overall limit). An address the
     control side found nothing for is refused for negative_ttl seconds. A packet is any
     item; size_of gives the bytes it holds. No I/O.
     """
@@ -59,6 +60,7 @@ class PendingPackets(Generic[T]):
         negative_ttl: float,
         total_bytes: int = 8 * 1024 * 1024,
         limiter: RateLimiter | None = None,
+        overall: RateLimiter | None = None,
         size_of: Callable[[T], int] = lambda packet: len(cast(Sized, packet)),
     ) -> None:
         self.per_ip = per_ip
@@ -67,6 +69,7 @@ class PendingPackets(Generic[T]):
         self.timeout = timeout
         self.negative_ttl = negative_ttl
         self.limiter = limiter
+        self.overall = overall  # one bucket for every owner together
         self._size_of = size_of
         self._queues: dict[str, tuple[float, deque[T]]] = {}  # ip -> (deadline, packets)
         self._negative: dict[str, float] = {}  # ip -> until when "not found" holds
@@ -94,7 +97,7 @@ class PendingPackets(Generic[T]):
             or (entry is not None and len(entry[1]) >= self.per_ip)
         ):
             return "queue_full"
-        if entry is None and self.limiter is not None and not self.limiter.allow(owner, now):
+        if entry is None and not self._allowed(owner, now):
             return "miss_rate_limited"
         self.count += 1
         self.bytes += size
@@ -103,6 +106,11 @@ class PendingPackets(Generic[T]):
             return "resolve"
         entry[1].append(packet)
         return "queued"
+
+    def _allowed(self, owner: str, now: float) -> bool:
+        if self.limiter is not None and not self.limiter.allow(owner, now):
+            return False
+        return self.overall is None or self.overall.allow("", now)
 
     def take(self, service_ip: str) -> list[T]:
         """Remove and return the packets waiting for service_ip."""

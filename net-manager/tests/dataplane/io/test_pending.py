@@ -91,3 +91,18 @@ def test_items_other_than_bytes_are_sized_by_size_of() -> None:
     )
     pending.add("10.30.0.2", ("198.18.0.1", bytes(100)), 0.0)
     assert pending.bytes == 100 and pending.take("10.30.0.2") == [("198.18.0.1", bytes(100))]
+
+
+def test_an_overall_limit_holds_whatever_the_number_of_owners() -> None:
+    """Spoofed underlay addresses are cheap: each one's own bucket is not enough."""
+    pending = queue(
+        per_ip=4,
+        total=100_000,
+        limiter=RateLimiter(rate=20, burst=50),
+        overall=RateLimiter(rate=100, burst=200),
+    )
+    outcomes = [
+        pending.add(f"10.30.{i // 250}.{i % 250}", b"x", 0.0, owner=f"198.18.{i // 250}.{i % 250}")
+        for i in range(10_000)
+    ]
+    assert outcomes.count("resolve") == 200
