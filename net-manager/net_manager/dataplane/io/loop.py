@@ -372,7 +372,6 @@ LOOP_COUNTERS = (
     "drop_admission_unresolved",
     "drop_admission_timeout",
     "drop_admission_rate_limited",
-    "drop_admission_gso",
     "admission_resolves",
     "drop_bad_control",
     "resolve_requests",

@@ -141,8 +141,8 @@ class OffloadPath:
 
     def _on_gso_frame(self, n: int, sender: str) -> int:
         """A GSO frame from a peer: admit and translate its packet, write it with its vnet
-        header. Its flow began with plain packets, so a caller not resolved yet is a
-        drop (TCP sends again), not a queued 64 KiB segment."""
+        header. A caller not resolved yet: its packet waits as plain packets (segmented,
+        checksums complete), like any tunnelled packet waiting for admission."""
         buf, size = self._buf, n - GSO_FRAME_HEADER
         if not self.offload or size < 20:
             self.counts["drop_gso_unsupported" if not self.offload else "drop_bad_offload"] += 1
@@ -163,7 +163,8 @@ class OffloadPath:
             verdict = self._admit_frame(size, sender)
         if verdict.action is not Action.DELIVER:
             if verdict.action is Action.MISS:
-                self.counts["drop_admission_gso"] += 1
+                for packet in self._frame_plain_packets(size):
+                    self._queue_admission(verdict, packet)
             return 0
         try:
             os.writev(self._tun_fd, [self._frame_vnet, self._frame_packet[:size]])  # type: ignore[arg-type]
@@ -172,6 +173,21 @@ class OffloadPath:
             log.debug("TUN refused a GSO frame: %s", err)
             self.counts["drop_tun_write"] += 1
             return 0
+
+    def _frame_plain_packets(self, size: int) -> list[bytes]:
+        """The packet of the received GSO frame as ordinary packets (see _plain_packets)."""
+        header = VNET_HDR.unpack(self._frame_vnet)
+        flags, gso_type, _, gso_size, csum_start, csum_offset = header
+        packet = bytearray(self._frame_packet[:size])
+        if gso_type & ~GSO_ECN in (GSO_TCPV4, GSO_TCPV6):
+            try:
+                return segment_tcp(packet, gso_size)
+            except ValueError as err:
+                log.debug("cannot segment a GSO frame from a peer: %s", err)
+        elif not flags & NEEDS_CSUM or finish_checksum(packet, size, csum_start, csum_offset):
+            return [bytes(packet)]
+        self.counts["drop_bad_offload"] += 1
+        return []
 
     def _admit_frame(self, size: int, sender: str) -> Verdict:
         packet = self._frame_packet

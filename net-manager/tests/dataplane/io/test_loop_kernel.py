@@ -412,6 +412,33 @@ def test_tunnel_datagrams_from_strangers_or_with_spoofed_sources_are_not_deliver
     assert http_get(testbed, "10.30.1.30")["client"] == "10.30.0.2"  # members still served
 
 
+@pytest.mark.parametrize("service_ip", ["10.30.1.30", "fdff:2000::1e"])
+def test_a_server_node_that_never_queried_resolves_its_caller(bed, service_ip: str) -> None:
+    """n2 serves X3 but knows no caller: the first request waits for c1's instance IP."""
+    testbed, n1, n2 = bed
+    own = [e for e in INSTANCE_IPS if e.endpoints[0] is C2]
+
+    def answer(address: str, reply: Callable[[bool], None]) -> None:
+        n2.supervisor.push_snapshot(INSTANCE_IPS, [C2], N2)
+        reply(True)
+
+    n2.answer = answer
+    n2.resolves.clear()
+    seen = n2.fresh_counters()["snapshots"]
+    n2.supervisor.push_snapshot(own, [C2], N2)
+    try:
+        wait_until(lambda: n2.counters()["snapshots"] > seen, 5, message="table without c1")
+        # bulk both ways: with offload, n1 sends every packet as a GSO frame
+        assert testbed.python("c1", BULK, service_ip, "1000000", timeout=40).split() == [
+            "True",
+            "True",
+        ]
+    finally:
+        n2.answer = None
+        n2.supervisor.push_snapshot(INSTANCE_IPS, [C2], N2)
+    assert set(n2.resolves) == {C1.instance_ip if ":" not in service_ip else C1.instance_ip_v6}
+
+
 X6_V4 = ServiceEntry("10.30.1.60", "", "RR", (C2,))  # resolved only when first used
 X6_V6 = ServiceEntry("", "fdff:2000::3c", "RR", (C2,))
 UDP_BIG = r"""
