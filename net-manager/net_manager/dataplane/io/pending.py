@@ -46,9 +46,9 @@ class PendingPackets(Generic[T]):
     the first for this IP: ask the control side), "queued", or a drop reason
     ("queue_full"; "unresolved" while a negative answer is fresh; "miss_rate_limited"
     when the owner, e.g. a container, asks for too many new addresses, or all owners
-    together exceed the overall limit). An address the
-    control side found nothing for is refused for negative_ttl seconds. A packet is any
-    item; size_of gives the bytes it holds. No I/O.
+    together exceed the overall limit). An address the control side found nothing for
+    is refused for negative_ttl seconds. A packet is any item; size_of gives the bytes
+    it holds. No I/O.
     """
 
     def __init__(
