@@ -20,7 +20,10 @@ the TUNs, the two data planes and the UDP tunnel. Measurements, each repeated:
 - the cost of tunnel admission (known sender node, inner source one of its instance
   IPs): the proxied UDP packets/s and round trip with admission and with the data
   planes restarted with --no-admission, alternating, each repeated; the cost is
-  compared with the spread of the runs themselves (the run's noise).
+  compared with the spread of the runs themselves (the run's noise);
+- the sealed tunnel (AES-256-GCM, a shared key): TCP, UDP packets/s and round trip
+  with the data planes restarted with a key, and the CPU cost of sealing and opening
+  one 1400-byte packet in this process.
 
 Prints progress on stderr and one table of medians and ratios on stdout. Everything it
 creates is removed on exit (and by `python -m testbed.sweep`).
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -40,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
+from net_manager.dataplane.io.seal import Sealer
 from net_manager.dataplane.supervisor import DataPlaneSupervisor
 from testbed.netns import Testbed
 from testbed.topology import BENCH_PREFIX, two_nodes, unique_prefix
@@ -145,7 +150,7 @@ class CpuMeter:
 # ---------------------------------------------------------------- setup
 
 
-def start_plane(bed: Testbed, node: str, extra_args: list[str]) -> Plane:
+def start_plane(bed: Testbed, node: str, extra_args: list[str], tunnel_key: str = "") -> Plane:
     plane: Plane
 
     def on_resolve(service_ip: str, reply: Callable[[bool], None]) -> None:
@@ -163,6 +168,7 @@ def start_plane(bed: Testbed, node: str, extra_args: list[str]) -> Plane:
         on_resolve=on_resolve,
         on_used=lambda jobs: None,
         netns_exec=bed.netns_exec(node),
+        tunnel_key=tunnel_key,
         extra_args=extra_args,
     )
     plane = Plane(supervisor)
@@ -182,9 +188,12 @@ def set_up(bed: Testbed, extra_args: list[str]) -> list[Plane]:
     return start_planes(bed, extra_args)
 
 
-def start_planes(bed: Testbed, extra_args: list[str]) -> list[Plane]:
+def start_planes(bed: Testbed, extra_args: list[str], tunnel_key: str = "") -> list[Plane]:
     """Both data planes, with their tables taken."""
-    planes = [start_plane(bed, "n1", extra_args), start_plane(bed, "n2", extra_args)]
+    planes = [
+        start_plane(bed, "n1", extra_args, tunnel_key),
+        start_plane(bed, "n2", extra_args, tunnel_key),
+    ]
     planes[0].supervisor.push_snapshot([RR, *INSTANCE_IPS], [C1], N1)
     planes[1].supervisor.push_snapshot(INSTANCE_IPS, [C2], N2)
     deadline = time.monotonic() + 10
@@ -272,6 +281,10 @@ class Results:
     # proxied path with admission ("on") and without ("off"), runs alternating
     admission_udp: dict[str, list[float]] = field(default_factory=lambda: {"on": [], "off": []})
     admission_p50: dict[str, list[float]] = field(default_factory=lambda: {"on": [], "off": []})
+    sealed_tcp: list[float] = field(default_factory=list)
+    sealed_udp: list[float] = field(default_factory=list)
+    sealed_p50: list[float] = field(default_factory=list)
+    seal_us: float = float("nan")  # seal + open of one 1400-byte packet, this process
 
 
 def measure(bed: Testbed, planes: list[Plane], repeat: int, seconds: float) -> Results:
@@ -323,6 +336,34 @@ def measure_admission(
             progress(f"admission {mode} {i}/{repeat}: {pps:,.0f} packets/s, p50 {p50:.3f} ms")
 
 
+def measure_sealed(
+    bed: Testbed,
+    planes: list[Plane],
+    extra_args: list[str],
+    repeat: int,
+    seconds: float,
+    results: Results,
+) -> None:
+    """The proxied path with a sealed tunnel (planes restarted with a key)."""
+    for plane in planes:
+        plane.supervisor.stop()
+    planes.clear()
+    planes.extend(start_planes(bed, extra_args, tunnel_key=secrets.token_hex(32)))
+    for i in range(1, repeat + 1):
+        results.sealed_tcp.append(tcp_gbps(bed, PROXIED, seconds))
+        results.sealed_udp.append(udp_max_pps(bed, PROXIED))
+        results.sealed_p50.append(ping_pong(bed, PROXIED)["p50"])
+        progress(
+            f"sealed {i}/{repeat}: {results.sealed_tcp[-1]:.3f} Gbit/s, "
+            f"{results.sealed_udp[-1]:,.0f} packets/s, p50 {results.sealed_p50[-1]:.3f} ms"
+        )
+    sealer, packet, count = Sealer(os.urandom(32)), os.urandom(UDP_SIZE), 20_000
+    started = time.perf_counter()
+    for _ in range(count):
+        sealer.open(sealer.seal(packet))
+    results.seal_us = (time.perf_counter() - started) / count * 1e6
+
+
 def spread(values: list[float]) -> float:
     """(max - min) / median: how far repeated runs of one measurement lie apart."""
     return (max(values) - min(values)) / statistics.median(values) if values else float("nan")
@@ -349,6 +390,7 @@ def table(results: Results) -> str:
         ("  same, TCP runs (up to 64 KiB each)", "-", f"{results.tcp_cpu_us:.1f}", "", ""),
         ("table miss: first packet RTT, ms", "-", f"{first:.2f}", f"next packet {second:.2f}", ""),
         *_admission_rows(results, udp_d, p50_d),
+        *_sealed_rows(results, tcp_d, udp_d, p50_d),
     ]  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows]
@@ -377,6 +419,23 @@ def _admission_rows(results: Results, udp_d: float, p50_d: float) -> list[tuple[
     ]  # fmt: skip
 
 
+def _sealed_rows(
+    results: Results, tcp_d: float, udp_d: float, p50_d: float
+) -> list[tuple[str, ...]]:
+    if not results.sealed_udp:
+        return []
+    med = statistics.median
+    tcp, udp, p50 = med(results.sealed_tcp), med(results.sealed_udp), med(results.sealed_p50)
+    return [
+        ("sealed tunnel: TCP 1 stream, Gbit/s", f"{tcp_d:.3f}", f"{tcp:.3f}", f"{tcp / tcp_d:.1%}",
+         ""),
+        ("sealed tunnel: UDP packets/s", f"{udp_d:,.0f}", f"{udp:,.0f}", f"{udp / udp_d:.1%}", ""),
+        ("sealed tunnel: UDP round trip p50, ms", f"{p50_d:.3f}", f"{p50:.3f}",
+         f"+{p50 - p50_d:.3f} ms", ""),
+        ("  seal + open one 1400 B packet, us", "-", f"{results.seal_us:.1f}", "", ""),
+    ]  # fmt: skip
+
+
 def _check(ok: bool, target: str) -> str:
     return f"{target} {'ok' if ok else 'MISSED'}"
 
@@ -399,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             results = measure(bed, planes, args.repeat, args.seconds)
             measure_admission(bed, planes, extra_args, args.repeat, results)
+            measure_sealed(bed, planes, extra_args, args.repeat, args.seconds, results)
         finally:
             for plane in planes:
                 plane.supervisor.stop()

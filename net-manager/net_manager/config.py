@@ -100,6 +100,8 @@ class NetConfig:
     table_query_timeout: float = 5.0
     # Share of the data plane's flow table one container may hold (0 < share <= 1).
     flow_quota: float = 0.25
+    # 64 hex digits shared by every node: seal the tunnel (empty: plain, as upstream).
+    tunnel_key: str = field(default="", repr=False)
     tun: TunConfig = TunConfig()
 
 
@@ -243,6 +245,15 @@ def _seconds_or_off(value: object, where: str) -> float:
     return _seconds(value, where, zero_ok=True)
 
 
+def _tunnel_key(value: object, where: str) -> str:
+    text = value.strip().lower() if isinstance(value, str) else ""
+    if text and (len(text) != 64 or any(c not in "0123456789abcdef" for c in text)):
+        raise ConfigError(f"{where} must be 64 hex digits (32 bytes), or empty for no sealing")
+    if not isinstance(value, str):
+        _fail(where, "64 hex digits (32 bytes), or empty for no sealing", value)
+    return text
+
+
 def _share(value: object, where: str) -> float:
     number: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -273,6 +284,7 @@ NETCFG_KEYS: dict[str, tuple[str, Parser]] = {
     "MqttUsername": ("mqtt_username", _string),
     "MqttPassword": ("mqtt_password", _string),
     "FlowQuotaPerContainer": ("flow_quota", _share),  # ours, not upstream's
+    "TunnelKey": ("tunnel_key", _tunnel_key),  # ours, not upstream's
 }
 
 TUNCFG_KEYS: dict[str, tuple[str, Parser]] = {
@@ -314,6 +326,7 @@ ENV_VARS: dict[str, str] = {
     "MQTT_PASSWORD": "mqtt_password",
     "ADDRESS_WATCH_INTERVAL": "address_watch_interval",  # public address check (0: off)
     "FLOW_QUOTA_PER_CONTAINER": "flow_quota",  # share of the flow table one container may hold
+    "TUNNEL_KEY": "tunnel_key",  # seal the tunnel between our nodes (64 hex digits)
 }
 
 

@@ -195,6 +195,7 @@ class FakeDataPlane:
         on_used,
         netns_exec=None,
         flow_quota=0.25,
+        tunnel_key="",
     ):
         self.args = (tun_name, tun_v4, tun_v6, mtu, port)
         self.flow_quota = flow_quota

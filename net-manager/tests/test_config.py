@@ -411,3 +411,12 @@ def test_password_is_not_in_the_repr() -> None:
 def test_flow_quota_per_container_comes_from_the_environment(tmp_path: Path) -> None:
     assert load(tmp_path).flow_quota == 0.25
     assert load(tmp_path, {"FLOW_QUOTA_PER_CONTAINER": "0.5"}).flow_quota == 0.5
+
+
+def test_tunnel_key_is_64_hex_digits_and_never_shown(tmp_path: Path) -> None:
+    assert load(tmp_path).tunnel_key == ""
+    assert load(tmp_path, {"TUNNEL_KEY": "AB" * 32}).tunnel_key == "ab" * 32
+    with pytest.raises(ConfigError, match="env TUNNEL_KEY must be 64 hex digits") as error:
+        load(tmp_path, {"TUNNEL_KEY": "secret-but-short"})
+    assert "secret" not in str(error.value)
+    assert "ab" * 32 not in repr(load(tmp_path, {"TUNNEL_KEY": "ab" * 32}))

@@ -411,3 +411,53 @@ def test_one_container_flooding_new_flows_leaves_another_one_working() -> None:
     finally:
         for node in started:
             stop_node(node)
+
+
+# ---------------------------------------------------------------- sealed tunnel
+
+KEY = "5a" * 32
+
+
+def test_a_sealed_tunnel_carries_traffic_and_refuses_what_is_not_sealed() -> None:
+    started: list[Node] = []
+    try:
+        a, b = start_node(NODE_A, tunnel_key=KEY), start_node(NODE_B, tunnel_key=KEY)
+        started += [a, b]
+        with open(f"/proc/{b.supervisor.pid}/cmdline", "rb") as cmdline:
+            assert KEY.encode() not in cmdline.read()  # the key is not on the command line
+        push_tables(a, b)
+        wait_applied(a)
+        wait_applied(b)
+        round_trip(a, b)
+        wait_until(
+            lambda: rtt_measured(a) and rtt_measured(b), 10, message="probes sealed both ways"
+        )
+        # A member's address and instance IP, but not sealed: refused.
+        plain = build_packet(CLIENT_INSTANCE, SERVER_NS, UDP, 1, 7777)
+        send_from(NODE_A, plain, b.supervisor.port)
+        wait_until(lambda: b.counter("drop_not_sealed") == 1, 5, message="plain refused")
+        assert b.counter("packets_in") == 1  # only the round trip's request
+    finally:
+        for node in started:
+            stop_node(node)
+
+
+def rtt_measured(node: Node) -> bool:
+    """The node measured its peer's RTT: sealed probes went out and sealed echoes came back."""
+    return bool(node.supervisor.rtt)
+
+
+def test_a_node_with_another_key_is_not_heard() -> None:
+    started: list[Node] = []
+    try:
+        a, b = start_node(NODE_A, tunnel_key="11" * 32), start_node(NODE_B, tunnel_key=KEY)
+        started += [a, b]
+        push_tables(a, b)
+        wait_applied(a)
+        wait_applied(b)
+        a.send(request())
+        wait_until(lambda: b.counter("drop_not_sealed") >= 1, 5, message="foreign seal refused")
+        assert b.counter("packets_in") == 0
+    finally:
+        for node in started:
+            stop_node(node)

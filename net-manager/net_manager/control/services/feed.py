@@ -99,6 +99,7 @@ class ServiceFeed:
             on_used=self._jobs_used,
             netns_exec=self._netns_exec,
             flow_quota=self.config.flow_quota,
+            tunnel_key=self.config.tunnel_key,
         )
         self.dataplane.start()
         self._push_snapshot()

@@ -20,6 +20,9 @@ New addresses to resolve are rate-limited per owner (per container on the TUN si
 per sending node on the tunnel side), so neither a container nor a host on the underlay
 can turn packets into a storm of table queries.
 
+With a tunnel key (`seal`), every datagram is sealed on its way out and only sealed
+datagrams are taken in (`_on_tunnel_sealed`; the plain path stays as it is).
+
 The control channel's messages are handled by `control` (ControlDispatch), TUN offload
 and GSO frames by `offload` (OffloadPath); both are mixed into PacketLoop, which keeps
 the loop itself and its timers: every `report_interval` it sends the jobs the traffic
@@ -49,6 +52,7 @@ from net_manager.dataplane.io.control import ControlDispatch
 from net_manager.dataplane.io.offload import GSO_FRAME_HEADER, GSO_MAGIC, OffloadPath
 from net_manager.dataplane.io.peers import SOCKET_BUFFER, Peers, bound_address, source_ip
 from net_manager.dataplane.io.pending import PendingPackets, RateLimiter
+from net_manager.dataplane.io.seal import OVERHEAD, Sealer
 from net_manager.dataplane.io.tun import (
     VNET_HDR_LEN,
 )
@@ -98,8 +102,11 @@ class PacketLoop(OffloadPath, ControlDispatch):
         config: LoopConfig = LoopConfig(),
         clock: Callable[[], float] = time.monotonic,
         offload: bool = False,
+        sealer: Sealer | None = None,
     ) -> None:
         self.translator = translator
+        self.sealer = sealer
+        self._sealed = bytearray(BUFFER_SIZE + OVERHEAD) if sealer is not None else bytearray()
         self.config = config
         self._clock = clock
         self._tunnel = tunnel
@@ -125,7 +132,12 @@ class PacketLoop(OffloadPath, ControlDispatch):
             plain_write = self._vnet_writer(tun_fd) if self.offload else tun_file.write
             self._tun_write = self._tun_writer(plain_write)
         tunnel.setblocking(False)
-        self.peers = Peers(tunnel, connect=config.connect_peers, buffer_size=config.socket_buffer)
+        self.peers = Peers(
+            tunnel,
+            connect=config.connect_peers,
+            buffer_size=config.socket_buffer,
+            seal=sealer.seal if sealer is not None else None,
+        )
         self.pending: PendingPackets[bytes] = PendingPackets(
             per_ip=config.queue_per_ip,
             total=config.queue_total,
@@ -162,7 +174,9 @@ class PacketLoop(OffloadPath, ControlDispatch):
         """Serve until a Stop message, the control channel closing, or stop()."""
         self._epoll = epoll = select.epoll()
         handlers: dict[int, Callable[[], object]] = {
-            self._tunnel.fileno(): self._on_tunnel,
+            self._tunnel.fileno(): self._on_tunnel
+            if self.sealer is None
+            else self._on_tunnel_sealed,
             self._control.fileno(): self._on_control,
         }
         if self._tun_fd is not None:
@@ -263,6 +277,42 @@ class PacketLoop(OffloadPath, ControlDispatch):
         self.counts["tunnel_packets_received"] += done
         self.counts["tun_packets_written"] += written
 
+    def _on_tunnel_sealed(self) -> None:
+        """_on_tunnel for a sealed tunnel: open each datagram, drop what is not sealed."""
+        recv, sealed, buf, view = self._tunnel.recvfrom_into, self._sealed, self._buf, self._view
+        open_sealed = self.sealer.open  # type: ignore[union-attr]
+        from_tunnel, write_tun = self.translator.from_tunnel, self._tun_write
+        deliver, miss, counts = Action.DELIVER, Action.MISS, self.counts
+        done = written = 0
+        for _ in range(self.config.batch):
+            try:
+                size, address = recv(sealed)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as err:
+                log.debug("tunnel receive error: %s", err)
+                continue
+            done += 1
+            data = open_sealed(memoryview(sealed)[:size])
+            if data is None:
+                counts["drop_not_sealed"] += 1
+                continue
+            n = len(data)
+            buf[:n] = data
+            version = buf[0] >> 4 if n else 0
+            if version == 4 or version == 6:
+                verdict = from_tunnel(buf, n, address[0])
+                if verdict.action is deliver:
+                    written += write_tun(view[:n])
+                elif verdict.action is miss:
+                    self._queue_admission(verdict, data)
+            elif n and buf[0] == GSO_MAGIC:
+                written += self._on_gso_frame(n, address[0])
+            else:
+                self._on_control_datagram(view[:n], address)
+        counts["tunnel_packets_received"] += done
+        counts["tun_packets_written"] += written
+
     def _tun_writer(self, write: Callable[[memoryview], int | None]) -> Callable[[memoryview], int]:
         """write to the TUN returning 1 if the packet went in, else 0 (counted as a drop)."""
         counts = self.counts
@@ -310,6 +360,8 @@ class PacketLoop(OffloadPath, ControlDispatch):
         if self.prober.echoes != echoes:
             self._update_gso_peers()
         if echo is not None:
+            if self.sealer is not None:
+                echo = self.sealer.seal(echo)
             try:
                 self._tunnel.sendto(echo, address)
             except OSError as err:
@@ -317,6 +369,8 @@ class PacketLoop(OffloadPath, ControlDispatch):
 
     def _send_probes(self, now: float) -> None:
         for datagram, address in self.prober.probes_due(now):
+            if self.sealer is not None:
+                datagram = self.sealer.seal(datagram)
             try:
                 self._tunnel.sendto(datagram, bound_address(self._tunnel, address))
             except OSError as err:
@@ -376,6 +430,7 @@ LOOP_COUNTERS = (
     "drop_bad_control",
     "resolve_requests",
     "control_datagrams",
+    "drop_not_sealed",
     "control_errors",
     "control_dropped",
     "snapshots",

@@ -13,8 +13,16 @@ SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # Linux; not exported by the socket mod
 class Peers:
     """How to send a datagram to each peer's tunnel address: send callables, cached."""
 
-    def __init__(self, bound: socket.socket, *, connect: bool, buffer_size: int) -> None:
+    def __init__(
+        self,
+        bound: socket.socket,
+        *,
+        connect: bool,
+        buffer_size: int,
+        seal: Callable[[bytes | bytearray | memoryview], bytes] | None = None,
+    ) -> None:
         self._bound = bound
+        self._seal = seal  # a sealed tunnel: every datagram is sealed on its way out
         self._connect = connect
         self._buffer_size = buffer_size
         self._sockets: dict[tuple[str, int], socket.socket] = {}
@@ -32,6 +40,8 @@ class Peers:
         send = self.senders.get(address)
         if send is None:
             send = self._connected(address) if self._connect else self._sendto(address)
+            if self._seal is not None:
+                send = _sealing(send, self._seal)
             self.senders[address] = send
         return send
 
@@ -53,9 +63,11 @@ class Peers:
         """A sendmsg(buffers) callable for address (gather I/O: no copy of the packet)."""
         send = self.frame_senders.get(address)
         if send is None:
-            self.sender(address)
+            whole = self.sender(address)
             sock = self._sockets.get(address)
-            if sock is not None:
+            if self._seal is not None:
+                send = lambda buffers: whole(b"".join(buffers))  # noqa: E731
+            elif sock is not None:
                 send = sock.sendmsg
             else:
                 sendmsg, target = self._bound.sendmsg, bound_address(self._bound, address)
@@ -95,6 +107,12 @@ def _specific_address(sock: socket.socket) -> str:
         return ""
     host = host[7:] if host.startswith("::ffff:") else host
     return "" if host in ("0.0.0.0", "::") else host
+
+
+def _sealing(
+    send: Callable[[bytes], int], seal: Callable[[bytes | bytearray | memoryview], bytes]
+) -> Callable[[memoryview], int]:
+    return lambda data: send(seal(data))
 
 
 def bound_address(sock: socket.socket, address: tuple[str, int]) -> tuple[str, int]:

@@ -27,6 +27,7 @@ from net_manager.dataplane.channel import ChannelClosed, ChannelEndpoint, Ready
 from net_manager.dataplane.core.translate import Translator, build_snapshot
 from net_manager.dataplane.io.loop import LoopConfig, PacketLoop
 from net_manager.dataplane.io.peers import set_buffers
+from net_manager.dataplane.io.seal import KEY_ENV, Sealer, parse_key
 from net_manager.dataplane.io.tun import TunDevice, TunError, open_tun
 from oakestra_net.log import setup_logging
 
@@ -66,6 +67,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--no-admission", action="store_true", help="benchmarks only: admit every tunnel packet"
+    )
+    parser.add_argument(
+        "--seal",
+        action="store_true",
+        help=f"seal the tunnel with the key in ${KEY_ENV} (64 hex digits)",
     )
     parser.add_argument("--log-level", default=None)
     args = parser.parse_args(argv)
@@ -122,11 +128,14 @@ def main(argv: list[str] | None = None) -> int:
         admission=not args.no_admission,
     )
     tun: TunDevice | None = None
+    sealer: Sealer | None = None
     try:
+        if args.seal:
+            sealer = Sealer(parse_key(os.environ.get(KEY_ENV, "")))
         if not args.no_tun and args.tun_fd is None:
             tun = create_tun(args)
         tunnel = bind_tunnel(args.bind, args.port, config.socket_buffer)
-    except (TunError, OSError) as err:
+    except (TunError, OSError, ValueError) as err:
         log.error("data plane cannot start: %s", err)
         if tun is not None:
             tun.close()
@@ -140,13 +149,20 @@ def main(argv: list[str] | None = None) -> int:
         flow_quota=max(1, int(args.max_flows * args.flow_quota)),
     )
     offload = tun is not None and tun.offload
-    loop = PacketLoop(translator, tunnel, control, tun_fd, config=config, offload=offload)
+    loop = PacketLoop(
+        translator, tunnel, control, tun_fd, config=config, offload=offload, sealer=sealer
+    )
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: loop.stop())
     try:
         port = tunnel.getsockname()[1]
         control.send(Ready(port=port, pid=os.getpid()))
-        fields = {"tun": args.tun if tun else None, "port": port, "offload": offload}
+        fields = {
+            "tun": args.tun if tun else None,
+            "port": port,
+            "offload": offload,
+            "sealed": sealer is not None,
+        }
         log.info("data plane ready", extra={"fields": fields})
         loop.run()
     except ChannelClosed as err:

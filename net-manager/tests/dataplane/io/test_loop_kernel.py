@@ -177,7 +177,7 @@ class NodePlane:
         return self.counters()
 
 
-def start_plane(bed: Testbed, node: str, offload: str = "auto") -> NodePlane:
+def start_plane(bed: Testbed, node: str, offload: str = "auto", tunnel_key: str = "") -> NodePlane:
     plane: NodePlane
 
     def on_resolve(service_ip: str, reply: Callable[[bool], None]) -> None:
@@ -194,6 +194,7 @@ def start_plane(bed: Testbed, node: str, offload: str = "auto") -> NodePlane:
         on_resolve=on_resolve,
         on_used=lambda jobs: None,
         netns_exec=bed.netns_exec(node),
+        tunnel_key=tunnel_key,
         extra_args=["--offload", offload],
     )
     plane = NodePlane(supervisor)
@@ -207,19 +208,27 @@ def push_n1(plane: NodePlane, *extra: ServiceEntry) -> None:
 
 
 # TUN offload on n1 / n2: "mixed" is an offload node next to one that takes no GSO
-# frames (as an upstream node): n1 must segment and checksum in software.
-MODES = {"offload": ("on", "on"), "plain": ("off", "off"), "mixed": ("on", "off")}
+# frames (as an upstream node): n1 must segment and checksum in software. "sealed":
+# offload, and the tunnel sealed with a key both nodes share.
+MODES = {
+    "offload": ("on", "on"),
+    "plain": ("off", "off"),
+    "mixed": ("on", "off"),
+    "sealed": ("on", "on"),
+}
+TUNNEL_KEY = "3c" * 32
 
 
 @pytest.fixture(scope="module", params=list(MODES))
 def bed(request) -> Iterator[tuple[Testbed, NodePlane, NodePlane]]:
     planes: list[NodePlane] = []
     offload_n1, offload_n2 = MODES[request.param]
+    key = TUNNEL_KEY if request.param == "sealed" else ""
     with Testbed(two_nodes(unique_prefix(), extra_container_on_n1=True)) as testbed:
         testbed.mode = request.param  # type: ignore[attr-defined]
         try:
-            n1 = start_plane(testbed, "n1", offload_n1)
-            n2 = start_plane(testbed, "n2", offload_n2)
+            n1 = start_plane(testbed, "n1", offload_n1, key)
+            n2 = start_plane(testbed, "n2", offload_n2, key)
             planes += [n1, n2]
             push_n1(n1)
             n2.supervisor.push_snapshot(INSTANCE_IPS, [C2], N2)
@@ -437,6 +446,23 @@ def test_a_server_node_that_never_queried_resolves_its_caller(bed, service_ip: s
         n2.answer = None
         n2.supervisor.push_snapshot(INSTANCE_IPS, [C2], N2)
     assert set(n2.resolves) == {C1.instance_ip if ":" not in service_ip else C1.instance_ip_v6}
+
+
+def test_a_sealed_tunnel_refuses_plain_datagrams_even_from_a_member(bed) -> None:
+    testbed, n1, n2 = bed
+    only_in(testbed, "sealed")
+    from net_manager.dataplane.core.microbench import build_packet
+
+    before = n2.fresh_counters()
+    plain = build_packet(C1.instance_ip, C2.namespace_ip, 17, 5000, 7777).hex()
+    testbed.python("n1", TUNNEL_SEND, N1, plain)
+    wait_until(
+        lambda: n2.counters()["drop_not_sealed"] > before["drop_not_sealed"],
+        5,
+        message="plain datagram refused",
+    )
+    assert n2.fresh_counters()["packets_in"] == before["packets_in"]
+    assert http_get(testbed, "10.30.1.30")["client"] == "10.30.0.2"  # sealed traffic flows
 
 
 X6_V4 = ServiceEntry("10.30.1.60", "", "RR", (C2,))  # resolved only when first used
