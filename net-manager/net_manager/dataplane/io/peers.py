@@ -94,9 +94,10 @@ class Peers:
 
     def set_source(self, node_ip: str) -> None:
         """Send from node_ip from now on (unless the tunnel socket is bound to one)."""
-        if _specific_address(self._bound) or node_ip == self.source:
+        source = "" if node_ip in ("0.0.0.0", "::") else node_ip
+        if source == self.source or _specific_address(self._bound):
             return
-        self.source = "" if node_ip in ("0.0.0.0", "::") else node_ip
+        self.source = source
         self.close()  # sockets are made again, from the new address
 
 
