@@ -198,7 +198,7 @@ def programs_in(netns: str) -> list[str]:
 def one_daemon_one_dataplane(netns: str) -> bool:
     programs = programs_in(netns)
     daemons = sum("net-manager" in p and " run" in p for p in programs)
-    return daemons == 1 and sum("dataplane" in p for p in programs) == 1
+    return daemons == 1 and sum("net_manager.dataplane" in p for p in programs) == 1
 
 
 @pytest.mark.parametrize(("worker_name", "crash"), [("w2", False), ("w1", True)])

@@ -24,7 +24,14 @@ Measurements, each repeated:
 - CPU per proxied packet (utime + stime of both data-plane processes from /proc/<pid>/
   stat over the proxied UDP runs, divided by the packets they handled; the same over
   the TCP runs, where with TUN offload a packet is a TCP segment of up to 64 KiB);
-- first-packet latency of a table miss (the bench answers the resolve at once).
+- first-packet latency of a table miss (the bench answers the resolve at once);
+- the cost of tunnel admission (known sender node, inner source one of its instance
+  IPs): the proxied UDP packets/s and round trip with admission and with the data
+  planes restarted with --no-admission, alternating, each repeated; the cost is
+  compared with the spread of the runs themselves (the run's noise);
+- the sealed tunnel (AES-256-GCM, a shared key): TCP, UDP packets/s and round trip
+  with the data planes restarted with a key, and the CPU cost of sealing and opening
+  one 1400-byte packet in this process.
 
 Prints progress on stderr and one table of medians and ratios on stdout. Everything it
 creates is removed on exit (and by `python -m testbed.sweep`).
@@ -35,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -44,6 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
+from net_manager.dataplane.io.seal import Sealer
 from net_manager.dataplane.kernel.nft import Nft
 from net_manager.dataplane.kernel.ruleset import plan
 from net_manager.dataplane.supervisor import DataPlaneSupervisor
@@ -71,6 +80,7 @@ PATHS = {
     "local TUN": (LOCAL_RR.service_ip, True, False),
     "local kernel": (LOCAL_RR.service_ip, False, True),
 }
+PROXIED = RR.service_ip  # the remote path through the TUN (admission, sealing)
 UDP_SIZE = 1400
 LOSS_LIMIT = 1.0  # percent
 TARGETS = {"tcp": 0.05, "udp": 0.20, "rr_added_ms": 0.15}
@@ -164,7 +174,7 @@ class CpuMeter:
 # ---------------------------------------------------------------- setup
 
 
-def start_plane(bed: Testbed, node: str, extra_args: list[str]) -> Plane:
+def start_plane(bed: Testbed, node: str, extra_args: list[str], tunnel_key: str = "") -> Plane:
     plane: Plane
 
     def on_resolve(service_ip: str, reply: Callable[[bool], None]) -> None:
@@ -182,6 +192,7 @@ def start_plane(bed: Testbed, node: str, extra_args: list[str]) -> Plane:
         on_resolve=on_resolve,
         on_used=lambda jobs: None,
         netns_exec=bed.netns_exec(node),
+        tunnel_key=tunnel_key,
         extra_args=extra_args,
     )
     plane = Plane(supervisor)
@@ -194,9 +205,6 @@ def start_plane(bed: Testbed, node: str, extra_args: list[str]) -> Plane:
 def set_up(bed: Testbed, extra_args: list[str]) -> list[Plane]:
     bed.ip("n1", "route", "add", "10.16.0.64/26", "via", N2)  # the direct path
     bed.ip("n2", "route", "add", "10.16.0.0/26", "via", N1)
-    planes = [start_plane(bed, "n1", extra_args), start_plane(bed, "n2", extra_args)]
-    planes[0].supervisor.push_snapshot(N1_TABLE, N1_LOCAL, N1)
-    planes[1].supervisor.push_snapshot(INSTANCE_IPS, [C2], N2)
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     for server in ("c2", "c3"):
         bed.popen(server, ["iperf3", "-s", "-p", "5201"], **quiet)
@@ -204,6 +212,17 @@ def set_up(bed: Testbed, extra_args: list[str]) -> list[Plane]:
             server, [sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True
         )
         bed.wait_for_line(echo)
+    return start_planes(bed, extra_args)
+
+
+def start_planes(bed: Testbed, extra_args: list[str], tunnel_key: str = "") -> list[Plane]:
+    """Both data planes, with their tables taken."""
+    planes = [
+        start_plane(bed, "n1", extra_args, tunnel_key),
+        start_plane(bed, "n2", extra_args, tunnel_key),
+    ]
+    planes[0].supervisor.push_snapshot(N1_TABLE, N1_LOCAL, N1)
+    planes[1].supervisor.push_snapshot(INSTANCE_IPS, [C2], N2)
     deadline = time.monotonic() + 10
     while not all(p.supervisor.counters().get("snapshots") for p in planes):
         if time.monotonic() > deadline:
@@ -304,6 +323,13 @@ class Results:
     miss: list[tuple[float, float]] = field(default_factory=list)
     cpu_us: float = float("nan")  # per packet per data plane, UDP runs
     tcp_cpu_us: float = float("nan")  # per packet per data plane, TCP runs (GSO: 64 KiB)
+    # proxied path with admission ("on") and without ("off"), runs alternating
+    admission_udp: dict[str, list[float]] = field(default_factory=lambda: {"on": [], "off": []})
+    admission_p50: dict[str, list[float]] = field(default_factory=lambda: {"on": [], "off": []})
+    sealed_tcp: list[float] = field(default_factory=list)
+    sealed_udp: list[float] = field(default_factory=list)
+    sealed_p50: list[float] = field(default_factory=list)
+    seal_us: float = float("nan")  # seal + open of one 1400-byte packet, this process
 
 
 def measure(bed: Testbed, planes: list[Plane], repeat: int, seconds: float) -> Results:
@@ -354,6 +380,58 @@ def _measure_paths(
             progress(f"RR {path} {i}/{repeat}: p50 {rtt['p50']:.3f} ms, p99 {rtt['p99']:.3f} ms")
 
 
+def measure_admission(
+    bed: Testbed, planes: list[Plane], extra_args: list[str], repeat: int, results: Results
+) -> None:
+    """Proxied UDP packets/s and p50 with admission and without, alternating (the
+    planes are restarted for each mode; `planes` always holds the running ones)."""
+    for i in range(1, repeat + 1):
+        for mode in ("off", "on"):
+            for plane in planes:
+                plane.supervisor.stop()
+            planes.clear()
+            args = extra_args + (["--no-admission"] if mode == "off" else [])
+            planes.extend(start_planes(bed, args))
+            pps = udp_max_pps(bed, PROXIED)
+            p50 = ping_pong(bed, PROXIED)["p50"]
+            results.admission_udp[mode].append(pps)
+            results.admission_p50[mode].append(p50)
+            progress(f"admission {mode} {i}/{repeat}: {pps:,.0f} packets/s, p50 {p50:.3f} ms")
+
+
+def measure_sealed(
+    bed: Testbed,
+    planes: list[Plane],
+    extra_args: list[str],
+    repeat: int,
+    seconds: float,
+    results: Results,
+) -> None:
+    """The proxied path with a sealed tunnel (planes restarted with a key)."""
+    for plane in planes:
+        plane.supervisor.stop()
+    planes.clear()
+    planes.extend(start_planes(bed, extra_args, tunnel_key=secrets.token_hex(32)))
+    for i in range(1, repeat + 1):
+        results.sealed_tcp.append(tcp_gbps(bed, PROXIED, seconds))
+        results.sealed_udp.append(udp_max_pps(bed, PROXIED))
+        results.sealed_p50.append(ping_pong(bed, PROXIED)["p50"])
+        progress(
+            f"sealed {i}/{repeat}: {results.sealed_tcp[-1]:.3f} Gbit/s, "
+            f"{results.sealed_udp[-1]:,.0f} packets/s, p50 {results.sealed_p50[-1]:.3f} ms"
+        )
+    sealer, packet, count = Sealer(os.urandom(32)), os.urandom(UDP_SIZE), 20_000
+    started = time.perf_counter()
+    for _ in range(count):
+        sealer.open(sealer.seal(packet))
+    results.seal_us = (time.perf_counter() - started) / count * 1e6
+
+
+def spread(values: list[float]) -> float:
+    """(max - min) / median: how far repeated runs of one measurement lie apart."""
+    return (max(values) - min(values)) / statistics.median(values) if values else float("nan")
+
+
 def table(results: Results) -> str:
     return remote_table(results) + "\n\n" + local_table(results)
 
@@ -378,6 +456,8 @@ def remote_table(results: Results) -> str:
         ("CPU per packet per data plane, us", "-", f"{results.cpu_us:.1f}", "UDP runs", ""),
         ("  same, TCP runs (up to 64 KiB each)", "-", f"{results.tcp_cpu_us:.1f}", "", ""),
         ("table miss: first packet RTT, ms", "-", f"{first:.2f}", f"next packet {second:.2f}", ""),
+        *_admission_rows(results, udp_d, p50_d),
+        *_sealed_rows(results, tcp_d, udp_d, p50_d),
     ]  # fmt: skip
     return _format(rows)
 
@@ -412,6 +492,44 @@ def _format(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
+def _admission_rows(results: Results, udp_d: float, p50_d: float) -> list[tuple[str, ...]]:
+    """Service-IP path without and with admission, vs direct; the cost vs the noise."""
+    if not results.admission_udp["on"]:
+        return []
+    med = statistics.median
+    udp_on, udp_off = med(results.admission_udp["on"]), med(results.admission_udp["off"])
+    p50_on, p50_off = med(results.admission_p50["on"]), med(results.admission_p50["off"])
+    ratio = udp_on / udp_off
+    noise = max(spread(results.admission_udp["on"]), spread(results.admission_udp["off"]))
+    return [
+        ("UDP packets/s, admission off", f"{udp_d:,.0f}", f"{udp_off:,.0f}",
+         f"{udp_off / udp_d:.1%}", ""),
+        ("UDP packets/s, admission on", f"{udp_d:,.0f}", f"{udp_on:,.0f}",
+         f"{udp_on / udp_d:.1%}", ""),
+        ("  admission on / off (packets/s)", "-", f"{ratio:.1%}", f"run spread {noise:.1%}",
+         _check(abs(1 - ratio) <= noise, "within noise")),
+        ("UDP round trip p50, admission off/on, ms", f"{p50_d:.3f}", f"{p50_off:.3f}/{p50_on:.3f}",
+         f"{(p50_on - p50_off) * 1000:+.1f} us", ""),
+    ]  # fmt: skip
+
+
+def _sealed_rows(
+    results: Results, tcp_d: float, udp_d: float, p50_d: float
+) -> list[tuple[str, ...]]:
+    if not results.sealed_udp:
+        return []
+    med = statistics.median
+    tcp, udp, p50 = med(results.sealed_tcp), med(results.sealed_udp), med(results.sealed_p50)
+    return [
+        ("sealed tunnel: TCP 1 stream, Gbit/s", f"{tcp_d:.3f}", f"{tcp:.3f}", f"{tcp / tcp_d:.1%}",
+         ""),
+        ("sealed tunnel: UDP packets/s", f"{udp_d:,.0f}", f"{udp:,.0f}", f"{udp / udp_d:.1%}", ""),
+        ("sealed tunnel: UDP round trip p50, ms", f"{p50_d:.3f}", f"{p50:.3f}",
+         f"+{p50 - p50_d:.3f} ms", ""),
+        ("  seal + open one 1400 B packet, us", "-", f"{results.seal_us:.1f}", "", ""),
+    ]  # fmt: skip
+
+
 def _check(ok: bool, target: str) -> str:
     return f"{target} {'ok' if ok else 'MISSED'}"
 
@@ -433,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
         planes = set_up(bed, extra_args)
         try:
             results = measure(bed, planes, args.repeat, args.seconds)
+            measure_admission(bed, planes, extra_args, args.repeat, results)
+            measure_sealed(bed, planes, extra_args, args.repeat, args.seconds, results)
         finally:
             for plane in planes:
                 plane.supervisor.stop()

@@ -105,6 +105,10 @@ class NetConfig:
     interest_timeout: float = 10.0
     table_query_timeout: float = 5.0
     dataplane_mode: str = "auto"  # tun | kernel | auto (kernel when nft and the kernel can)
+    # Share of the data plane's flow table one container may hold (0 < share <= 1).
+    flow_quota: float = 0.25
+    # 64 hex digits shared by every node: seal the tunnel (empty: plain, as upstream).
+    tunnel_key: str = field(default="", repr=False)
     tun: TunConfig = TunConfig()
 
 
@@ -257,6 +261,29 @@ def _dataplane_mode(value: object, where: str) -> str:
 DATAPLANE_MODES = ("tun", "kernel", "auto")
 
 
+def _tunnel_key(value: object, where: str) -> str:
+    text = value.strip().lower() if isinstance(value, str) else ""
+    if text and (len(text) != 64 or any(c not in "0123456789abcdef" for c in text)):
+        raise ConfigError(f"{where} must be 64 hex digits (32 bytes), or empty for no sealing")
+    if not isinstance(value, str):
+        _fail(where, "64 hex digits (32 bytes), or empty for no sealing", value)
+    return text
+
+
+def _share(value: object, where: str) -> float:
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if number is None or not math.isfinite(number) or not 0 < number <= 1:
+        _fail(where, "a share above 0 and at most 1 (e.g. 0.25)", value)
+    return number
+
+
 # ---------------------------------------------------------------- what is read where
 
 NETCFG_KEYS: dict[str, tuple[str, Parser]] = {
@@ -273,6 +300,8 @@ NETCFG_KEYS: dict[str, tuple[str, Parser]] = {
     "MqttUsername": ("mqtt_username", _string),
     "MqttPassword": ("mqtt_password", _string),
     "DataplaneMode": ("dataplane_mode", _dataplane_mode),
+    "FlowQuotaPerContainer": ("flow_quota", _share),  # ours, not upstream's
+    "TunnelKey": ("tunnel_key", _tunnel_key),  # ours, not upstream's
 }
 
 TUNCFG_KEYS: dict[str, tuple[str, Parser]] = {
@@ -317,6 +346,8 @@ ENV_VARS: dict[str, str] = {
     "MQTT_KEY_FILE": "mqtt_key",
     "ADDRESS_WATCH_INTERVAL": "address_watch_interval",  # public address check (0: off)
     "DATAPLANE_MODE": "dataplane_mode",  # tun | kernel | auto
+    "FLOW_QUOTA_PER_CONTAINER": "flow_quota",  # share of the flow table one container may hold
+    "TUNNEL_KEY": "tunnel_key",  # seal the tunnel between our nodes (64 hex digits)
 }
 
 
@@ -484,6 +515,18 @@ SETTINGS = s.SettingsTable(
             "ADDRESS_WATCH_INTERVAL",
             "--address-watch-interval",
             "seconds between public address checks (0: off)",
+        ),
+        _row("DATAPLANE_MODE", "--dataplane-mode", "data plane backend: tun, kernel or auto"),
+        _row(
+            "FLOW_QUOTA_PER_CONTAINER",
+            "--flow-quota",
+            "share of the flow table one container may hold",
+        ),
+        _row(
+            "TUNNEL_KEY",
+            "--tunnel-key",
+            "64 hex digits shared by our nodes: seal the tunnel (no upstream peers then)",
+            secret=True,
         ),
         *s.log_rows(),
         s.Setting(

@@ -206,9 +206,21 @@ class FakeDataPlane:
     """The data plane supervisor's interface: records snapshots, answers resolves later."""
 
     def __init__(
-        self, tun_name, tun_v4, tun_v6, mtu, port, *, on_resolve, on_used, netns_exec=None
+        self,
+        tun_name,
+        tun_v4,
+        tun_v6,
+        mtu,
+        port,
+        *,
+        on_resolve,
+        on_used,
+        netns_exec=None,
+        flow_quota=0.25,
+        tunnel_key="",
     ):
         self.args = (tun_name, tun_v4, tun_v6, mtu, port)
+        self.flow_quota = flow_quota
         self.on_resolve = on_resolve
         self.on_used = on_used
         self.snapshots: list[tuple[list, list, str]] = []

@@ -72,6 +72,7 @@ def test_every_file_key_is_read(tmp_path: Path) -> None:
             "MqttCa": "/certs/ca.pem",
             "MqttUsername": "node1",
             "MqttPassword": "secret",
+            "FlowQuotaPerContainer": 0.1,
         },
     )
     write(
@@ -102,6 +103,7 @@ def test_every_file_key_is_read(tmp_path: Path) -> None:
         mqtt_ca="/certs/ca.pem",
         mqtt_username="node1",
         mqtt_password="secret",
+        flow_quota=0.1,
         tun=TunConfig(
             device_name="oak-tun9",
             tunnel_ip="10.19.1.253",
@@ -319,6 +321,9 @@ def test_config_path_that_is_a_directory_is_an_error(tmp_path: Path) -> None:
         ("ADDRESS_WATCH_INTERVAL", "-5", "env ADDRESS_WATCH_INTERVAL must be a number of"),
         ("ADDRESS_WATCH_INTERVAL", "nan", "env ADDRESS_WATCH_INTERVAL must be a number of"),
         ("DEFAULT_INTERFACE", "x" * 16, "env DEFAULT_INTERFACE must be an interface name"),
+        ("FLOW_QUOTA_PER_CONTAINER", "0", "env FLOW_QUOTA_PER_CONTAINER must be a share above"),
+        ("FLOW_QUOTA_PER_CONTAINER", "1.5", "env FLOW_QUOTA_PER_CONTAINER must be a share"),
+        ("FLOW_QUOTA_PER_CONTAINER", "x", "env FLOW_QUOTA_PER_CONTAINER must be a share"),
     ],
 )
 def test_bad_environment_value_names_the_variable(
@@ -410,3 +415,17 @@ def test_every_environment_variable_has_a_settings_row_with_a_flag():
     for variable in [*ENV_VARS, CONFIG_DIR_ENV, "LOG_LEVEL", "LOG_FORMAT"]:
         assert variable in rows, f"{variable} is read but has no flag"
         assert rows[variable].flag.startswith("--")
+
+
+def test_flow_quota_per_container_comes_from_the_environment(tmp_path: Path) -> None:
+    assert load(tmp_path).flow_quota == 0.25
+    assert load(tmp_path, {"FLOW_QUOTA_PER_CONTAINER": "0.5"}).flow_quota == 0.5
+
+
+def test_tunnel_key_is_64_hex_digits_and_never_shown(tmp_path: Path) -> None:
+    assert load(tmp_path).tunnel_key == ""
+    assert load(tmp_path, {"TUNNEL_KEY": "AB" * 32}).tunnel_key == "ab" * 32
+    with pytest.raises(ConfigError, match="env TUNNEL_KEY must be 64 hex digits") as error:
+        load(tmp_path, {"TUNNEL_KEY": "secret-but-short"})
+    assert "secret" not in str(error.value)
+    assert "ab" * 32 not in repr(load(tmp_path, {"TUNNEL_KEY": "ab" * 32}))

@@ -6,7 +6,8 @@ to it over `channel`) implements it today; a kernel fast path can implement it t
 be chosen by configuration, without the control layer changing.
 
 A backend is built by a `DataPlaneFactory` with the TUN device, its addresses, MTU,
-tunnel port and two callbacks:
+tunnel port, the share of the flow table one local instance may hold, the tunnel key
+(empty: a plain tunnel, as upstream's) and two callbacks:
 - `on_resolve(service_ip, reply)`: a packet went to a service IP the data plane has no
   entry for; the control layer asks the cluster and calls `reply(found)` once, from any
   thread; a backend replays what it queued for that service IP after the next table.
@@ -58,5 +59,7 @@ class DataPlaneFactory(Protocol):
         on_resolve: ResolveCallback,
         on_used: UsedCallback,
         netns_exec: Sequence[str] | None = None,
+        flow_quota: float = 0.25,
+        tunnel_key: str = "",
     ) -> DataPlaneBackend:
         """A backend, not started yet."""

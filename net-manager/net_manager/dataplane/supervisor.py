@@ -20,6 +20,7 @@ are summed over restarts (except channel.GAUGES), so they only grow.
 from __future__ import annotations
 
 import logging
+import os
 import select
 import socket
 import subprocess
@@ -43,6 +44,7 @@ from net_manager.dataplane.channel import (
     encode,
 )
 from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
+from net_manager.dataplane.io.seal import KEY_ENV
 
 log = logging.getLogger(__name__)
 EXIT_MEANING = {0: "stopped", 1: "crashed", 2: "could not set up its TUN or tunnel socket"}
@@ -63,6 +65,8 @@ class DataPlaneSupervisor:
         on_resolve: Callable[[str, Callable[[bool], None]], None],
         on_used: Callable[[list[str]], None],
         netns_exec: Sequence[str] | None = None,
+        flow_quota: float = 0.25,
+        tunnel_key: str = "",
         extra_args: Sequence[str] = (),
         pass_fds: Sequence[int] = (),
         backoff_min: float = 0.5,
@@ -77,8 +81,12 @@ class DataPlaneSupervisor:
             "net_manager.dataplane.io.process",
             *(["--no-tun"] if tun_name is None else ["--tun", tun_name]),
             *["--tun-v4", tun_v4_cidr, "--tun-v6", tun_v6_cidr],
-            *["--mtu", str(mtu), "--port", str(port), *extra_args],
+            *["--mtu", str(mtu), "--port", str(port), "--flow-quota", str(flow_quota)],
+            *(["--seal"] if tunnel_key else []),
+            *extra_args,
         ]
+        # The key goes in the environment, never on the command line (ps shows that).
+        self._env = {**os.environ, KEY_ENV: tunnel_key} if tunnel_key else None
         self._pass_fds = tuple(pass_fds)  # e.g. a stand-in TUN for --tun-fd (tests)
         self._on_resolve = on_resolve
         self._on_used = on_used
@@ -179,7 +187,7 @@ class DataPlaneSupervisor:
         try:
             command = [*self._command, "--control-fd", str(theirs.fileno())]
             fds = (theirs.fileno(), *self._pass_fds)
-            proc = subprocess.Popen(command, pass_fds=fds, start_new_session=True)
+            proc = subprocess.Popen(command, pass_fds=fds, start_new_session=True, env=self._env)
         except OSError as err:
             ours.close()
             log.error("cannot start the data plane process %s: %s", self._command, err)

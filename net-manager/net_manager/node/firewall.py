@@ -54,6 +54,9 @@ def base_rule_plan(family: int, bridge: str, tun: str, subnet: str, platform: st
         ("-i", bridge, "-j", "ACCEPT"),  # containers to anywhere (the TUN included)
         ("-i", tun, "-o", bridge, "-j", "ACCEPT"),  # tunnelled traffic to containers
         ("-o", bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED,DNAT", "-j", "ACCEPT"),
+        # Anything else routed to the containers (e.g. from the uplink straight to a
+        # namespace IP) bypasses the tunnel's admission and the port mappings: dropped.
+        ("-o", bridge, "-j", "DROP"),
     ]
     postrouting: list[tuple[str, ...]] = [
         ("-o", bridge, "-j", "RETURN"),

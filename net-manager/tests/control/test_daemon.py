@@ -177,6 +177,7 @@ def test_the_data_plane_gets_the_table_before_the_answer_to_its_miss(daemon):
         1450,
         50103,
     )
+    assert dataplane.flow_quota == daemon.config.flow_quota == 0.25
     daemon.deploy_container(os.getpid(), X1, 0, "")
     own = instance(0, "10.16.0.2", "10.30.0.2", "198.18.0.10", "10.30.0.1")
     daemon._on_table_result(

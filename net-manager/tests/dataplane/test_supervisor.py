@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import ip_address
 
@@ -59,7 +59,7 @@ def free_udp_port(host: str) -> int:
         return probe.getsockname()[1]
 
 
-def start_node(bind: str, **kwargs) -> Node:
+def start_node(bind: str, extra: Sequence[str] = (), **kwargs) -> Node:
     """A fixed port, as on a real node: a restarted process is found where it was."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     node: Node
@@ -75,7 +75,7 @@ def start_node(bind: str, **kwargs) -> Node:
         free_udp_port(bind),
         on_resolve=on_resolve,
         on_used=lambda jobs: node.used.extend(jobs),
-        extra_args=["--bind", bind, "--tun-fd", str(theirs.fileno())],
+        extra_args=["--bind", bind, "--tun-fd", str(theirs.fileno()), *extra],
         pass_fds=[theirs.fileno()],
         backoff_min=0.1,
         **kwargs,
@@ -263,3 +263,203 @@ def test_reply_after_a_restart_is_harmless(nodes: tuple[Node, Node]) -> None:
     moved = replace(client, instance_number=1)
     a.supervisor.push_snapshot([instance_entry(server)], [moved], NODE_A)
     wait_applied(a, snapshots=3)
+
+
+# ---------------------------------------------------------------- tunnel admission
+
+STRANGER = "127.0.0.3"  # a host on the underlay that is no node
+
+
+def send_from(source: str, packet: bytes, port: int, to: str = NODE_B) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((source, 0))
+        sock.sendto(packet, (to, port))
+
+
+def test_spoofed_and_non_member_tunnel_packets_are_dropped_and_counted(
+    nodes: tuple[Node, Node],
+) -> None:
+    a, b = nodes
+    push_tables(a, b)
+    wait_applied(b)
+    port = b.supervisor.port
+    # From node A, but with the server's own instance IP (it lives on B) as source.
+    send_from(NODE_A, build_packet(SERVER_INSTANCE, SERVER_NS, UDP, 1, 7777), port)
+    # From a host that is no node: a real caller's instance IP, or any other source.
+    send_from(STRANGER, build_packet(CLIENT_INSTANCE, SERVER_NS, UDP, 1, 7777), port)
+    send_from(STRANGER, build_packet("192.0.2.1", SERVER_NS, UDP, 1, 7777), port)
+    send_from(STRANGER, build_packet("10.16.0.7", SERVER_NS, UDP, 1, 7777), port)
+    wait_until(
+        lambda: b.counter("drop_spoofed_source") == 1 and b.counter("drop_not_member") == 3,
+        5,
+        message="drops counted by reason",
+    )
+    assert b.counter("tun_packets_written") == 0 and not b.resolves
+    round_trip(a, b)  # the member path still works
+
+
+def test_a_node_that_never_queried_resolves_the_caller_then_delivers(
+    nodes: tuple[Node, Node],
+) -> None:
+    a, b = nodes
+    client, server = endpoints(a, b)
+    a.supervisor.push_snapshot(
+        [ServiceEntry(RR_IP, "", "RR", (server,)), instance_entry(server)], [client], NODE_A
+    )
+    b.supervisor.push_snapshot([instance_entry(server)], [server], NODE_B)  # knows no caller
+    wait_applied(a)
+    wait_applied(b)
+    a.send(request())
+    (address, reply), *more = wait_until(lambda: b.resolves, 5, message="caller resolved")
+    assert address == CLIENT_INSTANCE and not more
+    assert b.counter("tun_packets_written") == 0  # waits for the answer
+    push_tables(a, b)  # the answer: X1's instance IP lives on A
+    reply(True)
+    assert addresses(b.receive()) == (CLIENT_INSTANCE, SERVER_NS)
+    b.send(build_packet(SERVER_NS, CLIENT_INSTANCE, UDP, 7777, 40000, size=32))
+    assert addresses(a.receive()) == (RR_IP, CLIENT_NS)  # the reply needed no second query
+    assert len(b.resolves) == 1
+
+
+def test_an_unknown_caller_is_dropped_after_a_negative_answer(nodes: tuple[Node, Node]) -> None:
+    a, b = nodes
+    push_tables(a, b)
+    client, server = endpoints(a, b)
+    b.supervisor.push_snapshot([instance_entry(server)], [server], NODE_B)
+    wait_applied(b, snapshots=2)
+    send_from(STRANGER, build_packet("10.30.9.9", SERVER_NS, UDP, 1, 7777), b.supervisor.port)
+    (address, reply), *_ = wait_until(lambda: b.resolves, 5, message="resolve")
+    assert address == "10.30.9.9"
+    reply(False)
+    wait_until(lambda: b.counter("drop_admission_unresolved") == 1, 5, message="drop counted")
+    send_from(STRANGER, build_packet("10.30.9.9", SERVER_NS, UDP, 2, 7777), b.supervisor.port)
+    wait_until(lambda: b.counter("drop_admission_unresolved") == 2, 5, message="cached answer")
+    assert len(b.resolves) == 1 and b.counter("tun_packets_written") == 0
+
+
+def fragments(packet: bytes, size: int = 1000) -> list[bytes]:
+    from scapy.layers.inet import IP, fragment
+
+    return [bytes(part) for part in fragment(IP(packet), size)]
+
+
+def test_a_fragmented_datagram_on_a_miss_arrives_whole_at_the_server(
+    nodes: tuple[Node, Node],
+) -> None:
+    """Both ends miss: A has not resolved the RR IP, B has not resolved the caller."""
+    a, b = nodes
+    client, server = endpoints(a, b)
+    a.supervisor.push_snapshot([instance_entry(server)], [client], NODE_A)
+    b.supervisor.push_snapshot([instance_entry(server)], [server], NODE_B)
+    wait_applied(a)
+    wait_applied(b)
+    parts = fragments(build_packet(CLIENT_NS, RR_IP, UDP, 40000, 7777, size=4000))
+    assert len(parts) == 5
+    for part in parts:
+        a.send(part)
+    (_, reply_a), *_ = wait_until(lambda: a.resolves, 5, message="RR IP resolved")
+    rr = ServiceEntry(RR_IP, "", "RR", (server,))
+    a.supervisor.push_snapshot([rr, instance_entry(server)], [client], NODE_A)
+    reply_a(True)
+    (_, reply_b), *_ = wait_until(lambda: b.resolves, 5, message="caller resolved")
+    push_tables(a, b)
+    reply_b(True)
+    received = [b.receive() for _ in parts]
+    assert {addresses(part) for part in received} == {(CLIENT_INSTANCE, SERVER_NS)}
+    assert sorted(len(part) for part in received) == sorted(len(part) for part in parts)
+    assert a.counter("drop_fragment_unknown") == 0 == b.counter("drop_fragment_unknown")
+
+
+def test_a_flood_of_unknown_service_ips_makes_a_handful_of_queries(
+    nodes: tuple[Node, Node],
+) -> None:
+    a, b = nodes
+    push_tables(a, b)
+    wait_applied(a)
+    for i in range(3000):
+        a.send(build_packet(CLIENT_NS, f"10.30.{100 + i // 200}.{i % 200 + 1}", UDP, 1, 2))
+    wait_until(lambda: a.counter("tun_packets_read") >= 3000, 10, message="flood read")
+    assert len(a.resolves) <= 15
+    assert a.counter("drop_miss_rate_limited") >= 3000 - 15
+    round_trip(a, b)  # resolved services are not held up
+
+
+def test_one_container_flooding_new_flows_leaves_another_one_working() -> None:
+    started: list[Node] = []
+    try:
+        extra = ["--max-flows", "1000", "--flow-quota", "0.25"]
+        a, b = start_node(NODE_A, extra), start_node(NODE_B)
+        started += [a, b]
+        client, server = endpoints(a, b)
+        other = Endpoint(X1, 1, "10.16.0.3", "", "10.30.0.3", "", NODE_A, a.supervisor.port)
+        rr = ServiceEntry(RR_IP, "", "RR", (server,))
+        a.supervisor.push_snapshot([rr, instance_entry(server)], [client, other], NODE_A)
+        b.supervisor.push_snapshot(
+            [instance_entry(client), instance_entry(other), instance_entry(server)],
+            [server],
+            NODE_B,
+        )
+        wait_applied(a)
+        wait_applied(b)
+        for sport in range(20000, 21200):  # more new flows than the whole table holds
+            a.send(request(sport))
+        wait_until(lambda: a.counter("tun_packets_read") >= 1200, 10, message="flood read")
+        assert a.counter("flows") == 250 and a.counter("drop_flow_quota") == 950
+        a.send(build_packet("10.16.0.3", RR_IP, UDP, 50000, 7777, size=32))
+        seen = set()
+        while ("10.30.0.3", SERVER_NS) not in seen:  # behind the flood's 250 packets
+            seen.add(addresses(b.receive()))
+        wait_until(lambda: a.counter("flows") == 251, 5, message="the other one's flow")
+    finally:
+        for node in started:
+            stop_node(node)
+
+
+# ---------------------------------------------------------------- sealed tunnel
+
+KEY = "5a" * 32
+
+
+def test_a_sealed_tunnel_carries_traffic_and_refuses_what_is_not_sealed() -> None:
+    started: list[Node] = []
+    try:
+        a, b = start_node(NODE_A, tunnel_key=KEY), start_node(NODE_B, tunnel_key=KEY)
+        started += [a, b]
+        with open(f"/proc/{b.supervisor.pid}/cmdline", "rb") as cmdline:
+            assert KEY.encode() not in cmdline.read()  # the key is not on the command line
+        push_tables(a, b)
+        wait_applied(a)
+        wait_applied(b)
+        round_trip(a, b)
+        wait_until(
+            lambda: rtt_measured(a) and rtt_measured(b), 10, message="probes sealed both ways"
+        )
+        # A member's address and instance IP, but not sealed: refused.
+        plain = build_packet(CLIENT_INSTANCE, SERVER_NS, UDP, 1, 7777)
+        send_from(NODE_A, plain, b.supervisor.port)
+        wait_until(lambda: b.counter("drop_not_sealed") == 1, 5, message="plain refused")
+        assert b.counter("packets_in") == 1  # only the round trip's request
+    finally:
+        for node in started:
+            stop_node(node)
+
+
+def rtt_measured(node: Node) -> bool:
+    """The node measured its peer's RTT: sealed probes went out and sealed echoes came back."""
+    return bool(node.supervisor.rtt)
+
+
+def test_a_node_with_another_key_is_not_heard() -> None:
+    started: list[Node] = []
+    try:
+        a, b = start_node(NODE_A, tunnel_key="11" * 32), start_node(NODE_B, tunnel_key=KEY)
+        started += [a, b]
+        push_tables(a, b)
+        wait_applied(a)
+        wait_applied(b)
+        a.send(request())
+        wait_until(lambda: b.counter("drop_not_sealed") >= 1, 5, message="foreign seal refused")
+        assert b.counter("packets_in") == 0
+    finally:
+        for node in started:
+            stop_node(node)

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -270,6 +271,52 @@ def test_port_mapping_reaches_the_container_from_outside_but_not_containers_outb
     with pytest.raises(nstools.NsToolsError, match="unreachable"):
         nstools.tcp_request(outside, "198.18.0.1", 8080, timeout=0.5)
     assert node.kernel.list_port_mappings() == []
+
+
+# Run in the node namespace: creates the TUN as the data plane does, writes a UDP packet
+# from a caller's instance IP to the container's closed port 9 (what the data plane
+# writes after admission) and prints the source of the ICMP answer read back.
+THROUGH_TUN = r"""
+import os, select, sys
+from net_manager.dataplane.core.microbench import build_packet
+from net_manager.dataplane.io.tun import open_tun
+tun = open_tun(sys.argv[1], "10.19.1.254/12", "", 1450)
+os.write(tun.fileno(), build_packet("10.30.0.9", sys.argv[2], 17, 4000, 9))
+while select.select([tun.fileno()], [], [], 3)[0]:
+    packet = os.read(tun.fileno(), 2048)
+    if packet[0] >> 4 == 4 and packet[9] == 1 and packet[16:20] == bytes([10, 30, 0, 9]):
+        print(".".join(map(str, packet[12:16])), packet[20])
+        break
+"""
+
+
+def test_the_uplink_reaches_containers_only_through_the_tunnel_or_a_port_mapping(node, ns):
+    set_up_node(node.kernel)  # FORWARD policy left at ACCEPT: only our rules decide
+    outside = ns.netns()
+    nstools.veth_between(
+        node.name,
+        "ext0",
+        outside,
+        "ext1",
+        addresses_a=["198.18.0.1/24", "2001:db8::1/64"],
+        addresses_b=["198.18.0.2/24", "2001:db8::2/64"],
+    )
+    nstools.run_in(outside, ["ip", "route", "add", "10.16.0.0/26", "via", "198.18.0.1"])
+    nstools.run_in(outside, ["ip", "-6", "route", "add", "fc00::/120", "via", "2001:db8::1"])
+    server = ns.container()
+    attach(node.kernel, spec(1, server, [WEB]))
+    ns.track(nstools.tcp_echo_server(server.netns_path, "::", 80, "container"))
+
+    # Routed straight from the underlay to the namespace IP: dropped, v4 and v6.
+    for address in ("10.16.0.2", "fc00::2"):
+        with pytest.raises(nstools.NsToolsError, match="unreachable"):
+            nstools.tcp_request(outside, address, 80, timeout=0.5)
+    # The declared port mapping still reaches it.
+    assert nstools.tcp_request(outside, "198.18.0.1", 8080) == "container 198.18.0.2"
+    # So does what the data plane writes to the TUN: the container answers (ICMP type 3,
+    # port unreachable) to the caller's instance IP, back through the TUN.
+    answer = nstools.run_in(node.name, [sys.executable, "-c", THROUGH_TUN, TUN, "10.16.0.2"])
+    assert answer.stdout.split() == ["10.16.0.2", "3"]
 
 
 def test_deleting_everything_leaves_nothing_of_ours(node, ns):

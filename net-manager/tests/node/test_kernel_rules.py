@@ -45,6 +45,7 @@ def test_base_rules_v4():
             "-j",
             "ACCEPT",
         ),
+        ("-o", "oak-br0", "-j", "DROP"),
     ]
     assert plan.chains["nat"]["OAK-POSTROUTING"] == [
         ("-o", "oak-br0", "-j", "RETURN"),

@@ -100,6 +100,8 @@ class ServiceFeed:
             on_resolve=self.resolve_service_ip,
             on_used=self._jobs_used,
             netns_exec=self._netns_exec,
+            flow_quota=self.config.flow_quota,
+            tunnel_key=self.config.tunnel_key,
         )
         self.dataplane.start()
         self._push_snapshot()

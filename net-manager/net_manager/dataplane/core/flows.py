@@ -3,10 +3,12 @@
 FlowTable keeps each flow under its 5-tuple (stickiness: the policy is asked only for
 new flows) and under the 5-tuple its replies carry (the reverse translation). It is
 bounded: a full table refuses new flows (the caller counts the refusal; the periodic
-expire() frees idle ones). FragmentMap remembers what the first fragment of a datagram
-was translated with, so later fragments are translated the same way; when full it
-forgets the oldest datagram. What a flow rewrites is translate.py's business, which
-endpoint it goes to is policies.py's. No I/O; time comes from the caller or a clock.
+expire() frees idle ones), and it counts the flows of each owner (the local instance
+that opened them) so the caller can hold every instance to a quota. FragmentMap
+remembers what the first fragment of a datagram was translated with, so later
+fragments are translated the same way; when full it forgets the oldest datagram. What
+a flow rewrites is translate.py's business, which endpoint it goes to is policies.py's.
+No I/O; time comes from the caller or a clock.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class FlowLike(Protocol):
     key: FlowKey
     reverse_key: FlowKey
     endpoint_ip: bytes  # the namespace IP the flow goes to (packed)
+    owner: str  # the local instance that opened it (per-instance quota)
     last_used: float
 
 
@@ -51,6 +54,7 @@ class FlowTable(Generic[F]):
         self._clock = clock
         self._forward: dict[FlowKey, F] = {}
         self._reverse: dict[FlowKey, F] = {}
+        self._owned: dict[str, int] = {}  # owner -> flows in the table
 
     def __len__(self) -> int:
         return len(self._forward)
@@ -58,6 +62,10 @@ class FlowTable(Generic[F]):
     @property
     def full(self) -> bool:
         return len(self._forward) >= self.max_flows
+
+    def owned(self, owner: str) -> int:
+        """How many flows of the table owner opened."""
+        return self._owned.get(owner, 0)
 
     def get(self, key: FlowKey) -> F | None:
         return self._forward.get(key)
@@ -76,10 +84,16 @@ class FlowTable(Generic[F]):
         # Two flows can share a reply 5-tuple (same client socket to two service IPs
         # backed by the same instance); the replies cannot tell them apart: newest wins.
         self._reverse[flow.reverse_key] = flow
+        self._owned[flow.owner] = self._owned.get(flow.owner, 0) + 1
 
     def remove(self, flow: F) -> None:
         if self._forward.get(flow.key) is flow:
             del self._forward[flow.key]
+            left = self._owned[flow.owner] - 1
+            if left:
+                self._owned[flow.owner] = left
+            else:
+                del self._owned[flow.owner]
         if self._reverse.get(flow.reverse_key) is flow:
             del self._reverse[flow.reverse_key]
 

@@ -70,6 +70,12 @@ def _check(call: Callable[[bytearray, int], Verdict], packet: bytes, want: Actio
         raise RuntimeError(f"microbench case not translated: {verdict}")
 
 
+def _admitted(translator: Translator, sender: str) -> Callable[[bytearray, int], Verdict]:
+    """incoming() behind the tunnel's admission check, as the loop calls it."""
+    from_tunnel = translator.from_tunnel
+    return lambda buf, n: from_tunnel(buf, n, sender)
+
+
 def _new_flows(snapshot: Snapshot, count: int) -> float:
     translator = Translator(snapshot)
     packets = [build_packet("10.18.0.2", "10.30.1.30", TCP, 1024 + i, 30443) for i in range(count)]
@@ -99,6 +105,11 @@ def run(count: int = 200_000) -> dict[str, float]:
             _check(translator.incoming, reply, Action.DELIVER)
             results[f"outgoing {family} {name}"] = _rate(translator.outgoing, request, count)
             results[f"incoming {family} {name} (reply)"] = _rate(translator.incoming, reply, count)
+            admitted = _admitted(translator, SERVERS[0].node_ip)
+            _check(admitted, reply, Action.DELIVER)
+            results[f"from the tunnel {family} {name} (reply, admission)"] = _rate(
+                admitted, reply, count
+            )
     results["outgoing v4 tcp, a new flow each"] = _new_flows(snapshot, min(count, 60_000))
     return results
 

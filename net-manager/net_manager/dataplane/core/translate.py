@@ -10,11 +10,20 @@ snapshot, the flow table and the balancing policies, and rewrites packets:
   reverse-translated and counted as incoming too; REMOTE: the address of the peer's
   tunnel), or MISS (packet untouched: resolve the service IP, then call again), or DROP
   with a reason. Fragments after the first follow the first one's flow.
-- incoming(buf, n): a packet for one of this node's namespace IPs (from the tunnel).
+- from_tunnel(buf, n, sender): a packet a peer node sent through the tunnel, from the
+  underlay address sender. Admitted only if it is addressed to a local namespace IP and
+  its source is an instance IP the table places on that sender node (the only source
+  our nodes and upstream nodes ever put on the wire); a source that may be an instance
+  IP not resolved yet is a MISS on that IP (the loop queues the packet and resolves it,
+  as it would to route the reply), anything else a counted DROP. Then as incoming().
+- incoming(buf, n): a packet for one of this node's namespace IPs, already admitted.
   A reply to a translated flow gets back, as its source, the service IP the client
   used; anything else is delivered unchanged.
 
-Only addresses change, so checksums are fixed incrementally with a per-flow delta.
+Each local instance may hold at most flow_quota flows, so one container cannot fill
+the table for the others. A later fragment whose first one is waiting for its service
+IP to be resolved is a MISS on that IP too (queued with it, so the datagram arrives
+whole). Only addresses change, so checksums are fixed incrementally with a per-flow delta.
 Reading and writing the TUN and the tunnel, resolving misses and reporting used jobs
 (used_jobs) are the packet loop's job. Not thread-safe: call everything, set_snapshot()
 included, from the loop's thread.
@@ -56,6 +65,9 @@ NO_ENDPOINTS = "no_endpoints"  # the service IP resolved to no instance (of this
 FLOW_TABLE_FULL = "flow_table_full"
 FRAGMENT_UNKNOWN = "fragment_unknown"  # a later fragment whose first one was not seen
 NOT_FOR_US = "not_for_us"  # incoming to an address that is no local namespace IP
+FLOW_QUOTA = "flow_quota"  # the sending instance holds its quota of flows
+NOT_MEMBER = "not_member"  # tunnel datagram from an address that is no known node
+SPOOFED_SOURCE = "spoofed_source"  # from a node, with a source that node may not use
 DROP_REASONS = (
     MALFORMED,
     UNSUPPORTED_PROTOCOL,
@@ -67,6 +79,9 @@ DROP_REASONS = (
     FLOW_TABLE_FULL,
     FRAGMENT_UNKNOWN,
     NOT_FOR_US,
+    FLOW_QUOTA,
+    NOT_MEMBER,
+    SPOOFED_SOURCE,
 )
 
 
@@ -88,6 +103,7 @@ class Verdict:
     action: Action
     reason: str = ""  # DROP: why (the counter is "drop_<reason>")
     service_ip: str = ""  # MISS: the service IP to resolve
+    owner: str = ""  # MISS: who caused it (a local instance; from the tunnel: the sender)
     address: tuple[str, int] | None = None  # REMOTE: (node_ip, node_port) of the peer
 
 
@@ -149,6 +165,11 @@ class Snapshot:
     routes: Mapping[bytes, Route]  # service IP -> route, both families
     instance_ips: Mapping[bytes, bytes]  # local namespace IP -> instance IP, same family
     local_ips: frozenset[bytes]  # every local namespace IP
+    owners: Mapping[bytes, str]  # local namespace IP (both families) -> "job.instance"
+    # Tunnel admission: a node's underlay address (as recvfrom reports it, IPv4 also in
+    # its ::ffff: form) -> the instance IPs of the instances the table places there,
+    # each with its job name.
+    members: Mapping[str, Mapping[bytes, str]]
 
 
 _FAMILY_FIELDS = {4: ("namespace_ip", "instance_ip"), 6: ("namespace_ip_v6", "instance_ip_v6")}
@@ -175,10 +196,29 @@ def build_snapshot(
             if route.service_ip in routes:
                 raise ValueError(f"service IP {text} is listed twice in the table")
             routes[route.service_ip] = route
-    instance_ips, local_ips = _local_addresses(local_instances)
+    instance_ips, local_ips, owners = _local_addresses(local_instances)
     return Snapshot(
-        node_ip, MappingProxyType(routes), MappingProxyType(instance_ips), frozenset(local_ips)
+        node_ip,
+        MappingProxyType(routes),
+        MappingProxyType(instance_ips),
+        frozenset(local_ips),
+        MappingProxyType(owners),
+        MappingProxyType(_members(targets.values())),
     )
+
+
+def _members(targets: Iterable[Target | None]) -> dict[str, Mapping[bytes, str]]:
+    sources: dict[str, dict[bytes, str]] = {}
+    for target in targets:
+        if target is not None:
+            endpoint = target.endpoint
+            sources.setdefault(endpoint.node_ip, {})[target.instance_ip] = endpoint.job_name
+    members: dict[str, Mapping[bytes, str]] = {}
+    for node_ip, allowed in sources.items():
+        members[node_ip] = frozen = MappingProxyType(allowed)
+        if ":" not in node_ip:  # a dual-stack socket reports IPv4 senders as ::ffff:a.b.c.d
+            members["::ffff:" + node_ip] = frozen
+    return members
 
 
 def _route(
@@ -232,11 +272,13 @@ def _target(endpoint: Endpoint, version: int, node_ip: str) -> Target | None:
 
 def _local_addresses(
     local_instances: Iterable[Endpoint],
-) -> tuple[dict[bytes, bytes], set[bytes]]:
+) -> tuple[dict[bytes, bytes], set[bytes], dict[bytes, str]]:
     instance_ips: dict[bytes, bytes] = {}
     local_ips: set[bytes] = set()
+    owners: dict[bytes, str] = {}
     for endpoint in local_instances:
-        name = f"local instance {endpoint.job_name}.{endpoint.instance_number}"
+        owner = f"{endpoint.job_name}.{endpoint.instance_number}"
+        name = f"local instance {owner}"
         for version, (namespace_field, instance_field) in _FAMILY_FIELDS.items():
             namespace_ip = getattr(endpoint, namespace_field)
             if not namespace_ip:
@@ -245,11 +287,12 @@ def _local_addresses(
             if packed in local_ips:
                 raise ValueError(f"{name}: namespace IP {namespace_ip} is used twice")
             local_ips.add(packed)
+            owners[packed] = owner
             instance_ip = getattr(endpoint, instance_field)
             if instance_ip:
                 what = f"{name}: {instance_field} {instance_ip!r}"
                 instance_ips[packed] = _packed(instance_ip, version, what)
-    return instance_ips, local_ips
+    return instance_ips, local_ips, owners
 
 
 def _packed(text: str, version: int, what: str) -> bytes:
@@ -292,11 +335,15 @@ class Flow:
         "delta",
         "reply_delta",
         "verdict",
+        "owner",
     )
 
-    def __init__(self, key: FlowKey, sender_ip: bytes, target: Target, now: float) -> None:
+    def __init__(
+        self, key: FlowKey, sender_ip: bytes, target: Target, now: float, owner: str
+    ) -> None:
         proto, src, sport, service_ip, dport = key
         self.key = key
+        self.owner = owner
         # Replies come from the endpoint's instance IP (its node translates them).
         self.reverse_key: FlowKey = (proto, src, sport, target.instance_ip, dport)
         self.endpoint_ip = target.namespace_ip
@@ -329,12 +376,17 @@ class Translator:
         *,
         clock: Callable[[], float] = time.monotonic,
         max_flows: int = 65536,
+        flow_quota: int | None = None,
         idle_timeout: float = 60.0,
         max_fragments: int = 1024,
         fragment_timeout: float = 5.0,
     ) -> None:
+        if flow_quota is not None and flow_quota < 1:
+            raise ValueError(f"flow_quota must be >= 1, got {flow_quota}")
         self._snapshot = snapshot
         self._clock = clock
+        # Flows one local instance may hold; by default a quarter of the table.
+        self.flow_quota = flow_quota if flow_quota is not None else max(1, max_flows // 4)
         self._flows: FlowTable[Flow] = FlowTable(
             max_flows=max_flows, idle_timeout=idle_timeout, clock=clock
         )
@@ -355,7 +407,15 @@ class Translator:
         }
         self.used_jobs: set[str] = set()  # jobs hit since the loop last drained it
         self._counts = dict.fromkeys(
-            ["packets_out", "bytes_out", "packets_in", "bytes_in", "misses", "flows_created"]
+            [
+                "packets_out",
+                "bytes_out",
+                "packets_in",
+                "bytes_in",
+                "misses",
+                "admission_misses",
+                "flows_created",
+            ]
             + [f"drop_{reason}" for reason in DROP_REASONS],
             0,
         )
@@ -413,6 +473,23 @@ class Translator:
                 return delivered
         return flow.verdict
 
+    def from_tunnel(self, buf: bytearray, length: int, sender: str) -> Verdict:
+        """Admit and translate buf[:length], a packet the node at sender tunnelled here."""
+        h = self._in
+        reason = parse(buf, length, h)
+        if reason is not None:
+            return self._drop(reason)
+        snapshot = self._snapshot
+        if h.dst not in snapshot.local_ips:
+            return self._drop(NOT_FOR_US)
+        allowed = snapshot.members.get(sender)
+        job_name = allowed.get(h.src) if allowed is not None else None
+        if job_name is None:
+            return self._not_admitted(h, sender, known=allowed is not None)
+        # The caller's job stays followed while it calls (its entry routes the replies).
+        self.used_jobs.add(job_name)
+        return self._deliver(buf, length, h)
+
     def incoming(self, buf: bytearray, length: int) -> Verdict:
         """Translate buf[:length], a packet for a local namespace IP, in place."""
         h = self._in
@@ -421,6 +498,9 @@ class Translator:
             return self._drop(reason)
         if h.dst not in self._snapshot.local_ips:
             return self._drop(NOT_FOR_US)
+        return self._deliver(buf, length, h)
+
+    def _deliver(self, buf: bytearray, length: int, h: Header) -> Verdict:
         now = self._clock()
         flow: Flow | None
         if not h.l4:
@@ -451,9 +531,16 @@ class Translator:
         return flow
 
     def _later_fragment(self, h: Header, now: float) -> Flow | Verdict:
-        """The flow the first fragment of this datagram went through."""
+        """The flow the first fragment of this datagram went through.
+
+        Unknown while the service IP is not resolved: the first fragment is queued for
+        it, so this one is a miss on the same IP and waits with it."""
         entry = self._out_fragments.find(h.frag_key, now)
-        return self._drop(FRAGMENT_UNKNOWN) if entry is None else entry[0]
+        if entry is not None:
+            return entry[0]
+        if h.dst not in self._snapshot.routes and _is_service_ip(h.dst):
+            return self._miss(h)
+        return self._drop(FRAGMENT_UNKNOWN)
 
     def _open_flow(self, key: FlowKey, route: Route, h: Header, now: float) -> Flow | Verdict:
         sender_ip = self._snapshot.instance_ips.get(h.src)
@@ -461,10 +548,13 @@ class Translator:
             return self._drop(UNKNOWN_SENDER)
         if not route.endpoints:
             return self._drop(NO_ENDPOINTS)
+        owner = self._snapshot.owners[h.src]
+        if self._flows.owned(owner) >= self.flow_quota:
+            return self._drop(FLOW_QUOTA)
         if self._flows.full:
             return self._drop(FLOW_TABLE_FULL)
         endpoint = self._policies[route.policy].pick(key, route.endpoints)
-        flow = Flow(key, sender_ip, route.targets[endpoint], now)
+        flow = Flow(key, sender_ip, route.targets[endpoint], now, owner)
         self._flows.add(flow)
         self._counts["flows_created"] += 1
         return flow
@@ -472,10 +562,22 @@ class Translator:
     def _miss(self, h: Header) -> Verdict:
         if not _is_service_ip(h.dst):
             return self._drop(NOT_SERVICE)
-        if h.src not in self._snapshot.instance_ips:
+        owner = self._snapshot.owners.get(h.src)
+        if owner is None or h.src not in self._snapshot.instance_ips:
             return self._drop(UNKNOWN_SENDER)
         self._counts["misses"] += 1
-        return Verdict(Action.MISS, service_ip=str(ip_address(h.dst)))
+        return Verdict(Action.MISS, service_ip=str(ip_address(h.dst)), owner=owner)
+
+    def _not_admitted(self, h: Header, sender: str, *, known: bool) -> Verdict:
+        """A tunnelled packet whose source the sender may not use, as far as we know.
+
+        A source in the service range that the table does not know may be the instance
+        IP of a caller on a node we never talked to: resolve it (a MISS on that IP) and
+        try again. A source the table places elsewhere, or any other source, is dropped."""
+        if _is_service_ip(h.src) and h.src not in self._snapshot.routes:
+            self._counts["admission_misses"] += 1
+            return Verdict(Action.MISS, service_ip=str(ip_address(h.src)), owner=sender)
+        return self._drop(SPOOFED_SOURCE if known else NOT_MEMBER)
 
     def _drop(self, reason: str) -> Verdict:
         self._counts["drop_" + reason] += 1

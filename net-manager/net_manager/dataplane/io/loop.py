@@ -10,8 +10,18 @@ one preallocated buffer (readinto / recvfrom_into), and does the verdict's I/O:
   or sendto on the bound socket, see LoopConfig.connect_peers); MISS -> the miss queue
   (`pending`) keeps a copy and the control side gets one Resolve per service IP; its
   Resolved replays the packets, a timeout or "not found" drops them (counted);
-- from the tunnel: first nibble 4/6 -> Translator.incoming -> DELIVER: write to the TUN;
-  GSO_MAGIC -> a GSO frame (`offload`); anything else is a control datagram (`probes`).
+- from the tunnel: first nibble 4/6 -> Translator.from_tunnel (admission, then the
+  reverse translation) -> DELIVER: write to the TUN; MISS (the inner source may be the
+  instance IP of a caller not resolved yet) -> the admission queue, resolved like a
+  table miss; GSO_MAGIC -> a GSO frame (`offload`); anything else is a control
+  datagram (`probes`).
+
+New addresses to resolve are rate-limited per owner (per container on the TUN side,
+per sending node on the tunnel side), so neither a container nor a host on the underlay
+can turn packets into a storm of table queries.
+
+With a tunnel key (`seal`), every datagram is sealed on its way out and only sealed
+datagrams are taken in (`_on_tunnel_sealed`; the plain path stays as it is).
 
 The control channel's messages are handled by `control` (ControlDispatch), TUN offload
 and GSO frames by `offload` (OffloadPath); both are mixed into PacketLoop, which keeps
@@ -41,7 +51,8 @@ from net_manager.dataplane.io import probes
 from net_manager.dataplane.io.control import ControlDispatch
 from net_manager.dataplane.io.offload import GSO_FRAME_HEADER, GSO_MAGIC, OffloadPath
 from net_manager.dataplane.io.peers import SOCKET_BUFFER, Peers, bound_address, source_ip
-from net_manager.dataplane.io.pending import PendingPackets
+from net_manager.dataplane.io.pending import PendingPackets, RateLimiter
+from net_manager.dataplane.io.seal import OVERHEAD, Sealer
 from net_manager.dataplane.io.tun import (
     VNET_HDR_LEN,
 )
@@ -58,8 +69,16 @@ class LoopConfig:
     report_interval: float = 1.0  # Used + Counters + flow expiry (s)
     resolve_timeout: float = 5.0  # queued packets of an unanswered miss are dropped after
     negative_ttl: float = 2.0  # a "not found" answer is trusted this long (s)
-    queue_per_ip: int = 32
+    queue_per_ip: int = 64  # a 64 KiB datagram is 46 fragments at MTU 1450
     queue_total: int = 1024
+    queue_bytes: int = 4 * 1024 * 1024  # per queue (misses, admission)
+    miss_rate: float = 5.0  # new service IPs one container may have resolved, per s
+    miss_burst: float = 10.0
+    admission_rate: float = 20.0  # new caller instance IPs one node may make us resolve
+    admission_burst: float = 50.0
+    admission_overall_rate: float = 100.0  # the same for all senders together (spoofed
+    admission_overall_burst: float = 200.0  # underlay addresses are cheap)
+    admission: bool = True  # False: tunnel packets skip admission (bench comparison only)
     probe_interval: float = 3.0
     connect_peers: bool = True  # a connected socket per peer, else sendto on the bound one
     socket_buffer: int = SOCKET_BUFFER
@@ -83,8 +102,11 @@ class PacketLoop(OffloadPath, ControlDispatch):
         config: LoopConfig = LoopConfig(),
         clock: Callable[[], float] = time.monotonic,
         offload: bool = False,
+        sealer: Sealer | None = None,
     ) -> None:
         self.translator = translator
+        self.sealer = sealer
+        self._sealed = bytearray(BUFFER_SIZE + OVERHEAD) if sealer is not None else bytearray()
         self.config = config
         self._clock = clock
         self._tunnel = tunnel
@@ -110,12 +132,32 @@ class PacketLoop(OffloadPath, ControlDispatch):
             plain_write = self._vnet_writer(tun_fd) if self.offload else tun_file.write
             self._tun_write = self._tun_writer(plain_write)
         tunnel.setblocking(False)
-        self.peers = Peers(tunnel, connect=config.connect_peers, buffer_size=config.socket_buffer)
-        self.pending = PendingPackets(
+        self.peers = Peers(
+            tunnel,
+            connect=config.connect_peers,
+            buffer_size=config.socket_buffer,
+            seal=sealer.seal if sealer is not None else None,
+        )
+        self.pending: PendingPackets[bytes] = PendingPackets(
             per_ip=config.queue_per_ip,
             total=config.queue_total,
+            total_bytes=config.queue_bytes,
             timeout=config.resolve_timeout,
             negative_ttl=config.negative_ttl,
+            limiter=RateLimiter(rate=config.miss_rate, burst=config.miss_burst),
+        )
+        # Tunnelled packets waiting for their source to be resolved: (sender, packet).
+        self.admission: PendingPackets[tuple[str, bytes]] = PendingPackets(
+            per_ip=config.queue_per_ip,
+            total=config.queue_total,
+            total_bytes=config.queue_bytes,
+            timeout=config.resolve_timeout,
+            negative_ttl=config.negative_ttl,
+            limiter=RateLimiter(rate=config.admission_rate, burst=config.admission_burst),
+            overall=RateLimiter(
+                rate=config.admission_overall_rate, burst=config.admission_overall_burst
+            ),
+            size_of=lambda item: len(item[1]),
         )
         self.prober = probes.Prober(
             translator.rtt,
@@ -132,7 +174,9 @@ class PacketLoop(OffloadPath, ControlDispatch):
         """Serve until a Stop message, the control channel closing, or stop()."""
         self._epoll = epoll = select.epoll()
         handlers: dict[int, Callable[[], object]] = {
-            self._tunnel.fileno(): self._on_tunnel,
+            self._tunnel.fileno(): self._on_tunnel
+            if self.sealer is None
+            else self._on_tunnel_sealed,
             self._control.fileno(): self._on_control,
         }
         if self._tun_fd is not None:
@@ -194,7 +238,7 @@ class PacketLoop(OffloadPath, ControlDispatch):
             elif verdict is LOCAL:
                 written += write_tun(view[:n])
             elif verdict.action is miss:
-                self._queue_miss(verdict.service_ip, bytes(view[:n]))
+                self._queue_miss(verdict, bytes(view[:n]))
         counts = self.counts
         counts["tun_packets_read"] += done
         counts["tunnel_packets_sent"] += sent
@@ -204,7 +248,11 @@ class PacketLoop(OffloadPath, ControlDispatch):
     def _on_tunnel(self) -> None:
         """Drain up to batch datagrams from the tunnel; deliver packets for local IPs."""
         recv, buf, view = self._tunnel.recvfrom_into, self._buf, self._view
-        incoming, write_tun, deliver = self.translator.incoming, self._tun_write, Action.DELIVER
+        from_tunnel, write_tun = self.translator.from_tunnel, self._tun_write
+        deliver, miss = Action.DELIVER, Action.MISS
+        if not self.config.admission:
+            incoming = self.translator.incoming
+            from_tunnel = lambda buf, n, sender: incoming(buf, n)  # noqa: E731
         done = written = 0
         for _ in range(self.config.batch):
             try:
@@ -217,14 +265,53 @@ class PacketLoop(OffloadPath, ControlDispatch):
             done += 1
             version = buf[0] >> 4 if n else 0
             if version == 4 or version == 6:
-                if incoming(buf, n).action is deliver:
+                verdict = from_tunnel(buf, n, address[0])
+                if verdict.action is deliver:
                     written += write_tun(view[:n])
+                elif verdict.action is miss:
+                    self._queue_admission(verdict, bytes(view[:n]))
             elif buf[0] == GSO_MAGIC:
-                written += self._on_gso_frame(n)
+                written += self._on_gso_frame(n, address[0])
             else:
                 self._on_control_datagram(view[:n], address)
         self.counts["tunnel_packets_received"] += done
         self.counts["tun_packets_written"] += written
+
+    def _on_tunnel_sealed(self) -> None:
+        """_on_tunnel for a sealed tunnel: open each datagram, drop what is not sealed."""
+        recv, sealed, buf, view = self._tunnel.recvfrom_into, self._sealed, self._buf, self._view
+        open_sealed = self.sealer.open  # type: ignore[union-attr]
+        from_tunnel, write_tun = self.translator.from_tunnel, self._tun_write
+        deliver, miss, counts = Action.DELIVER, Action.MISS, self.counts
+        done = written = 0
+        for _ in range(self.config.batch):
+            try:
+                size, address = recv(sealed)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as err:
+                log.debug("tunnel receive error: %s", err)
+                continue
+            done += 1
+            data = open_sealed(memoryview(sealed)[:size])
+            if data is None:
+                counts["drop_not_sealed"] += 1
+                continue
+            n = len(data)
+            buf[:n] = data
+            version = buf[0] >> 4 if n else 0
+            if version == 4 or version == 6:
+                verdict = from_tunnel(buf, n, address[0])
+                if verdict.action is deliver:
+                    written += write_tun(view[:n])
+                elif verdict.action is miss:
+                    self._queue_admission(verdict, data)
+            elif n and buf[0] == GSO_MAGIC:
+                written += self._on_gso_frame(n, address[0])
+            else:
+                self._on_control_datagram(view[:n], address)
+        counts["tunnel_packets_received"] += done
+        counts["tun_packets_written"] += written
 
     def _tun_writer(self, write: Callable[[memoryview], int | None]) -> Callable[[memoryview], int]:
         """write to the TUN returning 1 if the packet went in, else 0 (counted as a drop)."""
@@ -260,7 +347,7 @@ class PacketLoop(OffloadPath, ControlDispatch):
             except OSError as err:
                 self.counts["drop_tunnel_send"] += 1
                 self._send_error(err, verdict.address)
-        elif verdict is LOCAL:
+        elif verdict is LOCAL or verdict.action is Action.DELIVER:
             self.counts["tun_packets_written"] += self._tun_write(view)
 
     def _on_control_datagram(self, data: memoryview, address: tuple) -> None:
@@ -273,6 +360,8 @@ class PacketLoop(OffloadPath, ControlDispatch):
         if self.prober.echoes != echoes:
             self._update_gso_peers()
         if echo is not None:
+            if self.sealer is not None:
+                echo = self.sealer.seal(echo)
             try:
                 self._tunnel.sendto(echo, address)
             except OSError as err:
@@ -280,6 +369,8 @@ class PacketLoop(OffloadPath, ControlDispatch):
 
     def _send_probes(self, now: float) -> None:
         for datagram, address in self.prober.probes_due(now):
+            if self.sealer is not None:
+                datagram = self.sealer.seal(datagram)
             try:
                 self._tunnel.sendto(datagram, bound_address(self._tunnel, address))
             except OSError as err:
@@ -287,8 +378,8 @@ class PacketLoop(OffloadPath, ControlDispatch):
 
     def _timers(self, now: float) -> None:
         """Expire misses (every tick); then once per report_interval the periodic work."""
-        expired = self.pending.expire(now)
-        self.counts["drop_resolve_timeout"] += expired
+        self.counts["drop_resolve_timeout"] += self.pending.expire(now)
+        self.counts["drop_admission_timeout"] += self.admission.expire(now)
         if now < self._next_report:
             return
         self._next_report = now + self.config.report_interval
@@ -303,8 +394,10 @@ class PacketLoop(OffloadPath, ControlDispatch):
 
     def counters(self) -> dict[str, int]:
         values = {**self.translator.counters, **self.counts}
-        values["queued_packets"] = len(self.pending)
-        values["queued_service_ips"] = len(self.pending.service_ips)
+        values["queued_packets"] = len(self.pending) + len(self.admission)
+        values["queued_service_ips"] = len(self.pending.service_ips) + len(
+            self.admission.service_ips
+        )
         values["peers"] = len(self.peers)
         values["probes_sent"] = self.prober.sent
         values["probe_echoes"] = self.prober.echoes
@@ -328,9 +421,16 @@ LOOP_COUNTERS = (
     "drop_queue_full",
     "drop_unresolved",
     "drop_resolve_timeout",
+    "drop_miss_rate_limited",
+    "drop_admission_queue_full",
+    "drop_admission_unresolved",
+    "drop_admission_timeout",
+    "drop_admission_rate_limited",
+    "admission_resolves",
     "drop_bad_control",
     "resolve_requests",
     "control_datagrams",
+    "drop_not_sealed",
     "control_errors",
     "control_dropped",
     "snapshots",

@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Callable
 
-from net_manager.dataplane.core.translate import LOCAL, Action
+from net_manager.dataplane.core.translate import LOCAL, Action, Verdict
 from net_manager.dataplane.io import probes
 from net_manager.dataplane.io.tun import (
     GSO_ECN,
@@ -87,7 +87,7 @@ class OffloadPath:
                 written += self._write_vnet(writev, fd, view[:n])
             elif verdict.action is miss:
                 for packet in self._plain_packets(n):
-                    self._queue_miss(verdict.service_ip, packet)
+                    self._queue_miss(verdict, packet)
         counts = self.counts
         counts["tun_packets_read"] += done
         counts["tunnel_packets_sent"] += sent
@@ -139,8 +139,10 @@ class OffloadPath:
             return []
         return [bytes(self._view[:n])]
 
-    def _on_gso_frame(self, n: int) -> int:
-        """A GSO frame from a peer: translate its packet, write it with its vnet header."""
+    def _on_gso_frame(self, n: int, sender: str) -> int:
+        """A GSO frame from a peer: admit and translate its packet, write it with its vnet
+        header. A caller not resolved yet: its packet waits as plain packets (segmented,
+        checksums complete), like any tunnelled packet waiting for admission."""
         buf, size = self._buf, n - GSO_FRAME_HEADER
         if not self.offload or size < 20:
             self.counts["drop_gso_unsupported" if not self.offload else "drop_bad_offload"] += 1
@@ -154,12 +156,15 @@ class OffloadPath:
             at += GSO_FRAME_HEADER
             buf[at] ^= 0xFF
             buf[at + 1] ^= 0xFF
-            verdict = self.translator.incoming(self._frame_packet, size)  # type: ignore[arg-type]
+            verdict = self._admit_frame(size, sender)
             buf[at] ^= 0xFF
             buf[at + 1] ^= 0xFF
         else:
-            verdict = self.translator.incoming(self._frame_packet, size)  # type: ignore[arg-type]
+            verdict = self._admit_frame(size, sender)
         if verdict.action is not Action.DELIVER:
+            if verdict.action is Action.MISS:
+                for packet in self._frame_plain_packets(size):
+                    self._queue_admission(verdict, packet)
             return 0
         try:
             os.writev(self._tun_fd, [self._frame_vnet, self._frame_packet[:size]])  # type: ignore[arg-type]
@@ -168,6 +173,27 @@ class OffloadPath:
             log.debug("TUN refused a GSO frame: %s", err)
             self.counts["drop_tun_write"] += 1
             return 0
+
+    def _frame_plain_packets(self, size: int) -> list[bytes]:
+        """The packet of the received GSO frame as ordinary packets (see _plain_packets)."""
+        header = VNET_HDR.unpack(self._frame_vnet)
+        flags, gso_type, _, gso_size, csum_start, csum_offset = header
+        packet = bytearray(self._frame_packet[:size])
+        if gso_type & ~GSO_ECN in (GSO_TCPV4, GSO_TCPV6):
+            try:
+                return segment_tcp(packet, gso_size)
+            except ValueError as err:
+                log.debug("cannot segment a GSO frame from a peer: %s", err)
+        elif not flags & NEEDS_CSUM or finish_checksum(packet, size, csum_start, csum_offset):
+            return [bytes(packet)]
+        self.counts["drop_bad_offload"] += 1
+        return []
+
+    def _admit_frame(self, size: int, sender: str) -> Verdict:
+        packet = self._frame_packet
+        if self.config.admission:
+            return self.translator.from_tunnel(packet, size, sender)  # type: ignore[arg-type]
+        return self.translator.incoming(packet, size)  # type: ignore[arg-type]
 
     def _vnet_writer(self, fd: int) -> Callable[[memoryview], int]:
         """Write a plain packet to an offload TUN: an all-zero vnet header first."""

@@ -13,13 +13,24 @@ SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # Linux; not exported by the socket mod
 class Peers:
     """How to send a datagram to each peer's tunnel address: send callables, cached."""
 
-    def __init__(self, bound: socket.socket, *, connect: bool, buffer_size: int) -> None:
+    def __init__(
+        self,
+        bound: socket.socket,
+        *,
+        connect: bool,
+        buffer_size: int,
+        seal: Callable[[bytes | bytearray | memoryview], bytes] | None = None,
+    ) -> None:
         self._bound = bound
+        self._seal = seal  # a sealed tunnel: every datagram is sealed on its way out
         self._connect = connect
         self._buffer_size = buffer_size
         self._sockets: dict[tuple[str, int], socket.socket] = {}
         self.senders: dict[tuple[str, int], Callable[[memoryview], int]] = {}
         self.frame_senders: dict[tuple[str, int], Callable[[list], int]] = {}
+        # Peers admit our datagrams by their source address: send from this node's own
+        # address (the bound one, else the node IP of the table) where it is local.
+        self.source = _specific_address(bound)
 
     def __len__(self) -> int:
         return len(self.senders)
@@ -29,6 +40,8 @@ class Peers:
         send = self.senders.get(address)
         if send is None:
             send = self._connected(address) if self._connect else self._sendto(address)
+            if self._seal is not None:
+                send = _sealing(send, self._seal)
             self.senders[address] = send
         return send
 
@@ -37,6 +50,11 @@ class Peers:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         set_buffers(sock, self._buffer_size, receive=False)
         sock.setblocking(False)
+        if self.source and (":" in self.source) == (family == socket.AF_INET6):
+            try:
+                sock.bind((self.source, 0))
+            except OSError:  # not an address here (e.g. behind NAT): the route picks one
+                pass
         sock.connect(address)
         self._sockets[address] = sock
         return sock.send
@@ -45,9 +63,11 @@ class Peers:
         """A sendmsg(buffers) callable for address (gather I/O: no copy of the packet)."""
         send = self.frame_senders.get(address)
         if send is None:
-            self.sender(address)
+            whole = self.sender(address)
             sock = self._sockets.get(address)
-            if sock is not None:
+            if self._seal is not None:
+                send = lambda buffers: whole(b"".join(buffers))  # noqa: E731
+            elif sock is not None:
                 send = sock.sendmsg
             else:
                 sendmsg, target = self._bound.sendmsg, bound_address(self._bound, address)
@@ -71,6 +91,29 @@ class Peers:
 
     def close(self) -> None:
         self.retain(set())
+
+    def set_source(self, node_ip: str) -> None:
+        """Send from node_ip from now on (unless the tunnel socket is bound to one)."""
+        source = "" if node_ip in ("0.0.0.0", "::") else node_ip
+        if source == self.source or _specific_address(self._bound):
+            return
+        self.source = source
+        self.close()  # sockets are made again, from the new address
+
+
+def _specific_address(sock: socket.socket) -> str:
+    try:
+        host = sock.getsockname()[0]
+    except OSError:
+        return ""
+    host = host[7:] if host.startswith("::ffff:") else host
+    return "" if host in ("0.0.0.0", "::") else host
+
+
+def _sealing(
+    send: Callable[[bytes], int], seal: Callable[[bytes | bytearray | memoryview], bytes]
+) -> Callable[[memoryview], int]:
+    return lambda data: send(seal(data))
 
 
 def bound_address(sock: socket.socket, address: tuple[str, int]) -> tuple[str, int]:

@@ -27,11 +27,14 @@ from net_manager.dataplane.channel import ChannelClosed, ChannelEndpoint, Ready
 from net_manager.dataplane.core.translate import Translator, build_snapshot
 from net_manager.dataplane.io.loop import LoopConfig, PacketLoop
 from net_manager.dataplane.io.peers import set_buffers
+from net_manager.dataplane.io.seal import KEY_ENV, Sealer, parse_key
 from net_manager.dataplane.io.tun import TunDevice, TunError, open_tun
 from oakestra_net.log import setup_logging
 
 log = logging.getLogger("net_manager.dataplane")
 SETUP_FAILED = 2
+MAX_FLOWS = 65536
+DEFAULT_FLOW_QUOTA = 0.25
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,10 +58,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--busy-poll-us", type=float, default=0.0, help="poll this long before sleeping"
     )
+    parser.add_argument("--max-flows", type=int, default=MAX_FLOWS, help="flow table size")
+    parser.add_argument(
+        "--flow-quota",
+        type=float,
+        default=DEFAULT_FLOW_QUOTA,
+        help="share of the flow table one local instance may hold (0 < share <= 1)",
+    )
+    parser.add_argument(
+        "--no-admission", action="store_true", help="benchmarks only: admit every tunnel packet"
+    )
+    parser.add_argument(
+        "--seal",
+        action="store_true",
+        help=f"seal the tunnel with the key in ${KEY_ENV} (64 hex digits)",
+    )
     parser.add_argument("--log-level", default=None)
     args = parser.parse_args(argv)
     if not 0 <= args.port < 65536:
         parser.error(f"--port {args.port} is not a UDP port")
+    if args.max_flows < 1:
+        parser.error(f"--max-flows {args.max_flows} must be at least 1")
+    if not 0 < args.flow_quota <= 1:
+        parser.error(f"--flow-quota {args.flow_quota} must be a share above 0 and at most 1")
     return args
 
 
@@ -100,13 +122,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging("net-manager-dataplane", level=args.log_level)
     control = ChannelEndpoint(socket.socket(fileno=args.control_fd))
-    config = LoopConfig(connect_peers=not args.sendto, busy_poll=args.busy_poll_us / 1e6)
+    config = LoopConfig(
+        connect_peers=not args.sendto,
+        busy_poll=args.busy_poll_us / 1e6,
+        admission=not args.no_admission,
+    )
     tun: TunDevice | None = None
+    sealer: Sealer | None = None
     try:
+        if args.seal:
+            sealer = Sealer(parse_key(os.environ.get(KEY_ENV, "")))
         if not args.no_tun and args.tun_fd is None:
             tun = create_tun(args)
         tunnel = bind_tunnel(args.bind, args.port, config.socket_buffer)
-    except (TunError, OSError) as err:
+    except (TunError, OSError, ValueError) as err:
         log.error("data plane cannot start: %s", err)
         if tun is not None:
             tun.close()
@@ -114,15 +143,26 @@ def main(argv: list[str] | None = None) -> int:
     tun_fd = tun.fileno() if tun is not None else args.tun_fd
     if tun_fd is not None:
         os.set_blocking(tun_fd, False)
-    translator = Translator(build_snapshot([], [], "0.0.0.0"))
+    translator = Translator(
+        build_snapshot([], [], "0.0.0.0"),
+        max_flows=args.max_flows,
+        flow_quota=max(1, int(args.max_flows * args.flow_quota)),
+    )
     offload = tun is not None and tun.offload
-    loop = PacketLoop(translator, tunnel, control, tun_fd, config=config, offload=offload)
+    loop = PacketLoop(
+        translator, tunnel, control, tun_fd, config=config, offload=offload, sealer=sealer
+    )
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: loop.stop())
     try:
         port = tunnel.getsockname()[1]
         control.send(Ready(port=port, pid=os.getpid()))
-        fields = {"tun": args.tun if tun else None, "port": port, "offload": offload}
+        fields = {
+            "tun": args.tun if tun else None,
+            "port": port,
+            "offload": offload,
+            "sealed": sealer is not None,
+        }
         log.info("data plane ready", extra={"fields": fields})
         loop.run()
     except ChannelClosed as err:

@@ -30,6 +30,7 @@ class Flow:
     reverse_key: FlowKey
     endpoint_ip: bytes
     last_used: float = 0.0
+    owner: str = "client"
     note: str = field(default="", compare=False)
 
 

@@ -17,3 +17,4 @@ def test_microbench_prints_packets_per_second(capsys: pytest.CaptureFixture[str]
     with capsys.disabled():
         print("\n" + out)
     assert "outgoing v4 tcp" in out and "incoming v6 udp (reply)" in out
+    assert "from the tunnel v4 udp (reply, admission)" in out

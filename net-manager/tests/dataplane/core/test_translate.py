@@ -382,7 +382,7 @@ def test_idle_flows_expire_and_replies_keep_them_alive() -> None:
 
 def test_a_full_flow_table_refuses_new_flows_until_expiry() -> None:
     clock = FakeClock()
-    a = node_a(clock=clock, max_flows=2, idle_timeout=10)
+    a = node_a(clock=clock, max_flows=2, flow_quota=3, idle_timeout=10)
     for sport in (1, 2):
         pkt = IP(src="10.18.0.2", dst="10.30.1.30") / UDP(sport=sport, dport=53)
         assert run(a.outgoing, pkt)[0].action is Action.REMOTE

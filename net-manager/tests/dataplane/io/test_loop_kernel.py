@@ -30,6 +30,7 @@ from testsupport import wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "integration-tests"))
 from testbed import Testbed, two_nodes, unique_prefix  # noqa: E402
+from testbed.topology import CONTAINER_LINK, UNDERLAY_BRIDGE  # noqa: E402
 
 pytestmark = [
     pytest.mark.kernel,
@@ -176,7 +177,7 @@ class NodePlane:
         return self.counters()
 
 
-def start_plane(bed: Testbed, node: str, offload: str = "auto") -> NodePlane:
+def start_plane(bed: Testbed, node: str, offload: str = "auto", tunnel_key: str = "") -> NodePlane:
     plane: NodePlane
 
     def on_resolve(service_ip: str, reply: Callable[[bool], None]) -> None:
@@ -193,6 +194,7 @@ def start_plane(bed: Testbed, node: str, offload: str = "auto") -> NodePlane:
         on_resolve=on_resolve,
         on_used=lambda jobs: None,
         netns_exec=bed.netns_exec(node),
+        tunnel_key=tunnel_key,
         extra_args=["--offload", offload],
     )
     plane = NodePlane(supervisor)
@@ -206,19 +208,27 @@ def push_n1(plane: NodePlane, *extra: ServiceEntry) -> None:
 
 
 # TUN offload on n1 / n2: "mixed" is an offload node next to one that takes no GSO
-# frames (as an upstream node): n1 must segment and checksum in software.
-MODES = {"offload": ("on", "on"), "plain": ("off", "off"), "mixed": ("on", "off")}
+# frames (as an upstream node): n1 must segment and checksum in software. "sealed":
+# offload, and the tunnel sealed with a key both nodes share.
+MODES = {
+    "offload": ("on", "on"),
+    "plain": ("off", "off"),
+    "mixed": ("on", "off"),
+    "sealed": ("on", "on"),
+}
+TUNNEL_KEY = "3c" * 32
 
 
 @pytest.fixture(scope="module", params=list(MODES))
 def bed(request) -> Iterator[tuple[Testbed, NodePlane, NodePlane]]:
     planes: list[NodePlane] = []
     offload_n1, offload_n2 = MODES[request.param]
+    key = TUNNEL_KEY if request.param == "sealed" else ""
     with Testbed(two_nodes(unique_prefix(), extra_container_on_n1=True)) as testbed:
         testbed.mode = request.param  # type: ignore[attr-defined]
         try:
-            n1 = start_plane(testbed, "n1", offload_n1)
-            n2 = start_plane(testbed, "n2", offload_n2)
+            n1 = start_plane(testbed, "n1", offload_n1, key)
+            n2 = start_plane(testbed, "n2", offload_n2, key)
             planes += [n1, n2]
             push_n1(n1)
             n2.supervisor.push_snapshot(INSTANCE_IPS, [C2], N2)
@@ -370,6 +380,128 @@ for i in range(300):
     assert after["tun_packets_written"] == before["tun_packets_written"]
     assert n2.supervisor.restarts == 0
     assert http_get(testbed, "10.30.1.30")["client"] == "10.30.0.2"  # still serving
+
+
+# Sent from a namespace on the underlay: one UDP datagram to n2's tunnel port per packet
+# given (hex), from the given source address.
+TUNNEL_SEND = r"""
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((sys.argv[1], 0))
+for packet in sys.argv[2:]:
+    sock.sendto(bytes.fromhex(packet), ("198.18.0.2", 50103))
+"""
+
+
+def test_tunnel_datagrams_from_strangers_or_with_spoofed_sources_are_not_delivered(bed) -> None:
+    testbed, n1, n2 = bed
+    only_in(testbed, "offload")
+    from net_manager.dataplane.core.microbench import build_packet
+
+    stranger = "198.18.0.99"  # a host on the underlay that is no node
+    testbed.ip("ul", "addr", "add", f"{stranger}/24", "dev", UNDERLAY_BRIDGE)
+    before = n2.fresh_counters()
+    # n1 is a member, but c2's instance IP lives on n2; the stranger uses c1's, and a
+    # namespace IP; c2's server would answer each of them (it listens on 7777).
+    spoofed = build_packet(C2.instance_ip, C2.namespace_ip, 17, 5000, 7777).hex()
+    as_c1 = build_packet(C1.instance_ip, C2.namespace_ip, 17, 5000, 7777).hex()
+    as_ns = build_packet("10.16.0.2", C2.namespace_ip, 17, 5000, 7777).hex()
+    testbed.python("n1", TUNNEL_SEND, N1, spoofed)
+    testbed.python("ul", TUNNEL_SEND, stranger, as_c1, as_ns)
+    wait_until(
+        lambda: (
+            n2.counters()["drop_spoofed_source"] > before["drop_spoofed_source"]
+            and n2.counters()["drop_not_member"] >= before["drop_not_member"] + 2
+        ),
+        5,
+        message="drops counted by reason",
+    )
+    after = n2.fresh_counters()
+    assert after["tun_packets_written"] == before["tun_packets_written"]
+    assert http_get(testbed, "10.30.1.30")["client"] == "10.30.0.2"  # members still served
+
+
+@pytest.mark.parametrize("service_ip", ["10.30.1.30", "fdff:2000::1e"])
+def test_a_server_node_that_never_queried_resolves_its_caller(bed, service_ip: str) -> None:
+    """n2 serves X3 but knows no caller: the first request waits for c1's instance IP."""
+    testbed, n1, n2 = bed
+    own = [e for e in INSTANCE_IPS if e.endpoints[0] is C2]
+
+    def answer(address: str, reply: Callable[[bool], None]) -> None:
+        n2.supervisor.push_snapshot(INSTANCE_IPS, [C2], N2)
+        reply(True)
+
+    n2.answer = answer
+    n2.resolves.clear()
+    seen = n2.fresh_counters()["snapshots"]
+    n2.supervisor.push_snapshot(own, [C2], N2)
+    try:
+        wait_until(lambda: n2.counters()["snapshots"] > seen, 5, message="table without c1")
+        # bulk both ways: with offload, n1 sends every packet as a GSO frame
+        assert testbed.python("c1", BULK, service_ip, "1000000", timeout=40).split() == [
+            "True",
+            "True",
+        ]
+    finally:
+        n2.answer = None
+        n2.supervisor.push_snapshot(INSTANCE_IPS, [C2], N2)
+    assert set(n2.resolves) == {C1.instance_ip if ":" not in service_ip else C1.instance_ip_v6}
+
+
+def test_a_sealed_tunnel_refuses_plain_datagrams_even_from_a_member(bed) -> None:
+    testbed, n1, n2 = bed
+    only_in(testbed, "sealed")
+    from net_manager.dataplane.core.microbench import build_packet
+
+    before = n2.fresh_counters()
+    plain = build_packet(C1.instance_ip, C2.namespace_ip, 17, 5000, 7777).hex()
+    testbed.python("n1", TUNNEL_SEND, N1, plain)
+    wait_until(
+        lambda: n2.counters()["drop_not_sealed"] > before["drop_not_sealed"],
+        5,
+        message="plain datagram refused",
+    )
+    assert n2.fresh_counters()["packets_in"] == before["packets_in"]
+    assert http_get(testbed, "10.30.1.30")["client"] == "10.30.0.2"  # sealed traffic flows
+
+
+X6_V4 = ServiceEntry("10.30.1.60", "", "RR", (C2,))  # resolved only when first used
+X6_V6 = ServiceEntry("", "fdff:2000::3c", "RR", (C2,))
+UDP_BIG = r"""
+import json, socket, sys
+host = sys.argv[1]
+sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+sock.settimeout(5)
+sock.sendto(b"y" * 4000, (host, 7777))
+data, peer = sock.recvfrom(65535)
+print(json.dumps({"from": peer[0], "reply": json.loads(data)}))
+"""
+
+
+@pytest.mark.parametrize("entry", [X6_V4, X6_V6], ids=["v4", "v6"])
+def test_a_fragmented_datagram_to_an_unresolved_service_ip_arrives_whole(
+    bed, entry: ServiceEntry
+) -> None:
+    testbed, n1, n2 = bed
+    service_ip = entry.service_ip or entry.service_ip_v6
+
+    def answer(address: str, reply: Callable[[bool], None]) -> None:
+        push_n1(n1, entry)
+        reply(True)
+
+    n1.answer = answer
+    # As the net manager sets it (the testbed leaves the container's side at 1500, so
+    # its 1500-byte fragments would be dropped by the bridge port before any proxy).
+    testbed.ip("c1", "link", "set", CONTAINER_LINK, "mtu", "1450")
+    try:
+        result = json.loads(testbed.python("c1", UDP_BIG, service_ip, timeout=15))
+    finally:
+        n1.answer = None
+        testbed.ip("c1", "link", "set", CONTAINER_LINK, "mtu", "1500")
+        push_n1(n1)
+    assert n1.resolves.count(service_ip) == 1
+    assert result["from"] == service_ip and result["reply"]["size"] == 4000
+    assert n1.fresh_counters()["drop_fragment_unknown"] == 0
 
 
 def test_peers_measure_their_rtt(bed) -> None:
