@@ -248,7 +248,6 @@ def test_a_fragmented_datagram_on_a_warm_path_arrives_whole(scene: Scene, family
     assert udp_exchange(scene.theirs.sockets, x1_ip, b"f" * 4000)["size"] == 4000
 
 
-@pytest.mark.xfail(strict=True, reason="fragments on a table miss: dataplane branch")
 def test_the_first_fragmented_datagram_after_a_table_miss_arrives_whole(scene: Scene) -> None:
     """X4 (on the peer) was never called from w1: the first datagram is a table miss."""
     x4 = scene.orch.deploy_service("X", "X4", rr_ip="10.30.4.4")

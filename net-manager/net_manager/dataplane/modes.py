@@ -42,6 +42,8 @@ def factory_for(mode: str, inner: DataPlaneFactory = DataPlaneSupervisor) -> Dat
         on_resolve: ResolveCallback,
         on_used: UsedCallback,
         netns_exec: Sequence[str] | None = None,
+        flow_quota: float = 0.25,
+        tunnel_key: str = "",
     ) -> DataPlaneBackend:
         chosen = mode
         if mode == "auto":
@@ -59,6 +61,8 @@ def factory_for(mode: str, inner: DataPlaneFactory = DataPlaneSupervisor) -> Dat
             on_resolve=on_resolve,
             on_used=on_used,
             netns_exec=netns_exec,
+            flow_quota=flow_quota,
+            tunnel_key=tunnel_key,
         )
 
     return build

@@ -224,6 +224,8 @@ def kernel_factory(inner_factory: DataPlaneFactory, bridge: str) -> DataPlaneFac
         on_resolve: ResolveCallback,
         on_used: UsedCallback,
         netns_exec: Sequence[str] | None = None,
+        flow_quota: float = 0.25,
+        tunnel_key: str = "",
     ) -> DataPlaneBackend:
         inner = inner_factory(
             tun_name,
@@ -234,6 +236,8 @@ def kernel_factory(inner_factory: DataPlaneFactory, bridge: str) -> DataPlaneFac
             on_resolve=on_resolve,
             on_used=on_used,
             netns_exec=netns_exec,
+            flow_quota=flow_quota,
+            tunnel_key=tunnel_key,
         )
         return KernelBackend(
             inner,
