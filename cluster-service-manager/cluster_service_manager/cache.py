@@ -97,6 +97,9 @@ class JobCache:
         self.cluster_id = cluster_id
         self._memory = _Memory() if store_module.is_embedded(db) else None
         self._lock = threading.RLock()
+        if self._memory is not None:  # the store may hold jobs already (a restarted app)
+            for doc in self.jobs.find({}):
+                self._memory.put(doc)
 
     @contextmanager
     def _writing(self) -> Iterator[_Memory | None]:
@@ -157,6 +160,7 @@ class JobCache:
                     try:
                         self.jobs.insert_one(dict(doc))
                     except DuplicateKeyError:
+                        self._reload(memory, name)
                         continue
                     if memory is not None:
                         memory.put(doc)
@@ -192,12 +196,24 @@ class JobCache:
                 {"$set": fields, "$inc": {"version": 1}},
             )
             if result.matched_count != 1:
+                self._reload(memory, current["_id"])
                 return None
             base = memory.by_name.get(current["_id"], current) if memory is not None else current
             after = {**base, **fields, "version": current["version"] + 1}
             if memory is not None:
                 memory.put(after)
             return after
+
+    def _reload(self, memory: _Memory | None, job_name: str) -> None:
+        """After a write found the store other than memory had it: take the store's copy
+        (memory is a cache of the store; nothing else should write, but never loop on it)."""
+        if memory is None:
+            return
+        doc = self.jobs.find_one({"_id": job_name})
+        if doc is None:
+            memory.drop(job_name)
+        else:
+            memory.put(doc)
 
     def delete(self, job_name: str) -> dict | None:
         with self._writing() as memory:

@@ -154,7 +154,7 @@ def guarded_cluster(mosquitto, guarded_root, db):
         app.extensions["cluster_service_manager"].stop()
 
 
-def test_an_unauthenticated_job_update_is_refused(guarded_root, guarded_cluster, mqtt_recorder):
+def test_an_unauthenticated_job_update_is_refused(guarded_root, guarded_cluster):
     app, server = guarded_cluster
     headers = {"Authorization": f"Bearer {TOKEN}"}
     root = requests.Session()
@@ -183,10 +183,9 @@ def test_an_unauthenticated_job_update_is_refused(guarded_root, guarded_cluster,
     assert forged.status_code == 403
     assert len(cache.get(X3)["instance_list"]) == 1
 
-    # the root's own push carries the token and is obeyed
-    updates = mqtt_recorder(f"jobs/{X3}/updates_available")
+    # the root's own push carries the token and is obeyed (the instance was never placed,
+    # so no node's answer changes and nothing is announced: the cache shows the push)
     assert root.delete(f"{guarded_root.url}/api/net/{X3_ID}/0").ok
-    assert updates.wait_for().payload == {"type": "UNDEPLOYMENT"}
     wait_until(lambda: not (cache.get(X3) or {"instance_list": []})["instance_list"])
 
 
