@@ -100,7 +100,8 @@ def test_root_rides_out_a_mongodb_outage(docker_engine, mongo_container, engine_
             assert reply.status in (200, 503), reply.body  # 503: rebuilding, try again
             return reply.status == 200 and reply
 
-        wait_until(deployed, 15, "service deployed once the rebuild wait is over")
+        # fails at once, with the root's log, should the root die
+        root.wait_until(deployed, 15, "service deployed once the rebuild wait is over")
 
         mongo_container.get_wrapped_container().stop(timeout=5)
         down = wait_until(
