@@ -221,14 +221,14 @@ def import_tls(layout: Layout, source: Path) -> list[str]:
     return [f"TLS: imported {', '.join(TLS_FILES)} from {source}"]
 
 
-def _layout(args: argparse.Namespace) -> Layout:
+def _layout(args: argparse.Namespace, env: Mapping[str, str]) -> Layout:
     return Layout(
         pki=args.pki,
         broker=args.broker,
         cluster=args.cluster,
         ca=args.ca,
-        broker_uid=int(os.environ.get("MOSQUITTO_UID", "1883")),
-        cluster_uid=int(os.environ.get("CLUSTER_UID", "10001")),
+        broker_uid=int(env.get("MOSQUITTO_UID", "1883")),
+        cluster_uid=int(env.get("CLUSTER_UID", "10001")),
     )
 
 
@@ -252,7 +252,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ)
     source = commands.add_parser("import-tls", help="use the operator's certificates")
     source.add_argument("directory", type=Path)
     args = parser.parse_args(argv)
-    layout = _layout(args)
+    try:
+        layout = _layout(args, env)
+    except ValueError:
+        print("error: MOSQUITTO_UID and CLUSTER_UID must be numbers", file=sys.stderr)
+        return 2
     try:
         if args.command == "init":
             names = server_names(env.get("MQTT_TLS_NAMES", ""))
