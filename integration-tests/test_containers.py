@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from cluster_service_manager.config import SETTINGS as CLUSTER_SETTINGS
+from oakestra_net import broker_init
 from root_service_manager.config import SETTINGS as ROOT_SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,6 +125,56 @@ def test_ports_agree_with_the_code_defaults():
     assert root_env["ROOT_SERVICE_MANAGER_PORT"] == "10099"
     for service, port in (("root_service_manager", 10099), ("cluster_service_manager", 10110)):
         assert SERVICES[service]["ports"] == [f"{port}:{port}"]
+
+
+def _settings(conf: str) -> list[str]:
+    lines = (ROOT / "mosquitto" / conf).read_text().splitlines()
+    return [line for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_the_compose_broker_is_the_shipped_one_with_tls_and_its_files_in_the_volume():
+    shipped = [
+        line.replace("/mosquitto/config/passwd", "/mosquitto/config/broker/passwd")
+        for line in _settings("mosquitto.conf")
+        if not line.startswith("log_dest")
+    ]
+    compose = _settings("mosquitto-compose.conf")
+    tls = ["cafile", "certfile", "keyfile"]
+    assert [line for line in compose if line.split()[0] not in [*tls, "log_dest"]] == shipped
+    for option, name in zip(tls, ("ca.crt", "server.crt", "server.key"), strict=True):
+        assert f"{option} /mosquitto/config/broker/{name}" in compose
+    listeners = [line for line in compose if line.startswith("listener")]
+    assert listeners == ["listener 10003"]  # TLS only: no clear-text listener anywhere
+    mounts = SERVICES["mqtt"]["volumes"]
+    assert "./mosquitto/mosquitto-compose.conf:/mosquitto/config/mosquitto.conf:ro" in mounts
+    assert "broker_secrets:/mosquitto/config/broker:ro" in mounts
+
+
+def test_broker_init_reads_the_variables_compose_gives_it_and_feeds_every_client():
+    code = (ROOT / "shared" / "oakestra_net" / "broker_init.py").read_text()
+    init = SERVICES["broker_init"]
+    for variable in init["environment"]:
+        assert f'"{variable}"' in code, f"broker_init: {variable} is set but never read"
+    assert init["entrypoint"] == ["python", "-m", "oakestra_net.broker_init"]
+    assert init["build"] == SERVICES["root_service_manager"]["build"]  # has cryptography
+    mounts = dict(v.split(":")[:2] for v in init["volumes"])
+    layout = broker_init.Layout()
+    assert mounts == {
+        "broker_pki": str(layout.pki),
+        "broker_secrets": str(layout.broker),
+        "cluster_mqtt_tls": str(layout.cluster),
+        "broker_ca": str(layout.ca),
+    }
+    cluster = SERVICES["cluster_service_manager"]
+    assert f"cluster_mqtt_tls:{cluster['environment']['MQTT_CERT']}:ro" in cluster["volumes"]
+    node = SERVICES["net_manager"]
+    ca_dir = re.fullmatch(r"\$\{\w+:-(/\S+)/ca\.crt\}", node["environment"]["MQTT_CA_FILE"])[1]
+    assert f"broker_ca:{ca_dir}:ro" in node["volumes"]
+    for service in ("mqtt", "cluster_service_manager", "net_manager"):
+        assert not any(v.startswith("broker_pki") for v in SERVICES[service].get("volumes", []))
+    assert SERVICES["mqtt"]["depends_on"]["broker_init"]["condition"] == (
+        "service_completed_successfully"
+    )
 
 
 def test_mongo_urls_point_at_compose_services():

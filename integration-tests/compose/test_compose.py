@@ -1,12 +1,17 @@
 """docker-compose.yml in a real Docker engine, checked as a user would check it.
 
 The repository's compose file and Dockerfiles, unchanged, with only the image
-parameters pointing at local stand-ins (no registry is reachable): `docker compose up
---build --wait` brings every service to healthy; the managers run on the MongoDB
-service; a node registers through the net manager container's unix socket and gets a
-subnet; a container (a process in a namespace this test creates) attached through that
-socket reaches a local instance by its service IP; `docker compose down --volumes`
-leaves no container, volume, network, namespace or device behind.
+parameters pointing at local stand-ins (no registry is reachable) and the secrets an
+operator sets (API token, the cluster's and this node's broker passwords): `docker
+compose up --build --wait` runs `broker_init` (CA, certificates, password file) and
+brings every other service to healthy; the managers run on the MongoDB service; a node
+registers through the net manager container's unix socket, gets a subnet and holds an
+MQTT session with its node id as user, over TLS (the broker has no other listener);
+the broker refuses anonymous clients, wrong passwords and clear-text MQTT, and accepts
+a node added the documented way (`run --rm broker_init add-node`, SIGHUP); a container
+(a process in a namespace this test creates) attached through that socket reaches a
+local instance by its service IP; `docker compose down --volumes` leaves no container,
+volume, network, namespace or device behind.
 
 Everything runs in the engine's own network namespace: the services' published ports
 are reached there on 127.0.0.1, the net manager's "host network" is that namespace.
@@ -14,6 +19,8 @@ are reached there on 127.0.0.1, the net manager's "host network" is that namespa
 
 from __future__ import annotations
 
+import json
+import secrets
 import subprocess
 import sys
 import time
@@ -23,6 +30,7 @@ from bson import ObjectId
 
 from net_manager.cli import call
 from testbed.compose_stack import ComposeStack
+from testbed.mqtt_handshake import NoConnack, connack
 from testbed.netns import stop_pid_process
 from testbed.nsnet import NetnsSockets, http_call
 from testbed.orchestrator import APP_PORT, ECHO_SERVER, deployment_descriptor
@@ -30,7 +38,8 @@ from testbed.topology import unique_prefix
 
 pytestmark = [pytest.mark.compose, pytest.mark.slow]
 
-SERVICES = {
+ONE_SHOT = {"broker_init"}
+SERVICES = ONE_SHOT | {
     "mongo_net",
     "cluster_mongo_net",
     "mqtt",
@@ -40,6 +49,16 @@ SERVICES = {
 }
 CLUSTER_ID = "6630c0000000000000000001"
 NODE_ID = "6630c00000000000000000a1"
+OTHER_NODE_ID = "6630c00000000000000000a2"
+BROKER_PORT = 10003
+# what an operator puts in .env (docs/OPERATIONS.md), fresh for every run
+SECRETS = {
+    "NET_API_TOKEN": secrets.token_urlsafe(24),
+    "CLUSTER_MQTT_PASSWORD": secrets.token_urlsafe(18),
+    "NODE_MQTT_USERNAME": NODE_ID,
+    "NODE_MQTT_PASSWORD": secrets.token_urlsafe(18),
+}
+AUTH = {"Authorization": f"Bearer {SECRETS['NET_API_TOKEN']}"}
 ROOT = "http://127.0.0.1:10099"
 CLUSTER = "http://127.0.0.1:10110"
 READY = 30.0
@@ -63,7 +82,8 @@ def wait_until(predicate, timeout: float, what: str):
 @pytest.fixture(scope="module")
 def stack(docker_engine, standins, compose_binary):
     project = f"oakd{unique_prefix('').rstrip('-')}"
-    stack = ComposeStack(docker_engine, compose_binary, project, standins.compose_env())
+    env = {**standins.compose_env(), **SECRETS}
+    stack = ComposeStack(docker_engine, compose_binary, project, env)
     try:
         stack.up()
     except BaseException:
@@ -132,6 +152,9 @@ def containers():
 def test_every_service_is_healthy(stack):
     services = stack.services()
     assert set(services) == SERVICES
+    for name in ONE_SHOT:
+        row = services.pop(name)
+        assert (row["State"], row["ExitCode"]) == ("exited", 0), (row, stack.logs(name))
     for name, row in services.items():
         assert row["State"] == "running", (name, row["State"], stack.logs(name))
         assert row["Health"] == "healthy", (name, row["Health"], stack.logs(name))
@@ -147,6 +170,8 @@ def test_root_and_cluster_use_the_mongodb_service(stack, engine_net):
     address = stack.container_ip("cluster_service_manager")
     body = {"cluster_id": CLUSTER_ID, "cluster_address": address, "cluster_port": "10110"}
     reply = http_call(engine_net, "POST", f"{ROOT}/api/net/cluster", body)
+    assert reply.status == 401, reply.body  # the API token is on
+    reply = http_call(engine_net, "POST", f"{ROOT}/api/net/cluster", body, headers=AUTH)
     assert reply.status == 200, reply.body
 
 
@@ -164,6 +189,40 @@ def test_node_registers_through_the_socket_and_gets_a_subnet(stack, node_socket)
     status = wait_until(subnet, READY, "node subnet")
     assert status["node_id"] == NODE_ID and status["broker_connected"], status
     assert status["subnet"].startswith("10."), status["subnet"]
+    # logged in as its node id (the broker's only listener is TLS)
+    logs = stack.run("logs", "--no-color", "mqtt", check=False)
+    assert f"u'{NODE_ID}'" in logs.stdout + logs.stderr, logs.stdout + logs.stderr
+
+
+def login(engine_net, **kw) -> int:
+    """CONNACK code for one login to the published broker port, as a client on the host."""
+    sock = engine_net.connect("127.0.0.1", BROKER_PORT, timeout=5)
+    return connack(sock, **kw)
+
+
+def test_the_broker_speaks_tls_and_refuses_who_has_no_credential(stack, engine_net):
+    ca = str(stack.volume_path("broker_ca") / "ca.crt")
+    password = SECRETS["NODE_MQTT_PASSWORD"]
+    assert login(engine_net, username=NODE_ID, password="wrong", ca_file=ca) != 0
+    assert login(engine_net, ca_file=ca) != 0  # anonymous
+    with pytest.raises(NoConnack):  # clear text: no MQTT at all, the password stays home
+        login(engine_net, username=NODE_ID, password=password)
+    # the certificate also names 127.0.0.1: the handshake passes, the login is refused
+    assert login(engine_net, username="nobody", password="x", ca_file=ca,
+                 server_hostname="127.0.0.1") != 0  # fmt: skip
+
+
+def test_an_operator_adds_a_node_and_reloads_the_broker(stack, engine_net):
+    ca = str(stack.volume_path("broker_ca") / "ca.crt")
+    added = stack.run("run", "--rm", "--no-deps", "broker_init", "add-node", OTHER_NODE_ID)
+    keys = json.loads(added.stdout[added.stdout.index("{") :])
+    assert keys["MqttUsername"] == OTHER_NODE_ID, keys
+    credential = {"username": OTHER_NODE_ID, "password": keys["MqttPassword"], "ca_file": ca}
+    assert login(engine_net, **credential) != 0  # not before the broker rereads
+    stack.run("kill", "-s", "SIGHUP", "mqtt")
+    wait_until(lambda: login(engine_net, **credential) == 0, READY, "new node login")
+    wrong = {**credential, "password": keys["MqttPassword"] + "x"}
+    assert login(engine_net, **wrong) != 0
 
 
 def deploy(engine_net, node_socket, containers, name: str) -> tuple[str, str]:
@@ -172,14 +231,16 @@ def deploy(engine_net, node_socket, containers, name: str) -> tuple[str, str]:
     job_id, app_id = str(ObjectId()), str(ObjectId())
     descriptor = deployment_descriptor("composeapp", name, job_id, app_id, None)
     job_name = descriptor["job_name"]
-    reply = http_call(engine_net, "POST", f"{ROOT}/api/net/service/deploy",
-                      {"deployment_descriptor": descriptor, "_id": job_id})  # fmt: skip
+    body = {"deployment_descriptor": descriptor, "_id": job_id}
+    reply = http_call(engine_net, "POST", f"{ROOT}/api/net/service/deploy", body, headers=AUTH)
     assert reply.status == 200, reply.body
     rr_ip = next(e["Address"] for e in reply.body["service_ip_list"] if e["IpType"] == "RR")
     body = {"instance_number": 0, "cluster_id": CLUSTER_ID, "_id": job_id}
-    reply = http_call(engine_net, "POST", f"{ROOT}/api/net/instance/deploy", body)
+    reply = http_call(engine_net, "POST", f"{ROOT}/api/net/instance/deploy", body, headers=AUTH)
     assert reply.status == 200, reply.body
-    reply = http_call(engine_net, "POST", f"{CLUSTER}/api/net/deployment", {"job_name": job_name})
+    reply = http_call(
+        engine_net, "POST", f"{CLUSTER}/api/net/deployment", {"job_name": job_name}, headers=AUTH
+    )
     assert reply.status == 200, reply.body
     process, _ = containers.start(name)
     body = {"pid": process.pid, "serviceName": job_name, "instanceNumber": 0, "portMappings": ""}

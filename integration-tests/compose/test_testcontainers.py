@@ -71,7 +71,9 @@ def engine_net(docker_engine):
 
 def test_root_rides_out_a_mongodb_outage(docker_engine, mongo_container, engine_net, tmp_path):
     url = f"mongodb://127.0.0.1:{MONGO_PORT}/?directConnection=true"
-    env = {"MY_PORT": str(ROOT_PORT), "MONGO_URL": url}
+    # a new store: allocation waits for the clusters' reports, at most this long (the
+    # cluster registered below never reports: nobody listens at its address)
+    env = {"MY_PORT": str(ROOT_PORT), "MONGO_URL": url, "ROOT_REBUILD_MAX_SECONDS": "5"}
     program = Path(sys.executable).with_name("root-service-manager")  # this virtualenv's
     assert program.exists(), f"{program} is not installed"
     argv = [str(program)]
@@ -92,8 +94,14 @@ def test_root_rides_out_a_mongodb_outage(docker_engine, mongo_container, engine_
         job_id = str(ObjectId())
         descriptor = deployment_descriptor("tcapp", "db", job_id, str(ObjectId()), None)
         body = {"deployment_descriptor": descriptor, "_id": job_id}
-        reply = http_call(engine_net, "POST", f"{api}/service/deploy", body)
-        assert reply.status == 200, reply.body
+
+        def deployed():
+            reply = http_call(engine_net, "POST", f"{api}/service/deploy", body)
+            assert reply.status in (200, 503), reply.body  # 503: rebuilding, try again
+            return reply.status == 200 and reply
+
+        # fails at once, with the root's log, should the root die
+        root.wait_until(deployed, 15, "service deployed once the rebuild wait is over")
 
         mongo_container.get_wrapped_container().stop(timeout=5)
         down = wait_until(

@@ -93,6 +93,8 @@ class Gate:
             upsert=True,
             return_document=ReturnDocument.AFTER,
         )
+        if doc is None:  # lost a concurrent upsert on a store that then returns nothing
+            doc = self.meta.find_one({"_id": GENERATION})
         self.generation: str = doc["generation"]
         self.new_store = doc["generation"] == proposed
         self._done = not doc.get("rebuilding", False)

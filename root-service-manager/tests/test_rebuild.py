@@ -6,6 +6,7 @@ import pytest
 from rsm_payloads import X1_ID, X3_ID, register_cluster, service_payload
 
 from oakestra_net.testing import wait_until
+from root_service_manager import rebuild
 from root_service_manager.app import create_app
 from root_service_manager.jwt_keys import KeyProvider
 
@@ -141,3 +142,25 @@ def test_a_known_store_is_not_rebuilt(db):
     second = make_app(db, min_wait=60.0, max_wait=60.0)  # a restart on the same database
     assert second.extensions["root"].gate.new_store is False
     assert client_from(second, C1).get("/api/net/subnet").status_code == 200
+
+
+def test_a_worker_losing_the_first_upsert_reads_the_winners_marker(db):
+    # SecantusDB answers the loser of two concurrent upserts with no document (MongoDB
+    # returns the winner's); the second worker booting on a new store must not die
+    first = rebuild.Gate(db, min_wait=0.0, max_wait=60.0)
+    meta = db[rebuild.META]
+
+    class LosingUpsert:
+        def __getattr__(self, name):
+            return getattr(meta, name)
+
+        def find_one_and_update(self, *args, **kwargs):
+            meta.find_one_and_update(*args, **kwargs)
+            return None
+
+    class Store(dict):
+        def __getitem__(self, name):
+            return LosingUpsert() if name == rebuild.META else db[name]
+
+    second = rebuild.Gate(Store(), min_wait=0.0, max_wait=60.0)
+    assert second.generation == first.generation and second.new_store is False
