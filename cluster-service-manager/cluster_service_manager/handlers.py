@@ -35,10 +35,11 @@ from oakestra_net.names import is_valid_job_name
 from . import jobs
 from .cache import JobCache
 from .directory import Directory
-from .lanes import Lanes, Step
+from .lanes import Lanes, Recorded, Step
 from .metrics import Metrics
 from .replies import Replies
 from .root_client import RootClient, RootRejected
+from .root_work import RootWork, node_message
 
 log = get_logger(__name__)
 
@@ -59,6 +60,7 @@ class Handlers:
         lanes: Lanes,
         replies: Replies,
         metrics: Metrics | None = None,
+        work: RootWork | None = None,
     ) -> None:
         self.cache = cache
         self.directory = directory
@@ -66,14 +68,16 @@ class Handlers:
         self.lanes = lanes
         self.replies = replies
         self.metrics = metrics or Metrics()
+        self.work = work or RootWork(root, directory)  # root calls that survive a restart
 
     # -- subnet -------------------------------------------------------------------------
 
     def subnet(self, node_id: str, msg: SubnetRequest) -> None:
+        record = node_message(node_id, msg)
         if msg.method == "GET":
-            self._ordered(node_id, "subnet request", lambda: self._known_subnet(node_id))
+            self._ordered(node_id, "subnet request", lambda: self._known_subnet(node_id), record)
         else:
-            self._ordered(node_id, "subnet release", lambda: self._release_subnet(node_id))
+            self._ordered(node_id, "subnet release", lambda: self._release_subnet(node_id), record)
 
     def _known_subnet(self, node_id: str) -> Step | None:
         """A node asking again gets the subnet it has; otherwise the root is asked."""
@@ -92,7 +96,7 @@ class Handlers:
         stored = self.cache.claim_node_subnet(node_id, fresh)
         self.replies.subnet(node_id, stored)
         if stored != fresh:  # another process was faster: give ours back
-            return lambda: self.root.release_subnet(*fresh)
+            return self.work.release_subnet(*fresh)
         log.info("node subnet assigned", node_id=node_id, subnet=fresh[0], subnet_v6=fresh[1])
         return None
 
@@ -102,7 +106,7 @@ class Handlers:
             log.info("subnet release of a node without subnet ignored", node_id=node_id)
             return None
         log.info("node subnet released", node_id=node_id, subnet=removed[0], subnet_v6=removed[1])
-        return lambda: self.root.release_subnet(*removed)
+        return self.work.release_subnet(*removed)
 
     # -- table queries ------------------------------------------------------------------
 
@@ -192,7 +196,8 @@ class Handlers:
             )
             return
         report = _NodeReport(node_id, msg.appname, msg.instance_number, change, kind)
-        self._ordered(node_id, what, lambda: self._apply(report, fetch=fetch))
+        step = lambda: self._apply(report, fetch=fetch)  # noqa: E731
+        self._ordered(node_id, what, step, node_message(node_id, msg))
 
     def _apply(self, report: _NodeReport, *, fetch: bool) -> Step | None:
         """Apply a node report to the cached job; fetch the job first if that may help.
@@ -236,17 +241,9 @@ class Handlers:
             if i["instance_number"] in numbers and jobs.is_located(i) == located
         ]
         if located:
-            return (lambda: self.root.report_locations(job["job_id"], entries)) if entries else None
+            return self.work.report_locations(job["job_id"], entries) if entries else None
         self._forget_if_unused(report.job_name, node_lane(report.node_id))
-        return (lambda: self._report_cleared(job["job_id"], entries)) if entries else None
-
-    def _report_cleared(self, job_id: str, entries: list[dict]) -> None:
-        try:
-            self.root.report_locations(job_id, entries)
-        except RootRejected as err:
-            # Roots that require a location for every report (upstream's do) keep the old
-            # one until the system manager removes the instance; our cache is right anyway.
-            log.info("root did not take the cleared location", job_id=job_id, reason=str(err))
+        return self.work.report_cleared(job["job_id"], entries) if entries else None
 
     # -- interests ----------------------------------------------------------------------
 
@@ -271,22 +268,20 @@ class Handlers:
             self._drop_root_interest(job_name, lane)
 
     def _drop_root_interest(self, job_name: str, lane: str) -> None:
-        self.lanes.submit(
-            lane,
-            f"root interest removal {job_name}",
-            lambda: self.directory.drop_root_interest(job_name),
-        )
+        step = self.work.drop_interest(job_name)
+        self.lanes.submit(lane, f"root interest removal {job_name}", step)
 
     # -- plumbing -----------------------------------------------------------------------
 
-    def _ordered(self, node_id: str, what: str, step: Step) -> None:
+    def _ordered(self, node_id: str, what: str, step: Step, record: dict) -> None:
         """Run `step` now, or behind the work already waiting in the node's lane.
 
         Run now, it must not call the root: the step it returns (root work) is queued.
+        Queued, it is journaled as the node's message (`record`), to survive a restart.
         """
         lane = node_lane(node_id)
         if self.lanes.busy(lane):
-            self.lanes.submit(lane, what, step)
+            self.lanes.submit(lane, what, Recorded(record, step))
             return
         follow_up = step()
         if follow_up is not None:

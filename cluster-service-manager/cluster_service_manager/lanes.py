@@ -10,6 +10,13 @@ therefore be idempotent. A step that raises one of the `final` exceptions (the r
 refused, or does not know the job) is dropped with a warning naming it. Any other
 exception is a bug: it is logged with its traceback and the step dropped. What a
 step does is the caller's business.
+
+With a `journal`, a step that is `Recorded` (it carries a plain-data description of
+itself) is written to the journal while it waits or runs, under its lane and in
+submission order, and deleted when it is done, dropped or expired; a follow-up that
+is `Recorded` replaces its item's entry in place. So work still waiting when the process
+stops survives it: `submit(..., journal_id=...)` queues a step rebuilt from a stored
+entry without writing it again (see `root_work.replay`).
 """
 
 from __future__ import annotations
@@ -21,13 +28,32 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional, Protocol
 
 from oakestra_net.log import get_logger
 
 log = get_logger(__name__)
 
 Step = Callable[[], Optional["Step"]]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A step with a plain-data `record` of what it does, so it can be rebuilt later."""
+
+    record: dict
+    run: Step
+
+    def __call__(self) -> Step | None:
+        return self.run()
+
+
+class Journal(Protocol):
+    def add(self, lane: Hashable, what: str, record: dict, barrier: bool) -> Any: ...
+
+    def replace(self, entry_id: Any, record: dict) -> None: ...
+
+    def remove(self, entry_id: Any) -> None: ...
 
 
 @dataclass
@@ -37,6 +63,7 @@ class _Item:
     created: float
     barrier: bool
     attempts: int = 0
+    journal_id: Any = None
 
 
 @dataclass
@@ -61,6 +88,7 @@ class Lanes:
         max_delay: float = 5.0,
         name: str = "lanes",
         clock: Callable[[], float] = time.monotonic,
+        journal: Journal | None = None,
     ) -> None:
         if workers < 1 or max_per_lane < 1:
             raise ValueError(f"{name}: workers and max_per_lane must be >= 1")
@@ -73,6 +101,7 @@ class Lanes:
         self.min_delay = min_delay
         self.max_delay = max_delay
         self.clock = clock
+        self.journal = journal
         self.counters = _Counters()
         self._lanes: dict[Hashable, deque[_Item]] = {}
         self._barriers: dict[Hashable, int] = {}
@@ -108,10 +137,19 @@ class Lanes:
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
-    def submit(self, key: Hashable, what: str, step: Step, *, barrier: bool = True) -> bool:
+    def submit(
+        self,
+        key: Hashable,
+        what: str,
+        step: Step,
+        *,
+        barrier: bool = True,
+        journal_id: Any = None,
+    ) -> bool:
         """Queue `step` at the end of lane `key`; False (and a warning) if the lane is full.
 
-        A step that is no `barrier` does not make the lane `busy`.
+        A step that is no `barrier` does not make the lane `busy`. A `Recorded` step is
+        journaled, unless `journal_id` names the entry it was rebuilt from.
         """
         with self._cond:
             lane = self._lanes.setdefault(key, deque())
@@ -119,7 +157,9 @@ class Lanes:
                 self.counters.rejected += 1
                 self._log_rejected(key, what)
                 return False
-            lane.append(_Item(what, step, self.clock(), barrier))
+            if journal_id is None and self.journal is not None and isinstance(step, Recorded):
+                journal_id = self.journal.add(key, what, step.record, barrier)
+            lane.append(_Item(what, step, self.clock(), barrier, journal_id=journal_id))
             if barrier:
                 self._barriers[key] = self._barriers.get(key, 0) + 1
             if len(lane) == 1 and key not in self._running:
@@ -169,14 +209,17 @@ class Lanes:
             outcome = self._run(key, item)
             with self._cond:
                 self._running.discard(key)
-                self._finish(key, item, outcome)
+                finished = self._finish(key, item, outcome)
                 self._cond.notify_all()
+            if finished and item.journal_id is not None and self.journal is not None:
+                self._unjournal(item.journal_id)
 
     def _run(self, key: Hashable, item: _Item) -> str:
         try:
             follow_up = item.step()
             while follow_up is not None:
                 item.step = follow_up
+                self._journal_follow_up(key, item)
                 follow_up = follow_up()
         except self.retryable as err:
             item.attempts += 1
@@ -198,14 +241,30 @@ class Lanes:
             log.info("done after retries", lane=str(key), what=item.what, attempts=item.attempts)
         return "done"
 
-    def _finish(self, key: Hashable, item: _Item, outcome: str) -> None:
+    def _journal_follow_up(self, key: Hashable, item: _Item) -> None:
+        """A `Recorded` follow-up takes over its item's journal entry (and its place)."""
+        if self.journal is None or not isinstance(item.step, Recorded):
+            return
+        if item.journal_id is None:
+            item.journal_id = self.journal.add(key, item.what, item.step.record, item.barrier)
+        else:
+            self.journal.replace(item.journal_id, item.step.record)
+
+    def _unjournal(self, entry_id: Any) -> None:
+        try:
+            self.journal.remove(entry_id)  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - the entry runs again after a restart: harmless
+            log.exception("journal entry not removed", entry=str(entry_id))
+
+    def _finish(self, key: Hashable, item: _Item, outcome: str) -> bool:
+        """Retry the item later, or take it off its lane (True)."""
         lane = self._lanes[key]
         now = self.clock()
         if outcome == "retry" and now - item.created <= self.max_age:
             self.counters.retried += 1
             delay = min(self.min_delay * 2 ** (item.attempts - 1), self.max_delay)
             self._schedule(key, now + delay)
-            return
+            return False
         if outcome == "retry":
             self.counters.expired += 1
             log.warning(
@@ -228,6 +287,7 @@ class Lanes:
             self._schedule(key, now)
         else:
             del self._lanes[key]
+        return True
 
     def _log_rejected(self, key: Hashable, what: str) -> None:
         now = time.monotonic()

@@ -59,6 +59,7 @@ class RootClient:
         backoff: float = 0.2,
         sleep: Callable[[float], None] = time.sleep,
         on_call: Callable[[str, str], None] | None = None,
+        on_unknown_cluster: Callable[[], None] | None = None,
     ) -> None:
         if attempts < 1:
             raise ValueError(f"root client attempts must be >= 1, got {attempts}")
@@ -68,6 +69,7 @@ class RootClient:
         self.backoff = backoff
         self._sleep = sleep
         self._on_call = on_call or (lambda _call, _outcome: None)
+        self.on_unknown_cluster = on_unknown_cluster or (lambda: None)
         self.session = requests.Session()
         self.session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=32))
         self.session.mount("https://", HTTPAdapter(pool_connections=4, pool_maxsize=32))
@@ -110,6 +112,18 @@ class RootClient:
         body = {"cluster_id": cluster_id, "cluster_address": address, "cluster_port": port}
         self._call("cluster registration", "POST", "/api/net/cluster", json=body)
 
+    def root_state(self) -> dict:
+        """Ours: the root's store generation and whether it is rebuilding (NotFound: upstream)."""
+        body = self._call("root state", "GET", "/api/net/state")
+        if not isinstance(body, dict) or not isinstance(body.get("generation"), str):
+            raise RootRejected(f"root state answer lacks a generation: {body!r:.100}")
+        return body
+
+    def push_state(self, state: dict) -> dict:
+        """Ours: tell a root with a new store which addresses this cluster knows in use."""
+        body = self._call("state push", "POST", "/api/net/cluster/state", json=state)
+        return body if isinstance(body, dict) else {}
+
     # -- plumbing -------------------------------------------------------------
 
     def _call(self, call: str, method: str, path: str, *, idempotent: bool = True, **kw) -> Any:
@@ -141,6 +155,8 @@ class RootClient:
 
     def _answer(self, call: str, method: str, url: str, response: requests.Response) -> Any:
         status = response.status_code
+        if status in (400, 404) and _unknown_cluster(response):
+            self.on_unknown_cluster()  # the root lost us: register again (see root_watch)
         if status == 404:
             self._on_call(call, "not_found")
             raise NotFound(f"root {call} {method} {url}: 404 {_text(response)}")
@@ -169,6 +185,12 @@ def _refused(err: requests.ConnectionError) -> bool:
     """Whether the request surely never reached the root (nothing listened)."""
     text = str(err)
     return "Connection refused" in text or "Errno 111" in text
+
+
+def _unknown_cluster(response: requests.Response) -> bool:
+    """Whether the root refused because it does not know this cluster."""
+    text = _text(response).lower()
+    return "not registered" in text or "is the cluster registered" in text
 
 
 def _reason(err: Exception) -> str:

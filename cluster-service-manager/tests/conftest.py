@@ -42,7 +42,13 @@ def db():
 def root_server() -> Iterator[RootHarness]:
     """The real root service manager (its own embedded store), served on 127.0.0.1."""
     app = create_root_app(
-        {"DB": store.connect("root", env={}), "KEYS": KeyProvider(), "OUTBOX_AUTOSTART": True}
+        {
+            "DB": store.connect("root", env={}),
+            "KEYS": KeyProvider(),
+            "OUTBOX_AUTOSTART": True,
+            "REBUILD_MIN": 0.0,
+            "REBUILD_MAX": 0.0,
+        }
     )
     server = LiveServer(app).start()
     try:

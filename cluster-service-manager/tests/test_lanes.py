@@ -174,3 +174,56 @@ def test_a_full_lane_rejects(make_lanes):
 def test_invalid_options():
     with pytest.raises(ValueError, match="workers"):
         Lanes(workers=0)
+
+
+class ListJournal:
+    """The lanes' journal protocol over a dict, recording what happened."""
+
+    def __init__(self) -> None:
+        self.entries: dict[int, dict] = {}
+        self.next_id = 0
+
+    def add(self, lane, what, record, barrier):
+        self.next_id += 1
+        self.entries[self.next_id] = {"lane": lane, "record": record}
+        return self.next_id
+
+    def replace(self, entry_id, record):
+        self.entries[entry_id]["record"] = record
+
+    def remove(self, entry_id):
+        del self.entries[entry_id]
+
+
+def test_recorded_steps_are_journaled_until_done(make_lanes):
+    from cluster_service_manager.lanes import Recorded
+
+    journal = ListJournal()
+    lanes = make_lanes(journal=journal)
+    root_up = threading.Event()
+
+    def call_root():
+        if not root_up.is_set():
+            raise Down("root down")
+
+    def report():
+        return Recorded({"kind": "report"}, call_root)  # a recorded follow-up
+
+    lanes.submit("node", "message", Recorded({"kind": "message"}, report))
+    lanes.submit("node", "plain", lambda: None)  # not recorded: never journaled
+    wait_until(lambda: [e["record"] for e in journal.entries.values()] == [{"kind": "report"}])
+    assert list(journal.entries) == [1], "the follow-up took the message's entry in place"
+    root_up.set()
+    assert lanes.wait_idle(5)
+    assert journal.entries == {}
+
+
+def test_a_replayed_entry_is_not_journaled_twice(make_lanes):
+    from cluster_service_manager.lanes import Recorded
+
+    journal = ListJournal()
+    journal.entries[7] = {"lane": "node", "record": {"kind": "x"}}
+    lanes = make_lanes(journal=journal)
+    lanes.submit("node", "replayed", Recorded({"kind": "x"}, lambda: None), journal_id=7)
+    assert lanes.wait_idle(5)
+    assert journal.entries == {} and journal.next_id == 0

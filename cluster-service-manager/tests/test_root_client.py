@@ -182,3 +182,38 @@ def test_reports_and_interest_removal(scripted):
 def test_attempts_must_be_positive():
     with pytest.raises(ValueError, match="attempts"):
         RootClient("http://x", attempts=0)
+
+
+def test_a_root_that_forgot_this_cluster_triggers_a_new_registration(scripted):
+    root, url = scripted
+    forgotten: list[bool] = []
+    made = client(url, on_unknown_cluster=lambda: forgotten.append(True))
+    root.answer(
+        (
+            400,
+            {
+                "error": "Bad Request",
+                "reason": "Invalid cluster address, is the cluster registered?",
+            },
+        )
+    )
+    with pytest.raises(RootRejected):
+        made.job_by_name("X.default.X3.default")
+    assert forgotten == [True]
+    root.answer((404, {"error": "Not Found", "reason": "no job X.default.X9.default"}))
+    with pytest.raises(NotFound):
+        made.job_by_name("X.default.X9.default")
+    assert forgotten == [True], "an unknown job is not an unknown cluster"
+
+
+def test_root_state_and_push(scripted):
+    root, url = scripted
+    made = client(url)
+    root.answer((200, {"generation": "g1", "rebuilding": True}))
+    assert made.root_state()["generation"] == "g1"
+    root.answer((200, {"message": "state restored", "reserved": 2, "conflicts": []}))
+    assert made.push_state({"jobs": [], "subnets": []})["reserved"] == 2
+    assert root.requests[-1] == ("POST", "/api/net/cluster/state", {"jobs": [], "subnets": []})
+    root.answer((404, {"error": "Not Found"}))
+    with pytest.raises(NotFound):  # an upstream root: the watch then asks rarely
+        made.root_state()

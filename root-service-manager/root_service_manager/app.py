@@ -16,7 +16,7 @@ from .jwt_keys import KeyProvider
 from .metrics import init_metrics
 from .openapi import SPEC, SWAGGER_PAGE
 from .state import Root
-from .views import net, netinfo
+from .views import net, netinfo, rebuild
 
 log = get_logger(__name__)
 
@@ -24,9 +24,15 @@ log = get_logger(__name__)
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """config keys: DB (a pymongo database), KEYS (KeyProvider), OUTBOX_AUTOSTART (bool),
     OUTBOX_TIMEOUT (seconds), API_TOKEN (the bearer token of `/api/net/`, also sent with
-    the pushes to clusters; None: open). Unset keys come from the environment."""
+    the pushes to clusters; None: open), REBUILD_MIN / REBUILD_MAX (seconds a new store
+    waits for the clusters' state, see `rebuild.py`). Unset keys come from the environment."""
     app = Flask(__name__)
-    app.config.update(OUTBOX_AUTOSTART=True, OUTBOX_TIMEOUT=2.0)
+    app.config.update(
+        OUTBOX_AUTOSTART=True,
+        OUTBOX_TIMEOUT=2.0,
+        REBUILD_MIN=_seconds("ROOT_REBUILD_MIN_SECONDS", 3.0),
+        REBUILD_MAX=_seconds("ROOT_REBUILD_MAX_SECONDS", 30.0),
+    )
     app.config.update(config or {})
     if "API_TOKEN" not in app.config:
         app.config["API_TOKEN"] = api_token.token_from_env()
@@ -35,17 +41,35 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     if db is None:
         db = store.connect("root")
     keys = app.config.get("KEYS") or KeyProvider.from_env(os.environ)
-    root = Root.build(db, keys, outbox_timeout=app.config["OUTBOX_TIMEOUT"])
+    root = Root.build(
+        db,
+        keys,
+        outbox_timeout=app.config["OUTBOX_TIMEOUT"],
+        rebuild_min=app.config["REBUILD_MIN"],
+        rebuild_max=app.config["REBUILD_MAX"],
+    )
     app.extensions["root"] = root
     root.outbox.session.headers.update(api_token.auth_header(app.config["API_TOKEN"]))
     if app.config["OUTBOX_AUTOSTART"]:
         root.outbox.start()
     app.register_blueprint(net.bp)
     app.register_blueprint(netinfo.bp)
+    app.register_blueprint(rebuild.bp)
     _register_errors(app)
     _register_ops(app, root)
     init_metrics(app)
     return app
+
+
+def _seconds(name: str, default: float) -> float:
+    text = os.environ.get(name, "").strip()
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        raise SystemExit(f"{name} must be a number of seconds, got {text!r}") from None
+    if not 0 <= value <= 3600:
+        raise SystemExit(f"{name} must be between 0 and 3600 seconds, got {value}")
+    return value
 
 
 def _register_errors(app: Flask) -> None:
@@ -75,6 +99,7 @@ def _register_ops(app: Flask, root: Root) -> None:
             "status": "ok" if ok else "store unavailable",
             "store": "embedded" if store.is_embedded(root.db) else "mongodb",
             "outbox_depth": root.outbox.depth() if ok else None,
+            "rebuilding": root.gate.rebuilding() if ok else None,
         }
         return jsonify(body), 200 if ok else 503
 

@@ -6,13 +6,16 @@ only persists. Every pool has a cursor document advanced with one atomic
 whose `_id` is `<pool>/<address>`, so two callers can never own the same address
 (MongoDB rejects the second insert). A released address is reused only when the
 cursor comes round to it again, so stale caches elsewhere cannot reach a new owner
-early. No in-process locks: several processes may share one database.
+early. No in-process locks: several processes may share one database. Each
+reservation also records its position in the pool (`slot`), so the next free address
+after a run of taken ones is found with ordered range queries on an index, a number
+logarithmic in the pool's size, and the cursor jumps past the run.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pymongo import ReturnDocument
@@ -23,9 +26,16 @@ from oakestra_net.addressing import Pool, PoolExhausted, index_of, nth, pool_siz
 CURSORS = "ip_cursors"
 RESERVATIONS = "ip_reservations"
 
-# After this many taken addresses in a row the pool is declared exhausted, unless
-# the pool is smaller (then one full turn decides).
-MAX_PROBES = 4096
+# Positions whose reservations are read in one ordered query when the cursor meets a
+# taken address, and how many such windows are read before a longer run is crossed
+# by bisection with range counts.
+BATCH = 1000
+WINDOWS = 8
+# Attempts when concurrent callers keep winning the free address found.
+MAX_RACES = 64
+# Positions are stored as fixed-width decimal strings: the v6 pools have more than 2**63
+# positions (too large for a BSON integer) and strings of equal width sort numerically.
+SLOT_WIDTH = 40
 
 
 class AddressTaken(ValueError):
@@ -36,31 +46,71 @@ def _reservation_id(pool: Pool, address: str) -> str:
     return f"{pool}/{address}"
 
 
-class Allocator:
-    """Reserve and release addresses of the pools in one MongoDB database."""
+def _slot(position: int) -> str:
+    return f"{position:0{SLOT_WIDTH}d}"
 
-    def __init__(self, db: Any) -> None:
+
+class Allocator:
+    """Reserve and release addresses of the pools in one MongoDB database.
+
+    `gate` is called before every new reservation; it raises when allocation must wait
+    (the root is rebuilding what is in use). `restore` is not gated.
+    """
+
+    def __init__(self, db: Any, gate: Callable[[], None] | None = None) -> None:
         self._cursors = db[CURSORS]
         self._reservations = db[RESERVATIONS]
+        self._gate = gate or (lambda: None)
         self.reserved_total: Counter[str] = Counter()  # reservations made by this process
 
     def ensure_indexes(self) -> None:
         self._reservations.create_index([("pool", 1), ("owner.job_name", 1)])
+        self._reservations.create_index([("pool", 1), ("slot", 1)])
+        for doc in self._reservations.find({"slot": {"$exists": False}}, {"_id": 1, "pool": 1}):
+            position = index_of(Pool(doc["pool"]), doc["_id"].split("/", 1)[1])
+            if position is not None:
+                self._reservations.update_one(
+                    {"_id": doc["_id"]}, {"$set": {"slot": _slot(position)}}
+                )
 
     def reserve(self, pool: Pool, owner: Mapping[str, Any]) -> str:
-        """Hand out the next free address of `pool`; raise PoolExhausted when none is left."""
+        """Hand out the next free address of `pool`; raise PoolExhausted when none is left.
+
+        The cursor's own position is tried first (one insert). When it is taken, the
+        reservations from there on are read in order to find the first gap, and the
+        cursor jumps past it, so a run of taken addresses is crossed once, not probed
+        address by address.
+        """
+        self._gate()
         size = pool_size(pool)
-        for _ in range(min(size, MAX_PROBES)):
-            address = nth(pool, self._advance(pool) % size)
-            if self._insert(pool, address, owner):
-                return address
-        raise PoolExhausted(f"no free address left in pool {pool}")
+        for _ in range(MAX_RACES):
+            ticket = self._advance(pool)
+            position = ticket % size
+            if self._insert(pool, position, owner):
+                return nth(pool, position)
+            free = self._next_free(pool, position)
+            if free is None:
+                raise PoolExhausted(f"no free address left in pool {pool} (all {size} in use)")
+            wrapped = size if free < position else 0
+            self._cursors.update_one(
+                {"_id": str(pool)}, {"$max": {"next": ticket - position + wrapped + free + 1}}
+            )
+            if self._insert(pool, free, owner):
+                return nth(pool, free)
+        raise PoolExhausted(f"pool {pool} is too contended right now, try again")
 
     def reserve_specific(self, pool: Pool, address: str, owner: Mapping[str, Any]) -> str:
         """Reserve a chosen address; the same owner asking again is fine, anyone else is not."""
-        if index_of(pool, address) is None:
+        self._gate()
+        return self.restore(pool, address, owner)
+
+    def restore(self, pool: Pool, address: str, owner: Mapping[str, Any]) -> str:
+        """`reserve_specific` without the gate: for addresses known to be in use already."""
+        position = index_of(pool, address)
+        if position is None:
             raise ValueError(f"{address} is not in pool {pool}")
-        if self._insert(pool, address, owner):
+        address = nth(pool, position)  # canonical
+        if self._insert(pool, position, owner):
             return address
         holder = self.owner_of(pool, address)
         if holder is not None and _same_owner(holder, owner):
@@ -84,15 +134,66 @@ class Allocator:
         """The next `count` addresses `reserve` would hand out now (nothing is reserved)."""
         size = pool_size(pool)
         cursor = self._cursors.find_one({"_id": str(pool)})
-        start = cursor["next"] if cursor else 0
+        start = int(cursor["next"]) % size if cursor else 0
         found: list[str] = []
-        for step in range(min(size, MAX_PROBES)):
-            if len(found) >= count:
+        position = start
+        while len(found) < count:
+            free = self._first_gap(pool, position, size)
+            if free is None:
                 break
-            address = nth(pool, (start + step) % size)
-            if self._reservations.find_one({"_id": _reservation_id(pool, address)}) is None:
-                found.append(address)
+            found.append(nth(pool, free))
+            position = free + 1
+        position = 0
+        while len(found) < count:
+            free = self._first_gap(pool, position, start)
+            if free is None:
+                break
+            found.append(nth(pool, free))
+            position = free + 1
         return found
+
+    def _next_free(self, pool: Pool, position: int) -> int | None:
+        """The first free position after `position`, wrapping round once; None when full."""
+        size = pool_size(pool)
+        free = self._first_gap(pool, position + 1, size)
+        return free if free is not None else self._first_gap(pool, 0, position + 1)
+
+    def _first_gap(self, pool: Pool, low: int, high: int) -> int | None:
+        """The first position in [low, high) without a reservation, or None.
+
+        The reservations of the next positions are read in order, BATCH positions per
+        query on the (pool, slot) index; a run longer than WINDOWS such windows is
+        crossed by bisection with range counts instead, so the number of queries stays
+        logarithmic in the pool, whatever the run's length.
+        """
+        expected = low
+        for _ in range(WINDOWS):
+            window = min(high, expected + BATCH)
+            if expected >= window:
+                return None
+            query = {"pool": str(pool), "slot": {"$gte": _slot(expected), "$lt": _slot(window)}}
+            for doc in self._reservations.find(query, {"slot": 1, "_id": 0}).sort("slot", 1):
+                position = int(doc["slot"])
+                if position > expected:
+                    return expected
+                expected = position + 1
+            if expected < window:
+                return expected
+        expected = self._end_of_run(pool, expected, high)
+        return expected if expected < high else None
+
+    def _end_of_run(self, pool: Pool, low: int, high: int) -> int:
+        """The largest end <= high such that every position in [low, end) is taken."""
+        full, beyond = low, high  # [low, full) is taken; the answer is in [full, beyond]
+        while full < beyond:
+            middle = (full + beyond + 1) // 2
+            span = {"$gte": _slot(full), "$lt": _slot(middle)}
+            taken = self._reservations.count_documents({"pool": str(pool), "slot": span})
+            if taken == middle - full:
+                full = middle
+            else:
+                beyond = middle - 1
+        return full
 
     def _advance(self, pool: Pool) -> int:
         for _ in range(3):
@@ -108,10 +209,16 @@ class Allocator:
             return 0 if doc is None else int(doc["next"])
         raise RuntimeError(f"cannot advance the cursor of pool {pool}")
 
-    def _insert(self, pool: Pool, address: str, owner: Mapping[str, Any]) -> bool:
+    def _insert(self, pool: Pool, position: int, owner: Mapping[str, Any]) -> bool:
+        address = nth(pool, position)
         try:
             self._reservations.insert_one(
-                {"_id": _reservation_id(pool, address), "pool": str(pool), "owner": dict(owner)}
+                {
+                    "_id": _reservation_id(pool, address),
+                    "pool": str(pool),
+                    "slot": _slot(position),
+                    "owner": dict(owner),
+                }
             )
         except DuplicateKeyError:
             return False

@@ -8,6 +8,10 @@ send to the same cluster at once), then sends that cluster's messages oldest fir
 stopping at the first failure. A failing cluster is marked `ERROR` and retried with
 exponential backoff; when a push is delivered it is `ACTIVE` again. A 4xx answer is
 final (the cluster refused the message; retrying cannot help): it is logged and dropped.
+
+The outbox is bounded: a cluster has at most one pending message per job (only the
+job's latest state matters to it), so a cluster that never comes back costs one
+document per job it follows, however often those jobs change.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 import requests
 from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
 
 from oakestra_net.log import get_logger
 
@@ -33,6 +38,22 @@ BATCH = 100
 def cluster_url(address: str, port: Any) -> str:
     host = f"[{address}]" if ":" in address else address
     return f"http://{host}:{port}/api/net/job/update"
+
+
+def coalesce(pending: dict, new: dict, *, pending_merged: bool = False) -> dict:
+    """The one update that stands for `pending` followed by `new` (same cluster and job).
+
+    A `DEPLOYMENT` update makes the cluster fetch the whole job again, which brings
+    every change since, removals included; so two different updates coalesce into a
+    `DEPLOYMENT`. An `UNDEPLOYMENT` stands for itself when it removes every instance
+    (-1), repeats the pending one, or follows a single update of the same instance
+    (`pending_merged` says whether `pending` already stands for several).
+    """
+    if new["type"] == "UNDEPLOYMENT":
+        same_instance = new["instance_number"] == pending["instance_number"]
+        if new["instance_number"] == -1 or new == pending or (same_instance and not pending_merged):
+            return new
+    return {**new, "type": "DEPLOYMENT"}
 
 
 def backoff(attempts: int) -> float:
@@ -62,26 +83,52 @@ class Outbox:
         self._thread: threading.Thread | None = None
 
     def ensure_indexes(self) -> None:
-        self.messages.create_index([("cluster_id", 1), ("_id", 1)])
+        self.messages.create_index([("cluster_id", 1), ("seq", 1)])
 
     def notify(
         self, clusters: Iterable[dict], job_name: str, instance_number: int, kind: str
     ) -> None:
-        """Queue one update per cluster; returns at once."""
+        """Queue the update for every cluster (coalesced with its pending one); returns at once."""
+        body = {"job_name": job_name, "instance_number": instance_number, "type": kind}
         for cluster in clusters:
-            message = {"job_name": job_name, "instance_number": instance_number, "type": kind}
-            self.messages.insert_one(
-                {
-                    "_id": self._next_seq(),
-                    "cluster_id": cluster["cluster_id"],
-                    "body": message,
-                    "attempts": 0,
-                    "next_attempt_at": 0.0,
-                    "created_at": self.clock(),
-                }
-            )
-            log.info("update queued", cluster_id=cluster["cluster_id"], **message)
+            sent = self._queue(cluster["cluster_id"], body)
+            log.info("update queued", cluster_id=cluster["cluster_id"], **sent)
         self._wake.set()
+
+    def _queue(self, cluster_id: str, body: dict) -> dict:
+        """Insert the one pending message of (cluster, job), or replace the pending one.
+
+        The replacement takes a new sequence number (it goes out after everything
+        queued before it) and keeps the backoff of the message it replaces. The
+        compare-and-set on `seq` makes a concurrent delivery or notify retry, never lose.
+        """
+        key = f"{cluster_id}/{body['job_name']}"
+        while True:
+            seq = self._next_seq()
+            pending = self.messages.find_one({"_id": key})
+            if pending is None:
+                try:
+                    self.messages.insert_one(
+                        {
+                            "_id": key,
+                            "seq": seq,
+                            "cluster_id": cluster_id,
+                            "body": body,
+                            "attempts": 0,
+                            "next_attempt_at": 0.0,
+                            "created_at": self.clock(),
+                        }
+                    )
+                except DuplicateKeyError:
+                    continue
+                return body
+            merged = coalesce(pending["body"], body, pending_merged=pending.get("merged", False))
+            replaced = self.messages.update_one(
+                {"_id": key, "seq": pending["seq"]},
+                {"$set": {"seq": seq, "body": merged, "merged": merged != body}},
+            )
+            if replaced.matched_count == 1:
+                return merged
 
     def depth(self) -> int:
         return self.messages.count_documents({})
@@ -127,10 +174,11 @@ class Outbox:
             log.warning("updates dropped: cluster unknown", cluster_id=cluster_id, count=dropped)
             return
         url = cluster_url(cluster["cluster_address"], cluster["cluster_port"])
-        for message in self.messages.find({"cluster_id": cluster_id}).sort("_id", 1).limit(BATCH):
+        for message in self.messages.find({"cluster_id": cluster_id}).sort("seq", 1).limit(BATCH):
             if message["next_attempt_at"] > self.clock() or not self._send(url, message):
                 return
-            self.messages.delete_one({"_id": message["_id"]})
+            # A newer state of the job replaced the message while it was sent: keep that.
+            self.messages.delete_one({"_id": message["_id"], "seq": message.get("seq")})
 
     def _send(self, url: str, message: dict) -> bool:
         cluster_id = message["cluster_id"]

@@ -49,16 +49,48 @@ def test_specific_address_is_exclusive(db):
     assert allocator.reserve(Pool.SERVICE_V4, mine) == "10.30.1.31"
 
 
-def test_exhaustion_is_reported(db, monkeypatch):
-    import root_service_manager.ipam as ipam
-
-    monkeypatch.setattr(ipam, "MAX_PROBES", 5)
+@pytest.mark.slow  # 15,359 reservations on the embedded store: 10-20 s
+def test_exhaustion_is_reported_only_when_every_address_is_taken(db):
+    """User-chosen runs ahead of the cursor; allocation goes on until the pool is truly full."""
     allocator = Allocator(db)
-    owner = {"kind": "subnet"}
-    for n in range(5):
-        allocator.reserve_specific(Pool.SUBNET_V4, nth(Pool.SUBNET_V4, n), owner)
-    with pytest.raises(PoolExhausted):
-        allocator.reserve(Pool.SUBNET_V4, owner)
+    size = pool_size(Pool.SUBNET_V4)
+    chosen = set()
+    for start, length in ((0, 5000), (6000, 4097), (11000, 3000), (size - 300, 300)):
+        for n in range(start, start + length):
+            allocator.reserve_specific(Pool.SUBNET_V4, nth(Pool.SUBNET_V4, n), {"kind": "subnet"})
+            chosen.add(nth(Pool.SUBNET_V4, n))
+    handed_out = []
+    while True:
+        try:
+            handed_out.append(allocator.reserve(Pool.SUBNET_V4, {"kind": "subnet"}))
+        except PoolExhausted as err:
+            assert "all 15359 in use" in str(err)
+            break
+    assert len(handed_out) == size - len(chosen)
+    assert len(set(handed_out)) == len(handed_out)
+    assert not set(handed_out) & chosen
+    assert allocator.used(Pool.SUBNET_V4) == size
+    allocator.release(Pool.SUBNET_V4, nth(Pool.SUBNET_V4, 7000))
+    assert allocator.reserve(Pool.SUBNET_V4, {"kind": "subnet"}) == nth(Pool.SUBNET_V4, 7000)
+
+
+def test_service_pool_past_long_user_chosen_runs(db):
+    """The case that answered "pool full" at 8,500 of 65,534: runs of 4,096+ chosen IPs."""
+    allocator = Allocator(db)
+    owner = {"kind": "rr", "job_name": "a.b.c.d"}
+    db["ip_reservations"].insert_many(
+        {
+            "_id": f"service_v4/{nth(Pool.SERVICE_V4, n)}",
+            "pool": "service_v4",
+            "slot": f"{n:040d}",
+            "owner": owner,
+        }
+        for n in range(1, 8500)
+    )
+    assert allocator.reserve(Pool.SERVICE_V4, owner) == nth(Pool.SERVICE_V4, 0)
+    assert allocator.reserve(Pool.SERVICE_V4, owner) == nth(Pool.SERVICE_V4, 8500)
+    assert allocator.reserve(Pool.SERVICE_V4, owner) == nth(Pool.SERVICE_V4, 8501)
+    assert db["ip_cursors"].find_one({"_id": "service_v4"})["next"] == 8502
 
 
 def test_preview_lists_the_next_free_addresses_without_reserving(db):

@@ -66,7 +66,7 @@ def cluster():
     flaky.close()
 
 
-def test_updates_arrive_once_in_order_after_the_cluster_recovers(client, root, cluster):
+def test_the_latest_state_arrives_once_after_the_cluster_recovers(client, root, cluster):
     client.post(
         "/api/net/cluster",
         json={"cluster_id": "c1", "cluster_address": "127.0.0.1", "cluster_port": cluster.port},
@@ -101,6 +101,7 @@ def test_updates_arrive_once_in_order_after_the_cluster_recovers(client, root, c
         {"job_name": "X.default.X1.default", "instance_number": -1, "type": "UNDEPLOYMENT"}
     )
 
+    expected = expected[-1:]  # coalesced: only the job's latest state is pending
     wait_until(lambda: cluster.refused >= 2, timeout=10, message="cluster never tried")
     assert root.clusters.by_id("c1")["status"] == "ERROR"
     assert cluster.received == []
@@ -143,7 +144,7 @@ def test_two_deliverers_never_send_the_same_update_twice(client, root, cluster, 
     )
     clusters = [root.clusters.by_id("c1")]
     for number in range(30):
-        root.outbox.notify(clusters, "X.default.X1.default", number, "DEPLOYMENT")
+        root.outbox.notify(clusters, f"X.default.X{number}.default", number, "DEPLOYMENT")
     other = Outbox(db)
     threads = [threading.Thread(target=o.deliver_pending) for o in (root.outbox, other)]
     for thread in threads:
@@ -152,3 +153,51 @@ def test_two_deliverers_never_send_the_same_update_twice(client, root, cluster, 
         thread.join()
     root.outbox.deliver_pending()
     assert [m["instance_number"] for m in cluster.received] == list(range(30))
+
+
+def test_a_dead_cluster_costs_one_pending_update_per_job(client, root, cluster):
+    """1,000 changes to 10 jobs while the cluster is down: 10 pending, each job's latest."""
+    client.post(
+        "/api/net/cluster",
+        json={"cluster_id": "c1", "cluster_address": "127.0.0.1", "cluster_port": cluster.port},
+    )
+    clusters = [root.clusters.by_id("c1")]
+    latest = {}
+    for change in range(1000):
+        job, number = f"X.default.X{change % 10}.default", change // 10
+        kind = "UNDEPLOYMENT" if change % 3 == 0 else "DEPLOYMENT"
+        root.outbox.notify(clusters, job, number, kind)
+        if change % 7 == 0:
+            root.outbox.deliver_pending()  # refused: the cluster is down
+        latest[job] = number
+    assert cluster.refused >= 1
+    assert root.outbox.depth() == 10
+    cluster.healthy.set()
+    root.db["outbox"].update_many({}, {"$set": {"next_attempt_at": 0.0}})  # skip the backoff
+    root.outbox.deliver_pending()
+    assert root.outbox.depth() == 0
+    assert {m["job_name"]: m["instance_number"] for m in cluster.received} == latest
+    assert len(cluster.received) == 10
+    assert {m["type"] for m in cluster.received} == {"DEPLOYMENT"}
+
+
+@pytest.mark.parametrize(
+    ("pending", "new", "sent"),
+    [
+        (("DEPLOYMENT", 1), ("DEPLOYMENT", 2), ("DEPLOYMENT", 2)),
+        (("DEPLOYMENT", 1), ("UNDEPLOYMENT", 2), ("DEPLOYMENT", 2)),
+        (("UNDEPLOYMENT", 1), ("DEPLOYMENT", 2), ("DEPLOYMENT", 2)),
+        (("UNDEPLOYMENT", 1), ("UNDEPLOYMENT", 1), ("UNDEPLOYMENT", 1)),
+        (("DEPLOYMENT", 1), ("UNDEPLOYMENT", -1), ("UNDEPLOYMENT", -1)),
+        (("DEPLOYMENT", 1), ("UNDEPLOYMENT", 1), ("UNDEPLOYMENT", 1)),
+        (("DEPLOYMENT", 1, "merged"), ("UNDEPLOYMENT", 1), ("DEPLOYMENT", 1)),
+    ],
+)
+def test_coalescing_keeps_what_the_cluster_must_do(pending, new, sent):
+    from root_service_manager.outbox import coalesce
+
+    def body(kind_number):
+        return {"job_name": "a.b.c.d", "type": kind_number[0], "instance_number": kind_number[1]}
+
+    merged = len(pending) == 3
+    assert coalesce(body(pending), body(new), pending_merged=merged) == body(sent)

@@ -32,12 +32,14 @@ def test_console_script_serves_the_api():
 
         def healthy():
             try:
-                return requests.get(f"{base}/healthz", timeout=1).status_code == 200
+                return requests.get(f"{base}/healthz", timeout=2).status_code == 200
             except requests.RequestException:  # refused, or slow on a loaded machine
                 return False
 
         wait_until(healthy, timeout=20, message="root service manager did not come up")
         assert requests.get(f"{base}/healthz").json()["store"] == "embedded"
+        # a new store: no allocation until the clusters could report (none here: 3 s)
+        wait_until(lambda: not requests.get(f"{base}/healthz").json()["rebuilding"], timeout=20)
         first = requests.get(f"{base}/api/net/subnet").json()
         second = requests.get(f"{base}/api/net/subnet").json()
         assert first["subnet_addr"] != second["subnet_addr"]

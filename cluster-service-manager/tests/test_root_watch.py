@@ -1,0 +1,109 @@
+"""The root watch: a new root generation (or a root that forgot us) gets our state once."""
+
+from __future__ import annotations
+
+from cluster_service_manager.cache import JobCache
+from cluster_service_manager.root_client import NotFound, RootUnavailable
+from cluster_service_manager.root_watch import UNSUPPORTED_INTERVAL, RootWatch, snapshot
+
+
+class FakeRoot:
+    def __init__(self) -> None:
+        self.generation: str | None = "g1"
+        self.calls: list[tuple] = []
+        self.cluster: dict | None = None
+
+    def root_state(self) -> dict:
+        if self.generation is None:
+            raise RootUnavailable("down")
+        if self.generation == "upstream":
+            raise NotFound("no such endpoint")
+        return {"generation": self.generation, "rebuilding": False, "cluster": self.cluster}
+
+    def register_cluster(self, *registration) -> None:
+        self.calls.append(("register", *registration))
+        fields = ("cluster_id", "cluster_address", "cluster_port")
+        self.cluster = dict(zip(fields, registration, strict=True))
+
+    def push_state(self, state: dict) -> dict:
+        self.calls.append(("push", len(state["jobs"]), len(state["subnets"])))
+        return {"reserved": 0, "conflicts": []}
+
+
+JOB = {
+    "job_name": "X.default.X1.default",
+    "job_id": "6630f0f0f0f0f0f0f0f0f001",
+    "service_ip_list": [{"IpType": "RR", "Address": "10.30.0.1", "Address_v6": "fdff:2000::1"}],
+    "instance_list": [
+        {
+            "instance_number": 0,
+            "instance_ip": "10.30.0.3",
+            "instance_ip_v6": "fdff::1",
+            "cluster_id": "c1",
+            "reported_by": "n1",
+        }
+    ],
+}
+
+
+def test_state_is_pushed_once_per_generation_and_again_when_forgotten(db):
+    cache = JobCache(db, "c1")
+    cache.store(JOB)
+    cache.claim_node_subnet("n1", ("10.16.0.0", "fc00::"))
+    root = FakeRoot()
+    watch = RootWatch(root, cache, ("c1", "192.0.2.10", 10110))  # type: ignore[arg-type]
+    watch.check()
+    watch.check()
+    assert root.calls == [("register", "c1", "192.0.2.10", 10110), ("push", 1, 1)]
+    root.generation = None  # the root is down: nothing to do, no error
+    watch.check()
+    root.generation = "g2"  # restarted on a new store
+    watch.check()
+    assert root.calls[-1] == ("push", 1, 1) and len(root.calls) == 4
+    watch.trigger()  # a call said the root does not know us
+    watch.check()
+    assert len(root.calls) == 6
+    root.generation = "upstream"
+    assert watch.check() == UNSUPPORTED_INTERVAL
+
+
+def test_snapshot_carries_addresses_and_locations(db):
+    cache = JobCache(db, "c1")
+    cache.store(JOB)
+    cache.claim_node_subnet("n1", ("10.16.0.0", "fc00::"))
+    state = snapshot(cache)
+    (job,) = state["jobs"]
+    assert job["job_id"] == JOB["job_id"] and job["service_ip_list"] == JOB["service_ip_list"]
+    assert job["instance_list"][0]["instance_ip"] == "10.30.0.3"
+    assert "reported_by" not in job["instance_list"][0]
+    assert state["subnets"] == [{"subnet_addr": "10.16.0.0", "subnet_addr_v6": "fc00::"}]
+
+
+def test_a_cluster_registered_by_the_system_manager_registers_again_as_it_was(db):
+    cache = JobCache(db, None)
+    root = FakeRoot()
+    root.cluster = {"cluster_id": "c7", "cluster_address": "192.0.2.7", "cluster_port": 10110}
+    watch = RootWatch(root, cache, None)  # type: ignore[arg-type]
+    watch.check()
+    assert root.calls == [("push", 0, 0)]  # registered by somebody else: nothing to do
+    root.generation, root.cluster = "g2", None  # a new store: it forgot us
+    restarted = RootWatch(root, JobCache(db, None), None)  # type: ignore[arg-type]
+    restarted.check()  # even after a restart of ours: the registration is in the store
+    assert root.calls[1:] == [("register", "c7", "192.0.2.7", 10110), ("push", 0, 0)]
+
+
+def test_a_job_forgotten_during_the_push_loses_the_interest_the_push_gave(db):
+    cache = JobCache(db, "c1")
+    cache.store(JOB)
+    taken = snapshot(cache)
+    cache.delete(JOB["job_name"])  # forgotten while the push was on its way
+    dropped: list[str] = []
+    watch = RootWatch(
+        FakeRoot(),  # type: ignore[arg-type]
+        cache,
+        None,
+        state=lambda: taken,
+        drop_interest=dropped.append,
+    )
+    watch.check()
+    assert dropped == [JOB["job_name"]]

@@ -1,0 +1,33 @@
+"""The root's generation, and clusters pushing their state into a new store (ours, not upstream's).
+
+`GET /api/net/state` tells a cluster which store generation it talks to, whether
+the root is still rebuilding and how it registered the caller;
+`POST /api/net/cluster/state` takes what a cluster knows is in use (see
+`rebuild.py`). The caller is identified by its address, like every cluster call; an
+unregistered caller's addresses are restored too.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+
+from ..errors import json_object
+
+bp = Blueprint("rebuild", __name__, url_prefix="/api/net")
+
+
+@bp.get("/state")
+def root_state():
+    """The generation, and how the caller is registered (None: not), so that a cluster
+    can register itself again as it was should the root lose its store."""
+    root = current_app.extensions["root"]
+    cluster = root.clusters.by_address(request.remote_addr)
+    if cluster is not None:
+        cluster = {k: cluster.get(k) for k in ("cluster_id", "cluster_address", "cluster_port")}
+    return jsonify({**root.gate.state(), "cluster": cluster})
+
+
+@bp.post("/cluster/state")
+def cluster_state():
+    body = json_object()
+    return jsonify(current_app.extensions["root"].restorer.restore(request.remote_addr, body))
