@@ -3,10 +3,15 @@
 Served on the unix socket (default /etc/netmanager/netmanager.sock) and optionally a
 TCP port. Bad JSON or fields → 400 `{"error", "reason"}` and nothing changes; every
 call before `/register` → 400. `GET /status` and `GET /metrics` are ours.
+
+Bodies are at most MAX_BODY_BYTES and nest at most MAX_JSON_DEPTH deep: the depth is
+checked on the raw bytes before parsing, because a deeply nested body made the JSON
+parser raise RecursionError (a 500 on every POST). The node engine's bodies are flat.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -18,9 +23,44 @@ from oakestra_net.log import get_logger
 
 log = get_logger(__name__)
 
+MAX_BODY_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 32
+_OPEN, _CLOSE, _QUOTE, _ESCAPE = frozenset(b"[{"), frozenset(b"]}"), ord('"'), ord("\\")
+
+
+def json_depth(data: bytes, limit: int) -> int:
+    """How deep arrays/objects nest in `data` (strings skipped), counting stops past `limit`."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == _ESCAPE:
+                escaped = True
+            elif byte == _QUOTE:
+                in_string = False
+        elif byte == _QUOTE:
+            in_string = True
+        elif byte in _OPEN:
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    break
+        elif byte in _CLOSE:
+            depth -= 1
+    return deepest
+
 
 def _body() -> dict[str, Any]:
-    body = request.get_json(silent=True, force=True)
+    data = request.get_data(cache=True)
+    if json_depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise DaemonError(400, f"request body nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):
+        body = None
     if not isinstance(body, dict):
         raise DaemonError(400, "request body must be a JSON object")
     return body
@@ -37,6 +77,7 @@ def _field(body: dict[str, Any], name: str, kind: type, default: Any = ...) -> A
 
 def create_app(daemon: NodeDaemon) -> Flask:
     app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
 
     @app.errorhandler(DaemonError)
     def refused(err: DaemonError):

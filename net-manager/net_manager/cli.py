@@ -1,4 +1,15 @@
-"""`net-manager run | status | cleanup`: the node daemon's command line."""
+"""`net-manager run | status | cleanup`: the node daemon's command line.
+
+Every setting (`config.SETTINGS`: variable, flag, default, meaning) may be given before
+or after the subcommand; a flag wins over its environment variable, which wins over
+netcfg.json / tuncfg.json. `--help`, `--version` and a bad argument (exit 2, naming it)
+end the program before anything is opened. `run` then checks, before it serves or
+touches the kernel: every value (exit 2, one line naming the variable, flag or file
+key), the TLS files (exit 2), the broker's answer to our credentials when the cluster
+is known (refused: exit 1; merely unreachable: a warning, the session keeps retrying),
+and that the API socket can be bound (exit 1). It logs the effective configuration once,
+secrets masked.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +21,19 @@ import signal
 import socket
 import sys
 import threading
+from typing import Any
 
+from net_manager.config import ENV_VARS, SETTINGS, ConfigError, NetConfig, load_config
+from oakestra_net import settings as s
+from oakestra_net.console import exit_bad_configuration, exit_unavailable
 from oakestra_net.log import get_logger, setup_logging
 
 log = get_logger(__name__)
+
+COMPONENT = "net-manager"
+_UNREACHABLE = "CLUSTER_URL / CLUSTER_MQTT_PORT"
+_CREDENTIALS = "MQTT_USERNAME / MQTT_PASSWORD (netcfg.json MqttUsername / MqttPassword)"
+_TLS = "MQTT_CA_FILE / MQTT_CERT_FILE / MQTT_KEY_FILE (netcfg.json MqttCa / MqttCert / MqttKey)"
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -43,40 +63,97 @@ def call(socket_path: str, method: str, path: str, body: dict | None = None):
         return response.status, data
 
 
-def _overrides(args: argparse.Namespace) -> dict:
-    out = {}
-    if args.socket:
-        out["socket_path"] = args.socket
-    if getattr(args, "port", None):
-        out["tcp_port"] = args.port
-    if getattr(args, "state_file", None):
-        out["state_file"] = args.state_file
-    return out
+def build_parser() -> argparse.ArgumentParser:
+    """The settings (before or after the subcommand) and the three subcommands."""
+    parser = SETTINGS.parser()
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _subcommand(commands, "run", "run the node daemon (serves the node engine's API)")
+    status = _subcommand(commands, "status", "show the running daemon's state")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    cleanup = _subcommand(commands, "cleanup", "remove our devices and rules no state references")
+    cleanup.add_argument("--all", action="store_true", help="remove everything of ours")
+    return parser
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _subcommand(commands: Any, name: str, meaning: str) -> argparse.ArgumentParser:
+    sub = commands.add_parser(
+        name,
+        help=meaning,
+        description=meaning,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    SETTINGS.add_arguments(sub)
+    # A setting not given after the subcommand must not overwrite one given before it:
+    # argparse copies every attribute of the subcommand's namespace, defaults included.
+    fields = {row.field for row in SETTINGS.rows}
+    for action in sub._actions:
+        if action.dest in fields:
+            action.default = argparse.SUPPRESS
+    return sub
+
+
+def load(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any], NetConfig]:
+    """Parse the command line, export the flags, resolve every setting; exit on a bad one."""
+    parser = build_parser()
+    # unknown arguments first, so the error names them (argparse would complain about the
+    # missing command instead)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command is None:
+        parser.error("a command is required: run, status or cleanup")
+    flags = SETTINGS.flags(args)
+    SETTINGS.export(flags, os.environ)  # the files-then-environment loader sees the flags
+    try:
+        values = SETTINGS.values(os.environ, flags)
+    except ValueError as err:
+        exit_bad_configuration(COMPONENT, str(err))
+    setup_logging(COMPONENT, level=values["log_level"], fmt=values["log_format"])
+    try:
+        config = load_config(values["config_dir"], os.environ)
+    except ConfigError as err:
+        exit_bad_configuration(COMPONENT, str(err))
+    if config.debug and SETTINGS.texts(os.environ, flags)["log_level"][0] == "default":
+        setup_logging(COMPONENT, level="DEBUG", fmt=values["log_format"])  # netcfg.json Debug
+    return args, values, config
+
+
+def effective(config: NetConfig, values: dict[str, Any]) -> dict[str, Any]:
+    """The configuration in use, by variable name (files and defaults applied), masked."""
+    shown = {}
+    for row in SETTINGS.rows:
+        value = getattr(config, ENV_VARS[row.env]) if row.env in ENV_VARS else values[row.field]
+        shown[row.env] = s.display(row, value)
+    shown["Debug"] = config.debug
+    shown["TunnelDevice"] = config.tun.device_name
+    return shown
+
+
+def cmd_run(values: dict[str, Any], config: NetConfig) -> int:
     from werkzeug.serving import make_server
 
     from net_manager.api import create_app
-    from net_manager.config import ConfigError, load_config
     from net_manager.control.daemon import DaemonError, NodeDaemon
 
-    try:
-        config = load_config(args.config_dir, overrides=_overrides(args))
-    except ConfigError as err:
-        print(f"net-manager: {err}", file=sys.stderr)
-        return 2
-    setup_logging("net-manager", level="DEBUG" if config.debug else None)
+    log.info("effective configuration", **effective(config, values))
+    problem = tls_problem(config)
+    if problem:
+        exit_bad_configuration(COMPONENT, problem)
+    check_broker(config, values["startup_timeout"])
     daemon = NodeDaemon(config)
+    app = create_app(daemon)
+    try:
+        servers = [_unix_server(make_server, config.socket_path, app)]
+        if config.tcp_port:
+            servers.append(make_server("127.0.0.1", config.tcp_port, app, threaded=True))
+    except OSError as err:
+        where = f"NETMANAGER_SOCKET {config.socket_path} / NETMANAGER_PORT {config.tcp_port}"
+        exit_unavailable(COMPONENT, f"{where}: cannot serve the API: {err.strerror or err}")
     try:
         daemon.start()
     except DaemonError as err:
-        print(f"net-manager: {err.reason}", file=sys.stderr)
-        return 1
-    app = create_app(daemon)
-    servers = [_unix_server(make_server, config.socket_path, app)]
-    if config.tcp_port:
-        servers.append(make_server("127.0.0.1", config.tcp_port, app, threaded=True))
+        exit_unavailable(COMPONENT, err.reason)
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
     log.info(
@@ -96,6 +173,58 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def tls_problem(config: NetConfig) -> str | None:
+    """A configured TLS file that is missing or unreadable, named by its settings."""
+    files = (
+        ("MQTT_CA_FILE / netcfg.json MqttCa", config.mqtt_ca),
+        ("MQTT_CERT_FILE / netcfg.json MqttCert", config.mqtt_cert),
+        ("MQTT_KEY_FILE / netcfg.json MqttKey", config.mqtt_key),
+    )
+    for names, path in files:
+        if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+            return f"{names}: {path} is not a readable file"
+    if config.mqtt_key and not config.mqtt_cert:
+        return "MQTT_KEY_FILE / netcfg.json MqttKey is set without MQTT_CERT_FILE / MqttCert"
+    if config.mqtt_password and not config.mqtt_username:
+        return "MQTT_PASSWORD / netcfg.json MqttPassword is set without MQTT_USERNAME"
+    return None
+
+
+def check_broker(config: NetConfig, timeout: float) -> None:
+    """When the cluster is known (registered before, or configured): does its broker take
+    our credentials? Refused -> exit 1; unreachable -> a warning (it may come later)."""
+    from net_manager.control import statefile
+    from oakestra_net.mqtt import MqttConfig
+    from oakestra_net.startcheck import mqtt_problem
+
+    state = statefile.load(config.state_file)
+    cluster = state.cluster_url if state.node_id else config.cluster_url
+    if cluster in ("", "0.0.0.0"):
+        return
+    try:
+        mqtt = MqttConfig(
+            host=cluster,
+            port=config.cluster_mqtt_port,
+            client_id="net-manager-startcheck",
+            username=config.mqtt_username or None,
+            password=config.mqtt_password or None,
+            ca_file=config.mqtt_ca or None,
+            cert_file=config.mqtt_cert or None,
+            key_file=config.mqtt_key or None,
+        )
+    except ValueError as err:
+        exit_bad_configuration(COMPONENT, str(err))
+    problem = mqtt_problem(
+        mqtt, timeout, address_names=_UNREACHABLE, credential_names=_CREDENTIALS, tls_names=_TLS
+    )
+    if problem is None:
+        return
+    if problem.startswith(_UNREACHABLE):
+        log.warning("cluster broker not reachable yet; the daemon keeps trying", reason=problem)
+        return
+    exit_unavailable(COMPONENT, problem)
+
+
 def _unix_server(make_server, path: str, app):
     """Serve on the unix socket `path`, which appears only once it accepts connections.
 
@@ -110,10 +239,8 @@ def _unix_server(make_server, path: str, app):
     return server
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from net_manager.config import load_config
-
-    socket_path = args.socket or load_config(args.config_dir).socket_path
+def cmd_status(args: argparse.Namespace, config: NetConfig) -> int:
+    socket_path = config.socket_path
     try:
         status, body = call(socket_path, "GET", "/status")
     except OSError as err:
@@ -151,15 +278,12 @@ def format_status(status: dict) -> str:
     return "\n".join(lines)
 
 
-def cmd_cleanup(args: argparse.Namespace) -> int:
+def cmd_cleanup(args: argparse.Namespace, config: NetConfig) -> int:
     """Delete our devices and rules that the state file does not reference."""
-    from net_manager.config import load_config
     from net_manager.control import statefile
     from net_manager.node.kernel import Kernel
     from net_manager.node.reconciler import DesiredState, Reconciler
 
-    setup_logging("net-manager")
-    config = load_config(args.config_dir, overrides=_overrides(args))
     state = statefile.load(config.state_file)
     if args.all or not state.node_id:
         desired = DesiredState(node=None, containers=())
@@ -176,21 +300,12 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="net-manager", description=__doc__)
-    parser.add_argument("--config-dir", default=os.environ.get("NETMANAGER_CONFIG_DIR"))
-    parser.add_argument("--socket", help="unix socket of the API")
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run the node daemon")
-    run.add_argument("--port", type=int, help="also serve the API on 127.0.0.1:PORT")
-    run.add_argument("--state-file")
-    status = commands.add_parser("status", help="show the daemon's state")
-    status.add_argument("--json", action="store_true")
-    cleanup = commands.add_parser("cleanup", help="remove leftovers no state references")
-    cleanup.add_argument("--all", action="store_true", help="remove everything of ours")
-    cleanup.add_argument("--state-file")
-    args = parser.parse_args(argv)
-    handler = {"run": cmd_run, "status": cmd_status, "cleanup": cmd_cleanup}[args.command]
-    return handler(args)
+    args, values, config = load(argv)
+    if args.command == "run":
+        return cmd_run(values, config)
+    if args.command == "status":
+        return cmd_status(args, config)
+    return cmd_cleanup(args, config)
 
 
 if __name__ == "__main__":

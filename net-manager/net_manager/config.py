@@ -18,6 +18,10 @@ Deliberate differences from upstream:
   upstream ships) is replaced by the platform range (10.30.0.0/16,
   fdff::/16) with a warning; a wider subnet that contains it is kept as written.
 
+`SETTINGS` is the console script's table of the environment settings (variable, flag,
+meaning, default): the CLI exports the flags into the environment before loading, so
+step 3 sees them and a flag wins over its variable.
+
 Every bad value raises ConfigError naming the source and key, e.g.
 `/etc/netmanager/netcfg.json: NodePublicPort must be a port number 1-65535, got 'abc'`.
 What the daemon does with each setting is the daemon's business.
@@ -31,10 +35,12 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib import metadata
 from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
 from typing import Any, NoReturn
 
+from oakestra_net import settings as s
 from oakestra_net.addressing import SERVICE_V4, SERVICE_V6
 from oakestra_net.log import get_logger
 
@@ -295,6 +301,9 @@ ENV_VARS: dict[str, str] = {
     "NETMANAGER_STATE_FILE": "state_file",  # deployed instances, re-adopted on restart
     "MQTT_USERNAME": "mqtt_username",
     "MQTT_PASSWORD": "mqtt_password",
+    "MQTT_CA_FILE": "mqtt_ca",
+    "MQTT_CERT_FILE": "mqtt_cert",
+    "MQTT_KEY_FILE": "mqtt_key",
     "ADDRESS_WATCH_INTERVAL": "address_watch_interval",  # public address check (0: off)
 }
 
@@ -394,3 +403,85 @@ def _warn_replaced(path: Path, configured: IPv4Network | IPv6Network, used: obje
         configured=str(configured),
         used=str(used),
     )
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def _checked(name: str) -> s.Parser:
+    """A settings-table parser that applies the field's own parser (same rules as files)."""
+
+    def parse(text: str) -> Any:
+        try:
+            return FIELD_PARSERS[name](text, "")
+        except ConfigError as err:
+            return _reraise(err)
+
+    return parse
+
+
+def _reraise(err: ConfigError) -> NoReturn:
+    reason = str(err).strip()
+    raise ValueError(reason.rpartition(", got ")[0] or reason) from None
+
+
+def _row(env: str, flag: str, meaning: str, *, secret: bool = False) -> s.Setting:
+    """A row for the NetConfig field `ENV_VARS[env]`; its default is the file's, else built in."""
+    name = ENV_VARS[env]
+    default = getattr(NetConfig(), name)
+    shown = "" if default in ("", 0) and not isinstance(default, bool) else default
+    keys = [key for key, (field_name, _) in NETCFG_KEYS.items() if field_name == name]
+    source = f"netcfg.json {keys[0]}, else " if keys else ""
+    default_text = f"(default: {source}{shown!s})" if str(shown) else f"(default: {source}unset)"
+    return s.Setting(env, flag, _checked(name), None, f"{meaning} {default_text}", secret)
+
+
+SETTINGS = s.SettingsTable(
+    "net-manager",
+    "Oakestra's node net manager: container networking, service IPs and the tunnel.\n"
+    "Subcommands: run (the daemon), status (ask it), cleanup (remove leftovers).",
+    [
+        s.Setting(
+            CONFIG_DIR_ENV,
+            "--config-dir",
+            s.text,
+            DEFAULT_CONFIG_DIR,
+            "directory of netcfg.json and tuncfg.json",
+        ),
+        _row(
+            "NODE_PUBLIC_ADDRESS",
+            "--node-public-address",
+            "address peers tunnel to (0.0.0.0: the default route's)",
+        ),
+        _row("NODE_PUBLIC_PORT", "--node-public-port", "UDP port of the tunnel"),
+        _row("CLUSTER_URL", "--cluster-url", "cluster broker host (/register may name another)"),
+        _row("CLUSTER_MQTT_PORT", "--cluster-mqtt-port", "cluster broker port"),
+        _row("MQTT_USERNAME", "--mqtt-username", "MQTT user name"),
+        _row("MQTT_PASSWORD", "--mqtt-password", "MQTT password", secret=True),
+        _row("MQTT_CA_FILE", "--mqtt-ca", "CA certificate file: TLS to the broker"),
+        _row("MQTT_CERT_FILE", "--mqtt-cert", "client certificate file"),
+        _row("MQTT_KEY_FILE", "--mqtt-key", "client key file"),
+        _row("DEFAULT_INTERFACE", "--default-interface", "uplink when several default routes"),
+        _row("TUN_MTU_SIZE", "--mtu", "MTU of the bridge and the container interfaces"),
+        _row("NETMANAGER_SOCKET", "--socket", "unix socket of the node engine API"),
+        _row("NETMANAGER_PORT", "--port", "also serve the API on 127.0.0.1:PORT (0: no)"),
+        _row(
+            "NETMANAGER_STATE_FILE", "--state-file", "state file: instances re-adopted on restart"
+        ),
+        _row(
+            "ADDRESS_WATCH_INTERVAL",
+            "--address-watch-interval",
+            "seconds between public address checks (0: off)",
+        ),
+        *s.log_rows(),
+        s.Setting(
+            "STARTUP_TIMEOUT",
+            "--startup-timeout",
+            s.number(0.1),
+            "5",
+            "run: seconds the start-up check waits for the cluster's broker; refused "
+            "credentials or a failed TLS handshake stop the start, an unreachable broker does not",
+        ),
+    ],
+    version=metadata.version("oakestra-net-manager"),
+)

@@ -30,6 +30,7 @@ class FakeKernel:
         # namespace there, so the daemon can stat it (its inode stands for the namespace).
         self.run_dir = "/nonexistent/oakt-fake-netns"
         self.fail: dict[str, Exception] = {}
+        self.node_namespaces: set[str] = set()  # namespaces that count as the node's own
 
     def _call(self, name: str, *args) -> None:
         self.calls.append((name, *args))
@@ -94,6 +95,9 @@ class FakeKernel:
     def namespace_exists(self, netns_path):
         return netns_path in self.namespaces
 
+    def is_node_namespace(self, netns_path):
+        return netns_path in self.node_namespaces
+
     def named_netns_path(self, name):
         if not name or "/" in name:
             raise ValueError(f"invalid namespace name {name!r}")
@@ -155,12 +159,15 @@ class FakeClock:
 class FakeSession:
     """The node's MQTT session without a broker: records what the daemon publishes."""
 
-    def __init__(self, config, node_id, *, on_table_result, on_job_update, subnet=None):
+    def __init__(
+        self, config, node_id, *, on_table_result, on_job_update, on_ready=None, subnet=None
+    ):
         from oakestra_net.messages import SubnetResult
 
         self.node_id = node_id
         self.on_table_result = on_table_result
         self.on_job_update = on_job_update
+        self.on_ready = on_ready
         self.subnet = subnet or SubnetResult(address="10.16.0.0", addressv6="fc00::")
         self.published: list[tuple[str, object]] = []
         self.queries: list = []

@@ -81,6 +81,8 @@ def test_run_inside_a_node_serves_its_socket_and_stops_on_sigterm(ns, tmp_path, 
         output = process.communicate(timeout=20)[0].decode()
     assert process.returncode == 0, output
     assert '"event": "net manager ready"' in output
+    assert output.count('"event": "effective configuration"') == 1
+    assert '"event": "cluster broker not reachable yet' in output  # a warning, not the end
 
 
 def test_status_explains_an_unreachable_daemon(tmp_path, capsys):

@@ -184,9 +184,20 @@ class NodeDaemon(Instances, ServiceFeed):
             mqtt.client_id,
             on_table_result=self._on_table_result,
             on_job_update=self._on_job_update,
+            on_ready=self._on_session_ready,
         )
         self.session.start()
         return self.session
+
+    def _on_session_ready(self) -> None:
+        """The broker acknowledged our result subscription (again): answers and job updates
+        published while it was not live are lost, so every pending query goes out again
+        and every followed job is asked for afresh."""
+        resent = self.queries.resend_pending()
+        jobs = sorted(self.interests.jobs())
+        for job_name in jobs:
+            self.queries.query_async(sname=job_name, callback=_ignore_answer)
+        log.info("table subscription live", queries_resent=resent, jobs_asked=len(jobs))
 
     def _require_registration(self) -> NodeSession:
         if not self.state.node_id or self.session is None:
@@ -226,6 +237,7 @@ class NodeDaemon(Instances, ServiceFeed):
         """One housekeeping round: query timeouts, idle interests, the public address."""
         now = self.clock()
         self.queries.expire(now)
+        self.queries.retry(now)
         for job_name in self.interests.expired(now):
             self._drop_job(job_name)
         if now >= self._next_address_check:
@@ -298,3 +310,7 @@ class NodeDaemon(Instances, ServiceFeed):
         if self.addresses is not None:
             self.state.addresses = self.addresses.to_dict()
         statefile.save(self.config.state_file, self.state)
+
+
+def _ignore_answer(_result: object) -> None:
+    pass

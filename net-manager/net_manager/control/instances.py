@@ -3,6 +3,11 @@
 Deploy validates the call, takes namespace IPs, records the instance (saved to the state
 file) and has the reconciler wire it at once, answering with the result; undeploy and
 a dead instance's cleanup release it again. Every change is reported to the cluster.
+
+What one instance claims is refused for another (409, the first keeps what it has): its
+network namespace (a second instance there would replace the first's addresses) and
+its host ports. The ports the node itself uses (tunnel, API, broker) are never mapped.
+A container in the node's own namespace (host networking) is refused with 400.
 """
 
 from __future__ import annotations
@@ -59,12 +64,15 @@ class Instances:
         session = self._require_registration()
         _check_job(job_name, instance_number)
         mappings = _check_port_mappings(port_mappings)
+        self._check_node_ports(mappings)
         netns_path = self._netns_of(pid)
         key = instance_key(job_name, instance_number)
         with self.lock:
             current = self.state.instances.get(key)
-            if current is not None and current.netns_inode == netns_inode(netns_path):
+            inode = netns_inode(netns_path)
+            if current is not None and current.netns_inode == inode:
                 return _answer(current)
+            self._check_claims(key, mappings, inode)
             if current is not None:  # same instance, new container: replace it
                 self._detach(current, publish=False)
             instance = self._attach(key, job_name, instance_number, netns_path, port_mappings)
@@ -82,9 +90,61 @@ class Instances:
         if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
             raise DaemonError(400, f"pid must be a positive integer, got {pid!r}")
         try:
-            return netns_path_of_pid(pid)
+            netns_path = netns_path_of_pid(pid)
+            own = self.kernel.is_node_namespace(netns_path)
         except KernelError as err:
             raise DaemonError(400, f"no network namespace for pid {pid}: {err}") from None
+        if own:
+            raise DaemonError(
+                400,
+                f"pid {pid} runs in the node's own network namespace (host networking?): "
+                "only a container with a namespace of its own can be attached",
+            )
+        return netns_path
+
+    def _node_ports(self) -> dict[int, str]:
+        """Ports the node itself uses; no container may take them (either protocol)."""
+        config = self.config
+        ports = {
+            config.cluster_mqtt_port: "broker port",
+            config.tun.tunnel_port: "tunnel port",
+            config.node_public_port: "tunnel port",
+        }
+        if config.tcp_port:
+            ports[config.tcp_port] = "API port"
+        return ports
+
+    def _check_node_ports(self, mappings) -> None:
+        reserved = self._node_ports()
+        for mapping in mappings:
+            if mapping.host_port in reserved:
+                raise DaemonError(
+                    409,
+                    f"portMappings: host port {mapping.host_port} is this node's "
+                    f"{reserved[mapping.host_port]}; choose another host port",
+                )
+
+    def _check_claims(self, key: str, mappings, inode: int | None) -> None:
+        """409 if another instance holds this namespace (inode) or one of these host ports.
+        Caller holds the lock."""
+        wanted = {(m.host_port, m.protocol): m for m in mappings}
+        for other in self.state.instances.values():
+            if other.key == key:
+                continue
+            if inode is not None and other.netns_inode == inode and is_alive(other):
+                raise DaemonError(
+                    409,
+                    f"pid: that network namespace already belongs to instance {other.key}; "
+                    "one instance per container",
+                )
+            for taken in parse_port_mappings(other.port_mappings):
+                clash = wanted.get((taken.host_port, taken.protocol))
+                if clash is not None:
+                    raise DaemonError(
+                        409,
+                        f"portMappings: host port {clash.host_port}/{clash.protocol} is "
+                        f"already mapped to instance {other.key}",
+                    )
 
     def _attach(
         self, key, job_name, number, netns_path, port_mappings, kind="container"
@@ -136,13 +196,15 @@ class Instances:
         attach it like a container; the node engine then starts qemu inside it."""
         session = self._require_registration()
         _check_job(job_name, instance_number)
-        _check_port_mappings(port_mappings)
+        mappings = _check_port_mappings(port_mappings)
+        self._check_node_ports(mappings)
         key = instance_key(job_name, instance_number)
         netns_path = self._named_netns_path(unikernel_netns_name(job_name, instance_number))
         with self.lock:
             current = self.state.instances.get(key)
             if current is not None and current.kind == "unikernel" and is_alive(current):
                 return _answer(current)
+            self._check_claims(key, mappings, None)
             if current is not None:  # a container of that instance, or a vanished namespace
                 self._detach(current, publish=False)
             instance = self._attach(

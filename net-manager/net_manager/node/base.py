@@ -9,7 +9,7 @@ from typing import Any, Self
 from net_manager.node.commands import run_command
 from net_manager.node.errors import KernelError, NamespaceNotFound
 from net_manager.node.names import NETNS_MARK, NETNS_NAME
-from net_manager.node.netlink import netns_file, open_iproute, same_file
+from net_manager.node.netlink import OwnThreadIPRoute, netns_file, same_file
 
 
 class KernelBase:
@@ -26,7 +26,7 @@ class KernelBase:
         self.named_netns_prefix = named_netns_prefix
         self.netns_mark = NETNS_MARK if netns is None else f"{NETNS_MARK} {netns}"
         self._lock = threading.RLock()
-        self._ipr = open_iproute(self.netns_path)
+        self._ipr = OwnThreadIPRoute(self.netns_path)
         # What the firewall last wrote, and read back, per target (see iptables.py).
         self._applied: dict[tuple[Any, ...], tuple[str, Any]] = {}
 
@@ -40,15 +40,19 @@ class KernelBase:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
+    def is_node_namespace(self, netns_path: str) -> bool:
+        """Whether `netns_path` is the node's own namespace (a host-networking container);
+        NamespaceNotFound if it does not exist."""
+        node = self.netns_path or "/proc/self/ns/net"
+        try:
+            return same_file(netns_path, node)
+        except OSError:
+            raise NamespaceNotFound(f"network namespace {netns_path} not found") from None
+
     def _check_not_node(self, netns_path: str) -> None:
         """Refuse a "container" that shares the node's namespace (host networking): its
         configuration would replace the node's own default route."""
-        node = self.netns_path or "/proc/self/ns/net"
-        try:
-            same = same_file(netns_path, node)
-        except OSError:
-            raise NamespaceNotFound(f"network namespace {netns_path} not found") from None
-        if same:
+        if self.is_node_namespace(netns_path):
             raise KernelError(
                 f"{netns_path} is the node's own network namespace (host networking?): "
                 "refusing to configure it as a container"

@@ -195,3 +195,29 @@ def test_the_data_plane_gets_the_table_before_the_answer_to_its_miss(daemon):
     assert daemon.interests.snapshot()[X3]["idle_seconds"] == 0
     daemon.stop()
     assert dataplane.stopped
+
+
+def test_a_local_jobs_query_is_asked_until_answered_and_again_after_a_reconnect(daemon, clock):
+    """A lost answer must not leave the node without its own instances' service IPs."""
+    daemon.deploy_container(os.getpid(), X1, 0, "")
+    session = daemon.session
+    asked = lambda: sum(1 for q in session.queries if q.sname == X1)  # noqa: E731
+    assert asked() == 1
+    for _ in range(240):  # 60 s of housekeeping, no answer
+        clock.advance(0.25)
+        daemon.tick()
+    assert 10 <= asked() <= 30  # asked again and again, with backoff
+    own = instance(0, "10.16.0.2", "10.30.0.2", "198.18.0.10", "10.30.0.1")
+    daemon._on_table_result(
+        TableQueryResult.from_json({"app_name": X1, "query_key": X1, "instance_list": [own]})
+    )
+    answered_at = asked()
+    for _ in range(240):
+        clock.advance(0.25)
+        daemon.tick()
+    assert asked() == answered_at  # answered: nothing more
+
+    daemon._on_table_result(X3_RESULT)  # a remote job followed too
+    session.queries.clear()
+    session.on_ready()  # the result subscription is live again after a reconnect
+    assert sorted(q.sname for q in session.queries) == [X1, X3]

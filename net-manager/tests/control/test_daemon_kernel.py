@@ -7,9 +7,12 @@ containers that are processes in namespaces of their own.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import subprocess
 import threading
+import time
 
 import pytest
 from werkzeug.serving import make_server
@@ -308,10 +311,143 @@ def test_bad_deploy_calls_get_400_and_change_nothing(running, cluster, body, rea
     assert daemon.call("GET", "/status")[1]["instances"] == before
 
 
-def _raw(socket_path: str, text: str):
+def _raw(socket_path: str, text: str, path: str = "/container/deploy"):
     from net_manager.cli import UnixHTTPConnection
 
     connection = UnixHTTPConnection(socket_path)
-    connection.request("POST", "/container/deploy", text, {"Content-Type": "application/json"})
+    connection.request("POST", path, text, {"Content-Type": "application/json"})
     response = connection.getresponse()
     return response.status, json.loads(response.read())
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.slow
+def test_no_file_descriptor_leak_over_1000_deploy_undeploy_cycles(running, cluster, ns):
+    """Each API request runs on a thread of its own; the node's netlink socket must not
+    multiply with them (it did: two sockets per cycle until deploys failed at the limit)."""
+    daemon = running()  # in this process: its descriptors are ours
+    register(daemon)
+    container = ns.container()
+    deploy = {"pid": container.pid, "serviceName": X1, "instanceNumber": 0, "portMappings": ""}
+    undeploy = {"serviceName": X1, "instanceNumber": 0}
+
+    def cycle() -> None:
+        status, body = daemon.call("POST", "/container/deploy", deploy)
+        assert status == 200, body
+        status, body = daemon.call("POST", "/container/undeploy", undeploy)
+        assert status == 200, body
+
+    for _ in range(5):  # warm up: lazily opened sockets, thread pools, the data plane
+        cycle()
+    before = _open_fds()
+    started = time.monotonic()
+    for _ in range(1000):
+        cycle()
+    elapsed = time.monotonic() - started
+    assert _open_fds() - before <= 3, f"{before} -> {_open_fds()} descriptors"
+    assert elapsed < 600, f"1,000 cycles took {elapsed:.0f} s"
+    host_veth, _peer = veth_names(f"{X1}.0")
+    assert not daemon.kernel.link_exists(host_veth)
+
+
+# ---------------------------------------------------------------- bad input at the socket
+
+
+def _deploy(daemon: Running, pid: int, number: int, ports: str = ""):
+    body = {"pid": pid, "serviceName": X1, "instanceNumber": number, "portMappings": ports}
+    return daemon.call("POST", "/container/deploy", body)
+
+
+def test_deeply_nested_json_is_400_on_every_post(running, cluster, ns):
+    daemon = running()
+    deep = "[" * 10_000 + "]" * 10_000  # the JSON parser's recursion gave out at ~1,000
+    for path in ("/register", "/container/deploy", "/docker/undeploy", "/unikernel/deploy"):
+        status, answer = _raw(daemon.socket, deep, path)
+        assert status == 400, (path, answer)
+        assert "nests deeper" in answer["reason"]
+    status, answer = _raw(daemon.socket, "[" * 100_000, "/register")
+    assert status == 413 and answer["error"] == "Request Entity Too Large"
+    register(daemon)
+    container = ns.container()
+    nested_extra = (
+        f'{{"pid": {container.pid}, "serviceName": "{X1}", "instanceNumber": 0, '
+        f'"portMappings": "", "extra": {"[" * 5000}{"]" * 5000}}}'
+    )
+    status, answer = _raw(daemon.socket, nested_extra)
+    assert status == 400 and "nests deeper" in answer["reason"]
+    assert daemon.call("GET", "/status")[1]["instances"] == []
+    # brackets inside strings do not count: a flat body with "[[[[…" in a value is fine
+    flat = (
+        f'{{"pid": {container.pid}, "serviceName": "{X1}", "instanceNumber": 0, '
+        f'"portMappings": "", "note": "{"[" * 5000}\\"{"{" * 100}"}}'
+    )
+    status, answer = _raw(daemon.socket, flat)
+    assert status == 200, answer
+
+
+def test_what_one_instance_claims_is_409_for_another(running, cluster, ns, node, mosquitto):
+    node_ns, _config = node
+    daemon = running()
+    register(daemon)
+    first, second = ns.container(), ns.container()
+    status, answer = _deploy(daemon, first.pid, 0, "8080:80")
+    assert status == 200, answer
+    first_ip = answer["nsAddress"]
+
+    # the same container again as another instance: refused, the first keeps its address
+    status, answer = _deploy(daemon, first.pid, 1)
+    assert status == 409 and f"{X1}.0" in answer["reason"] and "pid" in answer["reason"]
+    inside = _container_addresses(first.pid)
+    assert first_ip in inside
+
+    # a host port another container maps: refused; the other protocol is free
+    status, answer = _deploy(daemon, second.pid, 1, "8080:81")
+    assert status == 409 and "8080/tcp" in answer["reason"] and f"{X1}.0" in answer["reason"]
+    # the node's own ports: tunnel, broker, API
+    daemon.daemon.config = dataclasses.replace(daemon.daemon.config, tcp_port=18099)
+    for ports, what in (
+        ("50103/udp", "tunnel port"),
+        (f"{mosquitto.port}:80", "broker port"),
+        ("18099:80", "API port"),
+    ):
+        status, answer = _deploy(daemon, second.pid, 1, ports)
+        assert status == 409, answer
+        assert what in answer["reason"] and "portMappings" in answer["reason"]
+    status, answer = _deploy(daemon, second.pid, 1, "8080:81/udp")
+    assert status == 200, answer
+    instances = daemon.call("GET", "/status")[1]["instances"]
+    assert [(i["instance"], i["namespace_ip"]) for i in instances] == [
+        (f"{X1}.0", first_ip),
+        (f"{X1}.1", answer["nsAddress"]),
+    ]
+
+
+def test_the_nodes_own_pid_is_400(running, cluster, ns, node):
+    node_ns, _config = node
+    daemon = running()
+    register(daemon)
+    host_process = ns.track(nstools.popen_in(node_ns, ["sleep", "60"]))
+    node_file = os.stat(f"/run/netns/{node_ns}")
+    wait_until(
+        lambda: os.stat(f"/proc/{host_process.pid}/ns/net").st_ino == node_file.st_ino,
+        message="process entered the node namespace",
+    )
+    links_before = daemon.kernel.list_links()
+    status, answer = _deploy(daemon, host_process.pid, 0)
+    assert status == 400, answer
+    assert "node's own network namespace" in answer["reason"]
+    assert daemon.call("GET", "/status")[1]["instances"] == []
+    assert daemon.kernel.list_links() == links_before
+
+
+def _container_addresses(pid: int) -> str:
+    return subprocess.run(
+        ["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-j", "addr", "show", "eth0"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    ).stdout

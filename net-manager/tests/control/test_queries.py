@@ -402,3 +402,77 @@ def test_failing_callback_is_logged_and_others_still_run(
 def test_bad_settings_are_refused(timeout: float, max_pending: int) -> None:
     with pytest.raises(ValueError, match="table query"):
         TableQueries(Publisher(), timeout=timeout, max_pending=max_pending)
+
+
+# ---------------------------------------------------------------- lost answers
+
+
+def test_an_unanswered_request_is_sent_again_with_growing_gaps_until_its_deadline(
+    queries: TableQueries, publisher: Publisher, clock: FakeClock
+) -> None:
+    queries.query_async(sname=X1, callback=lambda _r: None)
+    sent_at = [clock.now]
+    while clock.now < 510:
+        clock.now += 0.25
+        if queries.retry():
+            sent_at.append(clock.now)
+    gaps = [round(b - a, 2) for a, b in zip(sent_at, sent_at[1:], strict=False)]
+    assert gaps == [0.5, 1.0, 2.0]  # then the 5 s deadline: no resend after it
+    assert len(publisher.sent) == 4
+    assert all(request == TableQueryRequest(sname=X1, sip="") for request in publisher.sent)
+
+
+def test_resend_pending_sends_every_open_request_once(
+    queries: TableQueries, publisher: Publisher
+) -> None:
+    queries.query_async(sname=X1, callback=lambda _r: None)
+    queries.query_async(sip="10.30.0.9", callback=lambda _r: None)
+    publisher.sent.clear()
+    assert queries.resend_pending() == 2
+    assert sorted(r.sname or r.sip for r in publisher.sent) == ["10.30.0.9", X1]
+    queries.on_result(result(app_name=X1, query_key=X1))
+    publisher.sent.clear()
+    assert queries.resend_pending() == 1
+    assert publisher.sent == [TableQueryRequest(sname="", sip="10.30.0.9")]
+
+
+def test_a_query_until_answered_is_asked_again_after_each_timeout_with_bounded_backoff(
+    queries: TableQueries, publisher: Publisher, clock: FakeClock
+) -> None:
+    queries.query_until_answered(sname=X1)
+    starts = []
+    for _ in range(400):  # 100 s of housekeeping ticks
+        clock.now += 0.25
+        queries.expire()
+        before = len(queries.pending_keys())
+        queries.retry()
+        if not before and queries.pending_keys():
+            starts.append(clock.now)
+    gaps = [round(b - a, 2) for a, b in zip(starts, starts[1:], strict=False)]
+    assert gaps[:4] == [6.0, 7.0, 9.0, 13.0]  # 5 s deadline + 0.5, 1, 2, 4 s of backoff
+    assert set(gaps[4:]) == {13.0}  # bounded: 5 s + 8 s
+    assert queries.persistent_keys() == [X1]
+
+    queries.on_result(result(app_name=X1, query_key=X1))
+    assert queries.persistent_keys() == [] and queries.pending_keys() == []
+    sent = len(publisher.sent)
+    clock.now += 60
+    queries.expire()
+    queries.retry()
+    assert len(publisher.sent) == sent
+
+
+def test_a_query_until_answered_stops_when_no_longer_wanted(
+    queries: TableQueries, publisher: Publisher, clock: FakeClock
+) -> None:
+    wanted = [True]
+    queries.query_until_answered(sname=X1, wanted=lambda: wanted[0])
+    queries.query_until_answered(sname=X1)  # the same key again: nothing new
+    assert len(publisher.sent) == 1
+    wanted[0] = False
+    clock.now += 5
+    queries.expire()
+    clock.now += 60
+    queries.retry()
+    assert queries.persistent_keys() == [] and queries.pending_keys() == []
+    assert len(publisher.sent) == 1

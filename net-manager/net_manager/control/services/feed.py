@@ -31,7 +31,9 @@ class ServiceFeed:
         self.interests.set_local(job_name, self._local_count(job_name))
         if self.session is not None:
             self.session.follow_job(job_name)
-        self.queries.query_async(sname=job_name, callback=_ignore)
+        self.queries.query_until_answered(
+            sname=job_name, wanted=lambda: self._local_count(job_name) > 0
+        )
         self._table_changed()  # the local instances changed
 
     def _send_query(self, request: TableQueryRequest) -> None:
