@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from ..errors import json_object
+from oakestra_net.http_input import json_object
 
 bp = Blueprint("rebuild", __name__, url_prefix="/api/net")
 
