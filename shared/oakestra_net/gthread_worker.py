@@ -80,6 +80,18 @@ class TimedSocket(socket.socket):
 class ThreadWorker(gthread.ThreadWorker):
     """`gthread` with request heads read in the event loop and bounded reads (see above)."""
 
+    def is_parent_alive(self) -> bool:
+        """When the master is gone (killed, so no SIGTERM came), stop listening at once.
+        gunicorn keeps the listening sockets open while the orphan drains its connections
+        (up to `graceful_timeout`, 30 s): a restarted server then cannot bind the port,
+        and new clients wait in the backlog of a process that never accepts them."""
+        if super().is_parent_alive():
+            return True
+        self.set_accept_enabled(False)
+        for listener in self.sockets:
+            listener.close()
+        return False
+
     def accept(self, listener: Any) -> None:
         try:
             client_sock, client_addr = listener.accept()
