@@ -3,19 +3,21 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-APT_PACKAGES := mosquitto mosquitto-clients iptables iproute2 iperf3
+APT_PACKAGES := mosquitto mosquitto-clients iptables iproute2 iperf3 nftables conntrack
 COMPONENTS := shared root-service-manager cluster-service-manager net-manager
 PYTEST_ARGS ?=
 
-.PHONY: help setup apt venv lint format test test-pure test-process test-kernel test-system run bench clean
+.PHONY: help setup apt venv lint format test test-pure test-process test-kernel test-system test-mongo test-compose run bench bench-control clean
 
 help:
 	@echo "make setup   install system packages (apt) and the dev virtualenv (.venv)"
-	@echo "make test    setup, lint, then every test tier (pure, process, kernel, system)"
-	@echo "make test-pure / test-process / test-kernel / test-system   one tier"
+	@echo "make test    setup, lint, then every test tier (pure, process, kernel, system, mongo, compose)"
+	@echo "make test-pure / test-process / test-kernel / test-system / test-mongo / test-compose   one tier"
 	@echo "make lint    ruff check + ruff format --check + mypy on the pure core"
 	@echo "make run     local cluster in network namespaces with a demo app (needs root)"
 	@echo "make bench   data-path benchmark vs the direct kernel path (needs root)"
+	@echo "make bench-control  control-plane benchmark: 1,000 MQTT nodes, root, cluster (table)"
+	@echo "make test-mongo     the store tests again against SecantusDB (MongoDB wire protocol)"
 	@echo "make clean   remove everything make run / tests left behind, and the venv"
 
 setup: apt venv
@@ -53,27 +55,41 @@ format: venv
 # system = several of our processes together. A new tier (e.g. mongo, compose): its marker
 # in pyproject.toml and in testsupport/tiers.py TIERS, a test-<tier> target below,
 # "and not <tier>" in the other targets' -m, and its target added to TIERS here.
-TIERS := test-pure test-process test-kernel test-system
+TIERS := test-pure test-process test-kernel test-system test-mongo test-compose
 test: setup lint $(TIERS)
 
 # pytest exits 5 when a tier has no tests yet; that is not a failure.
 test-pure: venv
-	$(VENV)/bin/pytest -m "not process and not kernel and not system" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(VENV)/bin/pytest -m "not process and not kernel and not system and not compose" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-process: venv
-	$(VENV)/bin/pytest -m "process and not kernel and not system" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(VENV)/bin/pytest -m "process and not kernel and not system and not compose" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-kernel: venv
-	$(VENV)/bin/pytest -m "kernel and not system" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(VENV)/bin/pytest -m "kernel and not system and not compose" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-system: venv
-	$(VENV)/bin/pytest -m "system" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(VENV)/bin/pytest -m "system and not compose" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# docker-compose.yml in a Docker engine of its own (in its own network namespace), with
+# stand-in images built offline; skips with the reason (-rs) when Docker cannot run here.
+# Expensive artefacts are cached in .cache/compose.
+test-compose: venv
+	$(VENV)/bin/pytest -m "compose" -rs integration-tests/compose $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# Every test that touches the store, against a SecantusDB the tier starts (testsupport/mongo.py).
+test-mongo: venv
+	$(VENV)/bin/pytest --mongo -m "store and not kernel and not compose" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 run: setup
 	PYTHONPATH=integration-tests $(PY) -m testbed.run
 
 bench: setup
 	PYTHONPATH=integration-tests $(PY) -m testbed.bench
+
+# BENCH_ARGS: e.g. --quick, --store embedded, --root-services 2000
+bench-control: setup
+	PYTHONPATH=integration-tests $(PY) -m testbed.control_bench $(BENCH_ARGS)
 
 clean:
 	-test -x $(PY) && PYTHONPATH=integration-tests $(PY) -m testbed.sweep || true

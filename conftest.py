@@ -1,4 +1,5 @@
-"""Repository-wide pytest setup: the shared test fixtures (broker, waiting helpers).
+"""Repository-wide pytest setup: the shared test fixtures (broker, waiting helpers) and
+the mongo tier (`--mongo`).
 
 `oakestra_net.testing` was the old home of testsupport; the alias keeps tests written
 against it importing until they use `testsupport` directly.
@@ -10,4 +11,4 @@ import testsupport
 
 sys.modules.setdefault("oakestra_net.testing", testsupport)
 
-pytest_plugins = ["testsupport.plugin"]
+pytest_plugins = ["testsupport.plugin", "testsupport.mongo"]

@@ -15,8 +15,19 @@ from testbed.processes import Progress  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def local_cluster(request, tmp_path_factory):
+def dataplane_mode() -> str | None:
+    """The nodes' data-plane mode (None: LocalCluster's default, which
+    $OAKESTRA_TEST_DATAPLANE_MODE sets); a module overrides this fixture to run over
+    several."""
+    return None
+
+
+@pytest.fixture(scope="module")
+def local_cluster(request, tmp_path_factory, dataplane_mode):
     """(LocalCluster, Orchestrator): started, cluster and nodes registered; module-wide."""
     run_dir = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
-    with oakestra_cluster(run_dir=run_dir, progress=Progress(sys.stderr)) as started:
+    progress = Progress(sys.stderr)
+    with oakestra_cluster(
+        run_dir=run_dir, progress=progress, dataplane_mode=dataplane_mode
+    ) as started:
         yield started

@@ -62,16 +62,28 @@ def test_build_context_and_copied_paths_exist(service):
 def test_images_are_multi_stage_pinned_and_run_the_console_script(service):
     directory, _package = BUILT[service]
     _context, _dockerfile_path, text = _dockerfile(service)
+    defaults = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, re.M))
     bases = re.findall(r"^FROM\s+(\S+)", text, re.M)
     assert len(bases) >= 2, "multi-stage build expected"
     for base in bases:
+        base = re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m[1], m[0]), base)
         assert re.search(r":\d", base), f"base image {base} is not pinned to a version"
     scripts = tomllib.loads((ROOT / directory / "pyproject.toml").read_text())["project"]["scripts"]
-    command = re.findall(r"^CMD\s+(.+)$", text, re.M)[-1]
+    command = _started_program(text)
     assert any(script in command for script in scripts), command
     if service != "net_manager":  # the node daemon must be root; the managers must not
         user = re.findall(r"^USER\s+(\S+)", text, re.M)
         assert user and user[-1] not in ("root", "0"), "managers run as non-root"
+
+
+def _started_program(dockerfile: str) -> str:
+    """The CMD, or the text of the entry point script the image copies in."""
+    entrypoint = re.findall(r"^ENTRYPOINT\s+\[\"([^\"]+)\"", dockerfile, re.M)
+    if entrypoint:
+        copies = re.findall(r"^COPY\s+(\S+)\s+(\S+)$", dockerfile, re.M)
+        script = next(src for src, dest in copies if dest.endswith("/" + entrypoint[-1]))
+        return (ROOT / script).read_text()
+    return re.findall(r"^CMD\s+(.+)$", dockerfile, re.M)[-1]
 
 
 def test_mounted_files_exist():
@@ -85,6 +97,7 @@ def test_mounted_files_exist():
 def _code(directory: str, package: str) -> str:
     files = list((ROOT / directory / package).rglob("*.py"))
     files += [ROOT / "shared" / "oakestra_net" / f for f in SHARED_SOURCES]
+    files += list((ROOT / directory).glob("*.sh"))  # entry point scripts
     return "\n".join(f.read_text() for f in files)
 
 
@@ -93,7 +106,8 @@ def test_every_environment_variable_is_read_by_the_code(service):
     directory, package = BUILT[service]
     code = _code(directory, package)
     for variable in SERVICES[service].get("environment", {}):
-        assert f'"{variable}"' in code, f"{service}: {variable} is set but never read"
+        read = f'"{variable}"' in code or f"${{{variable}" in code  # Python or shell
+        assert read, f"{service}: {variable} is set but never read"
 
 
 def test_ports_agree_with_the_code_defaults():

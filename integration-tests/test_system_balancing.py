@@ -26,6 +26,12 @@ pytestmark = [
 FAMILIES = ["IPv4", "IPv6"]
 
 
+@pytest.fixture(scope="module", params=["tun", "kernel"])
+def dataplane_mode(request) -> str:
+    """Every test here runs against both data-plane backends (one cluster each)."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def app(local_cluster):
     cluster, orch = local_cluster
@@ -162,3 +168,16 @@ def test_service_removal_releases_its_addresses_at_the_root(app) -> None:
     # the chosen RR IP is free again: another service may take it
     x6 = orch.deploy_service("X", "X6", rr_ip="10.30.5.5", rr_ip_v6="fdff:2000::55")
     assert (x6.rr_ip, x6.rr_ip_v6) == ("10.30.5.5", "fdff:2000::55")
+
+
+def test_the_configured_backend_carried_the_local_traffic(app, dataplane_mode) -> None:
+    cluster, _orch, x1, x2 = app
+    w1 = x1.instances[0].worker
+    status = w1.status()
+    assert status["dataplane_mode"] == dataplane_mode
+    spread(x1.instances[0], x2.closest_ip, 3)  # X2.0 is beside X1.0: local
+    kernel_flows = w1.status()["counters"]["dataplane"].get("kernel_flows_created", 0)
+    if dataplane_mode == "kernel":
+        assert kernel_flows >= 3
+    else:
+        assert kernel_flows == 0

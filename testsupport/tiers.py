@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-TIERS = ("process", "kernel", "system")
+TIERS = ("process", "kernel", "system", "compose")
 PROCESS_FIXTURES = frozenset({"mosquitto", "mqtt_recorder", "root_server"})
 
 

@@ -14,14 +14,25 @@ MongoDB operation, so several processes can share the store:
 Upstream drops the job cache at every start; we keep it: with a real MongoDB it stays
 valid (the root's outbox re-delivers the updates we missed), with the embedded store
 it starts empty anyway. When to call what is the handlers' business.
+
+With the embedded store this process is the store's only user, so the jobs are also
+kept in memory (`_Memory`: by name and by each service and instance IP), and lookups
+answer from there without a store operation; the store stays the copy every write
+goes to first. Each write and its memory update happen under one lock, so memory
+follows the store's order. With a real MongoDB, other processes write too: lookups
+then read the store (by `_id`, or through its indexes by IP).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError
+
+from oakestra_net import store as store_module
 
 from . import jobs
 
@@ -38,12 +49,63 @@ class CacheConflict(RuntimeError):
     """A job document changed under us too many times in a row (should not happen)."""
 
 
+class _Memory:
+    """Cached job documents by name, and job names by every IP in them (pure, no I/O)."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, dict] = {}
+        self.by_ip: dict[str, set[str]] = {}
+
+    def put(self, doc: dict) -> None:
+        name = doc["_id"]
+        self.drop(name)
+        self.by_name[name] = doc
+        for address in _addresses(doc):
+            self.by_ip.setdefault(address, set()).add(name)
+
+    def drop(self, name: str) -> None:
+        old = self.by_name.pop(name, None)
+        if old is None:
+            return
+        for address in _addresses(old):
+            names = self.by_ip.get(address)
+            if names is not None:
+                names.discard(name)
+                if not names:
+                    del self.by_ip[address]
+
+    def find_ip(self, address: str) -> dict | None:
+        """The job holding `address`; the first by name if, briefly, two do (IP reuse)."""
+        names = self.by_ip.get(address)
+        return self.by_name[min(names)] if names else None
+
+
+def _addresses(doc: dict) -> set[str]:
+    out = set()
+    for entry in doc.get("service_ip_list", ()):
+        out.update(a for a in (entry.get("Address"), entry.get("Address_v6")) if a)
+    for instance in doc.get("instance_list", ()):
+        out.update(a for a in (instance.get("instance_ip"), instance.get("instance_ip_v6")) if a)
+    return out
+
+
 class JobCache:
     def __init__(self, db: Any, cluster_id: str | None = None) -> None:
         self.jobs = db["jobs"]
         self.nodes = db["nodes"]
         self.placements = db["placements"]
         self.cluster_id = cluster_id
+        self._memory = _Memory() if store_module.is_embedded(db) else None
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def _writing(self) -> Iterator[_Memory | None]:
+        """Hold the write lock when jobs are kept in memory (nothing to order otherwise)."""
+        if self._memory is None:
+            yield None
+            return
+        with self._lock:
+            yield self._memory
 
     def ensure_indexes(self) -> None:
         for field in IP_FIELDS:
@@ -54,13 +116,20 @@ class JobCache:
     # -- reading ---------------------------------------------------------------------
 
     def get(self, job_name: str) -> dict | None:
+        """The cached job document (treat it as read-only: it may be the memory's own)."""
+        if self._memory is not None:
+            return self._memory.by_name.get(job_name)
         return self.jobs.find_one({"_id": job_name})
 
     def by_ip(self, service_ip: str) -> dict | None:
         """The cached job owning `service_ip` (RR, Closest, instance; v4 or v6)."""
+        if self._memory is not None and service_ip in self._memory.by_ip:
+            return self._memory.find_ip(service_ip)  # already canonical: skip the parsing
         address = jobs.canonical_ip(service_ip)
         if address is None:
             return None
+        if self._memory is not None:
+            return self._memory.find_ip(address)
         return self.jobs.find_one({"$or": [{field: address} for field in IP_FIELDS]})
 
     def job_names(self) -> list[str]:
@@ -71,22 +140,32 @@ class JobCache:
 
     # -- writing jobs ----------------------------------------------------------------
 
-    def store(self, job: dict) -> dict:
-        """Insert or refresh a job from the root (see `jobs.merge_instances`); the stored doc."""
+    def store(self, job: dict, *, create: bool = True) -> dict | None:
+        """Insert or refresh a job from the root (see `jobs.merge_instances`); the stored doc.
+
+        With `create=False` only a job still cached is refreshed (None otherwise): a
+        refresh must not bring back a job forgotten meanwhile.
+        """
         name = job["job_name"]
         for _ in range(MAX_ATTEMPTS):
             current = self.get(name)
+            if current is None and not create:
+                return None
             if current is None:
                 doc = {"_id": name, **job, "interested_nodes": [], "version": 1}
-                try:
-                    self.jobs.insert_one(doc)
-                except DuplicateKeyError:
-                    continue
+                with self._writing() as memory:
+                    try:
+                        self.jobs.insert_one(dict(doc))
+                    except DuplicateKeyError:
+                        continue
+                    if memory is not None:
+                        memory.put(doc)
                 return doc
             merged = jobs.merge_instances(current["instance_list"], job["instance_list"])
             fields = {**job, "instance_list": merged}
-            if self._write(current, fields):
-                return {**current, **fields, "version": current["version"] + 1}
+            written = self._write(current, fields)
+            if written is not None:
+                return written
         raise CacheConflict(f"job {name} changed {MAX_ATTEMPTS} times while being stored")
 
     def update_instances(
@@ -100,47 +179,88 @@ class JobCache:
             instances = change(current["instance_list"])
             if instances == current["instance_list"]:
                 return current, current
-            if self._write(current, {"instance_list": instances}):
-                after = {**current, "instance_list": instances, "version": current["version"] + 1}
+            after = self._write(current, {"instance_list": instances})
+            if after is not None:
                 return current, after
         raise CacheConflict(f"job {job_name} changed {MAX_ATTEMPTS} times while being updated")
 
-    def _write(self, current: dict, fields: dict) -> bool:
-        result = self.jobs.update_one(
-            {"_id": current["_id"], "version": current["version"]},
-            {"$set": fields, "$inc": {"version": 1}},
-        )
-        return result.matched_count == 1
+    def _write(self, current: dict, fields: dict) -> dict | None:
+        """Compare-and-set on the version; the document as written, None if it changed."""
+        with self._writing() as memory:
+            result = self.jobs.update_one(
+                {"_id": current["_id"], "version": current["version"]},
+                {"$set": fields, "$inc": {"version": 1}},
+            )
+            if result.matched_count != 1:
+                return None
+            base = memory.by_name.get(current["_id"], current) if memory is not None else current
+            after = {**base, **fields, "version": current["version"] + 1}
+            if memory is not None:
+                memory.put(after)
+            return after
 
     def delete(self, job_name: str) -> dict | None:
-        return self.jobs.find_one_and_delete({"_id": job_name})
+        with self._writing() as memory:
+            doc = self.jobs.find_one_and_delete({"_id": job_name})
+            if memory is not None:
+                memory.drop(job_name)
+            return doc
 
     # -- interests -------------------------------------------------------------------
 
-    def add_interest(self, job_name: str, node_id: str) -> bool:
-        """Record the node's interest; False if the job is not cached (any more)."""
+    def add_interest(self, job_name: str, node_id: str, job: dict | None = None) -> bool:
+        """Record the node's interest; False if the job is not cached (any more).
+
+        `job`, the document just read, saves the write when it already lists the node
+        (a node asking again: the common case).
+        """
+        if job is not None and node_id in job.get("interested_nodes", ()):
+            return True
         change = {"$addToSet": {"interested_nodes": node_id}}
-        result = self.jobs.update_one({"_id": job_name}, change)
-        return result.matched_count == 1
+        with self._writing() as memory:
+            result = self.jobs.update_one({"_id": job_name}, change)
+            if memory is not None:
+                self._set_interest(memory, job_name, node_id, add=True)
+            return result.matched_count == 1
 
     def remove_interest(self, job_name: str, node_id: str) -> bool:
         """Drop the node's interest; False if the job is not cached."""
-        result = self.jobs.update_one({"_id": job_name}, {"$pull": {"interested_nodes": node_id}})
-        return result.matched_count == 1
+        with self._writing() as memory:
+            result = self.jobs.update_one(
+                {"_id": job_name}, {"$pull": {"interested_nodes": node_id}}
+            )
+            if memory is not None:
+                self._set_interest(memory, job_name, node_id, add=False)
+            return result.matched_count == 1
+
+    @staticmethod
+    def _set_interest(memory: _Memory, job_name: str, node_id: str, *, add: bool) -> None:
+        doc = memory.by_name.get(job_name)
+        if doc is None:
+            return
+        nodes = [n for n in doc["interested_nodes"] if n != node_id]
+        if add:
+            nodes.append(node_id)
+        memory.by_name[job_name] = {**doc, "interested_nodes": nodes}
 
     def forget_if_unused(self, job_name: str) -> bool:
         """Delete the job if no node is interested and no instance runs here; whether it did."""
         runs_here: list[dict] = [{"worker_id": {"$type": "string"}}]
         if self.cluster_id is not None:
             runs_here.append({"cluster_id": self.cluster_id})
-        result = self.jobs.delete_one(
-            {
-                "_id": job_name,
-                "interested_nodes.0": {"$exists": False},
-                "instance_list": {"$not": {"$elemMatch": {"$or": runs_here}}},
-            }
-        )
-        return result.deleted_count == 1
+        # `$nor` of one `$elemMatch` per condition, not `$or` inside `$elemMatch`: the same
+        # documents, and a form every MongoDB-wire server accepts
+        with self._writing() as memory:
+            result = self.jobs.delete_one(
+                {
+                    "_id": job_name,
+                    "interested_nodes.0": {"$exists": False},
+                    "$nor": [{"instance_list": {"$elemMatch": cond}} for cond in runs_here],
+                }
+            )
+            if memory is not None and result.deleted_count == 1:
+                memory.drop(job_name)
+            return result.deleted_count == 1
 
     # -- node subnets ----------------------------------------------------------------
 

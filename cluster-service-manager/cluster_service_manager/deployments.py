@@ -8,8 +8,10 @@ instance are accepted (until the root undeploys it). `remove` drops a cached job
 the job's lane, so updates of one job apply in the order the root sent them:
 `DEPLOYMENT` refreshes a cached job from the root, `UNDEPLOYMENT` removes the
 instance (-1: all) from the cache and, once the job has no instance left and no node
-is interested, forgets it (dropping the root interest). Each change is announced to the nodes on
-`jobs/<job_name>/updates_available`. Input validation is the views' job.
+is interested, forgets it (dropping the root interest). A change of what nodes see in the
+table is announced to them once on `jobs/<job_name>/updates_available` (a refresh that
+changes nothing visible, such as the root echoing a location we reported, is not); an
+update for a job not cached here is passed on as it came. Input validation is the views' job.
 """
 
 from __future__ import annotations
@@ -50,11 +52,12 @@ class Deployments:
             number, node_id = placement
             self.cache.schedule(job_name, number, node_id)
             log.info("placement recorded", job_name=job_name, number=number, node_id=node_id)
+        before = self.cache.get(job_name)
         job = self.directory.fetch_by_name(job_name)
         if job is None:
             raise NotFound(f"root does not know job {job_name}")
         log.info("job stored", job_name=job_name, instances=len(job["instance_list"]))
-        self.replies.job_update(job_name, DEPLOYMENT)
+        self._announce(job_name, before, job)
         return job
 
     def remove(self, job_name: str) -> bool:
@@ -75,20 +78,30 @@ class Deployments:
         self.lanes.submit(job_lane(job_name), what, step)
 
     def _refresh(self, job_name: str) -> None:
-        cached = self.cache.get(job_name) is not None
-        if cached and self.directory.fetch_by_name(job_name) is None:
+        before = self.cache.get(job_name)
+        if before is None:
+            self.replies.job_update(job_name, DEPLOYMENT)
+            return
+        after = self.directory.fetch_by_name(job_name, create=False)
+        if after is None and self.cache.delete(job_name) is not None:
             log.info("root no longer knows the job, removed from the cache", job_name=job_name)
-            self.cache.delete(job_name)
-        self.replies.job_update(job_name, DEPLOYMENT)
+        self._announce(job_name, before, after)
+
+    def _announce(self, job_name: str, before: dict | None, after: dict | None) -> None:
+        kind = jobs.visible_change(before, after)
+        if kind is not None:
+            self.replies.job_update(job_name, kind)
 
     def _undeploy(self, job_name: str, instance_number: int) -> Step | None:
         self.cache.forget_placement(job_name, instance_number)
         result = self.cache.update_instances(
             job_name, lambda instances: jobs.without_instance(instances, instance_number)
         )
-        if result is not None:
+        if result is None:
+            self.replies.job_update(job_name, UNDEPLOYMENT)
+        else:
             log.info("instance removed", job_name=job_name, instance_number=instance_number)
-        self.replies.job_update(job_name, UNDEPLOYMENT)
+            self._announce(job_name, *result)
         emptied = result is not None and not result[1]["instance_list"]
         if emptied and self.cache.forget_if_unused(job_name):
             log.info("job forgotten: no node interested, no instance here", job_name=job_name)

@@ -57,12 +57,15 @@ class Directory:
             return self.fetch_by_ip(service_ip)
         return self.fetch_by_name(job_name)
 
-    def fetch_by_name(self, job_name: str) -> dict | None:
-        """Ask the root (which records our interest) and store the answer; None if unknown."""
+    def fetch_by_name(self, job_name: str, *, create: bool = True) -> dict | None:
+        """Ask the root (which records our interest) and store the answer; None if unknown.
+
+        `create=False`: refresh the job only if it is still cached (else None).
+        """
         if not is_valid_job_name(job_name):
             return None
         with self.lock(job_name):
-            return self._fetch_locked(job_name)
+            return self._fetch_locked(job_name, create=create)
 
     def fetch_by_ip(self, service_ip: str) -> dict | None:
         if jobs.canonical_ip(service_ip) is None:
@@ -77,14 +80,14 @@ class Directory:
                 return self._fetch_locked(job["job_name"])
             return self.cache.store(job)
 
-    def _fetch_locked(self, job_name: str) -> dict | None:
+    def _fetch_locked(self, job_name: str, *, create: bool = True) -> dict | None:
         try:
             job = _checked(self.root.job_by_name(job_name))
         except NotFound:
             return None
         if job["job_name"] != job_name:
             raise RootRejected(f"root answered job {job['job_name']} for {job_name}")
-        return self.cache.store(job)
+        return self.cache.store(job, create=create)
 
     def with_interest(self, job: dict, node_id: str) -> dict | None:
         """Record the node's interest in a cached job; fetch it again if it left the cache.

@@ -117,7 +117,7 @@ class Handlers:
             self._answer(node_id, None, key, "invalid")
             return
         job = self.directory.cached(job_name=msg.sname, service_ip=msg.sip)
-        if job is not None and self.cache.add_interest(job["job_name"], node_id):
+        if job is not None and self.cache.add_interest(job["job_name"], node_id, job):
             self._answer(node_id, job, key, "cache")
             return
         self.lanes.submit(
@@ -215,7 +215,9 @@ class Handlers:
         changed = jobs.changed_numbers(before["instance_list"], after["instance_list"])
         if not changed:
             return None
-        self.replies.job_update(report.job_name, report.kind)
+        kind = jobs.visible_change(before, after)
+        if kind is not None:
+            self.replies.job_update(report.job_name, kind)
         return lambda: self._tell_root(report, changed)
 
     def _fetch_and_apply(self, report: _NodeReport) -> Step | None:

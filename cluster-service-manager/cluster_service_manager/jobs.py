@@ -238,6 +238,22 @@ def table_result(job: dict | None, query_key: str) -> TableQueryResult:
     return TableQueryResult(app_name=job["job_name"], query_key=query_key, instance_list=instances)
 
 
+def visible_change(before: dict | None, after: dict | None) -> str | None:
+    """How the answer a node gets changed: None (not at all), UNDEPLOYMENT, DEPLOYMENT.
+
+    Only such a change is announced on `jobs/<job>/updates_available`, since every
+    announcement makes every interested node fetch the table again. UNDEPLOYMENT when
+    an instance a node could reach is gone from the answer, else DEPLOYMENT.
+    """
+    old, new = table_result(before, ""), table_result(after, "")
+    if old == new:
+        return None
+    gone = {i.instance_number for i in old.instance_list} - {
+        i.instance_number for i in new.instance_list
+    }
+    return "UNDEPLOYMENT" if gone else "DEPLOYMENT"
+
+
 def _result_instance(instance: dict, service_ips: tuple[ServiceIp, ...]) -> TableQueryInstance:
     own = ServiceIp(
         INSTANCE_IP.value, instance.get("instance_ip") or "", instance.get("instance_ip_v6") or ""

@@ -1,12 +1,14 @@
-"""The nodes' side of the broker: `nodes/+/net/#` subscription to handler calls.
+"""The nodes' side of the broker: subscriptions to the node requests, to handler calls.
 
-One subscription (QoS 1), or the shared `$share/cluster-sm/nodes/+/net/#` when several
-processes serve one cluster. The MQTT wrapper runs handlers on its worker pool with
-the node id as order key: one node's messages are handled in order, different nodes
-in parallel. Every message is parsed into its dataclass here; an invalid one is
-counted, logged (topic, reason, start of the payload) and dropped; the log lines are
-rate-limited per topic kind, so a junk flood writes a few lines and a summary. The results this
-service publishes itself come back through the wildcard and are skipped quietly.
+One subscription (QoS 1) per kind of message a node sends (`nodes/+/net/subnet`,
+`nodes/+/net/tablequery/request`, ...), each under `$share/cluster-sm/` when several
+processes serve one cluster. Not `nodes/+/net/#`: that would bring back every answer
+this service publishes itself, one delivery per answer for nothing. The MQTT wrapper
+runs handlers on its worker pool with the node id as order key: one node's messages
+are handled in order, different nodes in parallel. Every message is parsed into its
+dataclass here; an invalid one is counted, logged (topic, reason, start of the
+payload) and dropped; the log lines are rate-limited per topic kind, so a junk flood
+writes a few lines and a summary.
 """
 
 from __future__ import annotations
@@ -24,6 +26,21 @@ from .metrics import Metrics
 log = get_logger(__name__)
 
 OWN_RESULTS = frozenset({topics.SUBNET_RESULT, topics.TABLEQUERY_RESULT})
+REQUEST_KINDS = (
+    topics.SUBNET,
+    topics.TABLEQUERY_REQUEST,
+    topics.SERVICE_DEPLOYED,
+    topics.SERVICE_UNDEPLOYED,
+    topics.ADDRESS_CHANGED,
+    topics.INTEREST_REMOVE,
+)
+SHARED_PREFIX = "$share/cluster-sm/"
+
+
+def subscriptions(shared: bool) -> tuple[str, ...]:
+    """The topic filters the cluster service manager subscribes to."""
+    prefix = SHARED_PREFIX if shared else ""
+    return tuple(f"{prefix}nodes/+/net/{kind}" for kind in REQUEST_KINDS)
 
 
 def node_of(topic: str) -> str:
@@ -42,7 +59,8 @@ class MqttEndpoint:
         metrics: Metrics | None = None,
     ) -> None:
         self.client = client
-        self.pattern = topics.SHARED_CLUSTER_SUBSCRIPTION if shared else topics.CLUSTER_SUBSCRIPTION
+        self.patterns = subscriptions(shared)
+        self.pattern = " ".join(self.patterns)  # for logs
         self.metrics = metrics or Metrics()
         self.rejections = RateLimitedLog(log)
         self._handlers: dict[str, Callable[[str, Message], None]] = {
@@ -55,8 +73,13 @@ class MqttEndpoint:
         }
 
     def start(self) -> None:
-        self.client.subscribe(self.pattern, self.on_message, order_key=node_of)
+        for pattern in self.patterns:
+            self.client.subscribe(pattern, self.on_message, order_key=node_of)
         self.client.start()
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Whether the broker confirmed every subscription within `timeout` seconds."""
+        return all(self.client.wait_subscribed(p, timeout) for p in self.patterns)
 
     def stop(self) -> None:
         self.client.stop()

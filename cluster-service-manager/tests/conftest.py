@@ -23,11 +23,11 @@ from cluster_service_manager.app import create_app  # noqa: E402
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 
-def cluster_db():
+def cluster_db(component: str = "cluster"):
     """The embedded store, or a fresh database on the real MongoDB when MONGO_URL is set."""
     if os.environ.get("MONGO_URL", "").startswith("mongodb"):
-        return store.connect("cluster", database=f"test_csm_{uuid.uuid4().hex[:12]}")
-    return store.connect("cluster", env={})
+        return store.connect(component, database=f"test_{component}_{uuid.uuid4().hex[:12]}")
+    return store.connect(component, env={})
 
 
 @pytest.fixture
@@ -42,13 +42,7 @@ def db():
 def root_server() -> Iterator[RootHarness]:
     """The real root service manager (its own embedded store), served on 127.0.0.1."""
     app = create_root_app(
-        {
-            "DB": store.connect("root", env={}),
-            "KEYS": KeyProvider(),
-            "OUTBOX_AUTOSTART": True,
-            "REBUILD_MIN": 0.0,
-            "REBUILD_MAX": 0.0,
-        }
+        {"DB": cluster_db("root"), "KEYS": KeyProvider(), "OUTBOX_AUTOSTART": True}
     )
     server = LiveServer(app).start()
     try:
@@ -97,7 +91,7 @@ def make_cluster(mosquitto, root_server, db) -> Iterator[Callable[..., ClusterHa
         harness = ClusterHarness(app, LiveServer(app).start())
         clusters.append(harness)
         endpoint = harness.parts.endpoint
-        assert endpoint.client.wait_subscribed(endpoint.pattern, 5), "cluster not subscribed"
+        assert endpoint.wait_subscribed(5), "cluster not subscribed"
         if register:
             root_server.register_cluster(cluster_id, harness.server.port)
         return harness

@@ -95,7 +95,7 @@ def test_tls_with_client_certificates(tmp_path, pki, root_server, db):
         try:
             root_server.register_cluster("c1", server.port)
             endpoint = app.extensions["cluster_service_manager"].endpoint
-            assert endpoint.client.wait_subscribed(endpoint.pattern, 5)
+            assert endpoint.wait_subscribed(5)
             node = SimNode(
                 broker.host,
                 broker.port,
@@ -138,7 +138,9 @@ def test_username_and_password(tmp_path, root_server, db, caplog):
 def test_two_processes_share_the_nodes_through_a_shared_subscription(make_cluster, make_node):
     first = make_cluster(mqtt_shared=True)
     second = make_cluster(mqtt_shared=True, register=False)  # same store, same cluster
-    assert first.parts.endpoint.pattern == "$share/cluster-sm/nodes/+/net/#"
+    assert all(
+        p.startswith("$share/cluster-sm/nodes/+/net/") for p in first.parts.endpoint.patterns
+    )
     nodes = [make_node() for _ in range(12)]
     subnets = {node.node_id: node.request_subnet()["address"] for node in nodes}
     assert len(set(subnets.values())) == len(nodes)

@@ -68,6 +68,14 @@ def run_together(functions) -> None:
     assert not errors
 
 
+def test_a_refresh_does_not_bring_back_a_forgotten_job(cache):
+    """A root update racing the last interest removal: the job stays forgotten."""
+    cache.store(root_job())
+    assert cache.forget_if_unused(NAME) or cache.delete(NAME)
+    assert cache.store(root_job(), create=False) is None
+    assert cache.get(NAME) is None and cache.count() == 0
+
+
 def test_store_refresh_keeps_interests_and_node_reports(cache):
     cache.store(root_job())
     assert cache.add_interest(NAME, "nodeA")

@@ -6,6 +6,7 @@ import pytest
 from csm_helpers import X3, X3_ID, make_settings
 
 from cluster_service_manager.app import create_app
+from oakestra_net import store
 from oakestra_net.testing import free_port, wait_until
 
 pytestmark = pytest.mark.usefixtures("fail_on_log_exception")
@@ -24,6 +25,14 @@ def deploy_x3(root, instances: int = 1) -> None:
     root.deploy_service(X3_ID, "X3", "10.30.1.30")
     for n in range(instances):
         root.deploy_instance(X3_ID, n)
+
+
+def locate_at_root(root, number: int) -> None:
+    """The root learns where instance `number` of X3 runs (as from another cluster)."""
+    location = {"namespace_ip": "10.18.0.2", "namespace_ip_v6": "fc00::2"}
+    location.update(host_ip="192.0.2.7", host_port=50103, instance_number=number)
+    body = {"job_id": X3_ID, "instances": [location]}
+    root._call("POST", "/api/net/service/net_deploy_status", json=body)
 
 
 BAD_BODIES = [
@@ -129,12 +138,19 @@ def test_deployment_update_refreshes_from_the_root(root_server, cluster, mqtt_re
     answer = cluster.client.post("/api/net/job/update", json=body)
     assert answer.get_json() == {"message": "update notification received"}
     wait_until(lambda: len(cluster.job(X3)["instance_list"]) == 2)
+    cluster.idle()
+    assert updates.messages() == []  # nodes would see no difference: not announced
+    locate_at_root(root_server, 1)  # pushes the located instance (the cluster is interested)
     assert updates.wait_for().payload == {"type": "DEPLOYMENT"}
+    cluster.idle()
+    assert len(updates.messages()) == 1  # one change, one announcement
 
 
 def test_undeployment_update_removes_instances_and_forgets(root_server, cluster, mqtt_recorder):
     deploy_x3(root_server, instances=2)
+    locate_at_root(root_server, 1)
     cluster.client.post("/api/net/deployment", json={"job_name": X3})
+    cluster.idle()
     updates = mqtt_recorder(f"jobs/{X3}/updates_available")
     body = {"job_name": X3, "instance_number": 1, "type": "UNDEPLOYMENT"}
     cluster.client.post("/api/net/job/update", json=body)
@@ -169,7 +185,7 @@ def test_health_and_metrics(cluster, make_node):
     assert health.get_json() == {
         "status": "ok",
         "broker": "connected",
-        "store": "embedded",
+        "store": "embedded" if store.is_embedded(cluster.parts.db) else "mongodb",
         "pending_root_work": 0,
     }
     node = make_node()

@@ -1,13 +1,21 @@
-"""Data-path benchmark: through a service IP vs the direct kernel path, same run.
+"""Data-path benchmark: through a service IP (TUN proxy, kernel fast path) vs the
+direct kernel path, same run.
 
     python -m testbed.bench [--repeat 3] [--seconds 5] [--sendto] [--offload auto|on|off]
 
-Builds its own namespaces (oakb-…): nodes n1, n2 on an underlay bridge, container c1
-on n1 and c2 on n2, a real data-plane process per node with a static table (X3's RR
-IP 10.30.1.30 served by c2). The direct path is c1 -> c2's namespace IP 10.16.0.66
-over plain routes between the node namespaces (n1: 10.16.0.64/26 via 198.18.0.2, and
-back), so both paths cross the same veths, bridges and underlay; the proxied path adds
-the TUNs, the two data planes and the UDP tunnel. Measurements, each repeated:
+Builds its own namespaces (oakb-…): nodes n1, n2 on an underlay bridge, containers c1
+and c3 on n1 and c2 on n2, a real data-plane process per node with a static table
+(X3's RR IP 10.30.1.30 served by c2, X4's RR IP 10.30.1.40 served by c3). Paths:
+
+- remote: the direct path is c1 -> c2's namespace IP 10.16.0.66 over plain routes
+  between the node namespaces (n1: 10.16.0.64/26 via 198.18.0.2, and back), so both
+  paths cross the same veths, bridges and underlay; the TUN path adds the TUNs, the two
+  data planes and the UDP tunnel;
+- local (same bridge): direct is c1 -> c3's namespace IP 10.16.0.3; TUN is c1 ->
+  10.30.1.40 through n1's data plane; kernel is the same service IP with the kernel
+  backend's nftables rules in n1 (applied only while the kernel path is measured).
+
+Measurements, each repeated:
 
 - TCP single-stream throughput (iperf3, --seconds each);
 - UDP 1400-byte packets/s at < 1 % loss (iperf3 -u, offered rate stepped up, then
@@ -36,22 +44,37 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
+from net_manager.dataplane.kernel.nft import Nft
+from net_manager.dataplane.kernel.ruleset import plan
 from net_manager.dataplane.supervisor import DataPlaneSupervisor
 from testbed.netns import Testbed
 from testbed.topology import BENCH_PREFIX, two_nodes, unique_prefix
 
 N1, N2, PORT = "198.18.0.1", "198.18.0.2", 50103
-X1, X3 = "X.default.X1.default", "X.default.X3.default"
+X1, X3, X4 = "X.default.X1.default", "X.default.X3.default", "X.default.X4.default"
 C1 = Endpoint(X1, 0, "10.16.0.2", "fc00::2", "10.30.0.2", "fdff::2", N1, PORT)
 C2 = Endpoint(X3, 0, "10.16.0.66", "fc00::102", "10.30.0.6", "fdff::6", N2, PORT)
+C3 = Endpoint(X4, 0, "10.16.0.3", "fc00::3", "10.30.0.7", "fdff::7", N1, PORT)
 RR = ServiceEntry("10.30.1.30", "fdff:2000::1e", "RR", (C2,))
+LOCAL_RR = ServiceEntry("10.30.1.40", "fdff:2000::28", "RR", (C3,))
 INSTANCE_IPS = [
-    ServiceEntry(e.instance_ip, e.instance_ip_v6, "instance_ip", (e,)) for e in (C1, C2)
+    ServiceEntry(e.instance_ip, e.instance_ip_v6, "instance_ip", (e,)) for e in (C1, C2, C3)
 ]
-DIRECT, PROXIED = C2.namespace_ip, RR.service_ip
+N1_TABLE = [RR, LOCAL_RR, *INSTANCE_IPS]
+N1_LOCAL = [C1, C3]
+BRIDGE = "oakbr0"  # the testbed's node bridge
+# path -> (target address, measured through the TUN data planes, kernel rules on in n1)
+PATHS = {
+    "direct": (C2.namespace_ip, False, False),
+    "TUN": (RR.service_ip, True, False),
+    "local direct": (C3.namespace_ip, False, False),
+    "local TUN": (LOCAL_RR.service_ip, True, False),
+    "local kernel": (LOCAL_RR.service_ip, False, True),
+}
 UDP_SIZE = 1400
 LOSS_LIMIT = 1.0  # percent
 TARGETS = {"tcp": 0.05, "udp": 0.20, "rr_added_ms": 0.15}
+KERNEL_TARGETS = {"tcp": 0.6, "udp": 0.8, "rr_added_ms": 0.025}
 
 ECHO_SERVER = r"""
 import socket
@@ -147,7 +170,7 @@ def start_plane(bed: Testbed, node: str, extra_args: list[str]) -> Plane:
     def on_resolve(service_ip: str, reply: Callable[[bool], None]) -> None:
         entry = ServiceEntry(service_ip, "", "RR", (C2,))  # an instant control plane
         plane.extra.append(entry)
-        plane.supervisor.push_snapshot([RR, *INSTANCE_IPS, *plane.extra], [C1], N1)
+        plane.supervisor.push_snapshot([*N1_TABLE, *plane.extra], N1_LOCAL, N1)
         reply(True)
 
     supervisor = DataPlaneSupervisor(
@@ -172,12 +195,15 @@ def set_up(bed: Testbed, extra_args: list[str]) -> list[Plane]:
     bed.ip("n1", "route", "add", "10.16.0.64/26", "via", N2)  # the direct path
     bed.ip("n2", "route", "add", "10.16.0.0/26", "via", N1)
     planes = [start_plane(bed, "n1", extra_args), start_plane(bed, "n2", extra_args)]
-    planes[0].supervisor.push_snapshot([RR, *INSTANCE_IPS], [C1], N1)
+    planes[0].supervisor.push_snapshot(N1_TABLE, N1_LOCAL, N1)
     planes[1].supervisor.push_snapshot(INSTANCE_IPS, [C2], N2)
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    bed.popen("c2", ["iperf3", "-s", "-p", "5201"], **quiet)
-    echo = bed.popen("c2", [sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True)
-    bed.wait_for_line(echo)
+    for server in ("c2", "c3"):
+        bed.popen(server, ["iperf3", "-s", "-p", "5201"], **quiet)
+        echo = bed.popen(
+            server, [sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE, text=True
+        )
+        bed.wait_for_line(echo)
     deadline = time.monotonic() + 10
     while not all(p.supervisor.counters().get("snapshots") for p in planes):
         if time.monotonic() > deadline:
@@ -251,12 +277,30 @@ def first_packet_ms(bed: Testbed, service_ip: str) -> tuple[float, float]:
 # ---------------------------------------------------------------- the run
 
 
+class KernelRules:
+    """The kernel backend's rules for n1's table, switched on only for the kernel path."""
+
+    def __init__(self, bed: Testbed) -> None:
+        self.nft = Nft(bed.netns_exec("n1"))
+        self.script = plan(N1_TABLE, N1_LOCAL, N1, bridge=BRIDGE).render()
+        self.on = False
+
+    def switch(self, on: bool) -> None:
+        if on != self.on:
+            self.nft.apply(self.script) if on else self.nft.delete_table()
+            self.on = on
+
+
+def _per_path() -> dict[str, list[float]]:
+    return {path: [] for path in PATHS}
+
+
 @dataclass
 class Results:
-    tcp: dict[str, list[float]] = field(default_factory=lambda: {"direct": [], "proxied": []})
-    udp: dict[str, list[float]] = field(default_factory=lambda: {"direct": [], "proxied": []})
-    p50: dict[str, list[float]] = field(default_factory=lambda: {"direct": [], "proxied": []})
-    p99: dict[str, list[float]] = field(default_factory=lambda: {"direct": [], "proxied": []})
+    tcp: dict[str, list[float]] = field(default_factory=_per_path)
+    udp: dict[str, list[float]] = field(default_factory=_per_path)
+    p50: dict[str, list[float]] = field(default_factory=_per_path)
+    p99: dict[str, list[float]] = field(default_factory=_per_path)
     miss: list[tuple[float, float]] = field(default_factory=list)
     cpu_us: float = float("nan")  # per packet per data plane, UDP runs
     tcp_cpu_us: float = float("nan")  # per packet per data plane, TCP runs (GSO: 64 KiB)
@@ -264,25 +308,11 @@ class Results:
 
 def measure(bed: Testbed, planes: list[Plane], repeat: int, seconds: float) -> Results:
     results, meter, tcp_meter = Results(), CpuMeter(planes), CpuMeter(planes)
-    paths = {"direct": DIRECT, "proxied": PROXIED}
-    for i in range(1, repeat + 1):
-        for path, target in paths.items():
-            run = lambda t=target: tcp_gbps(bed, t, seconds)  # noqa: E731
-            gbps = tcp_meter.measure(run) if path == "proxied" else run()
-            results.tcp[path].append(gbps)
-            progress(f"TCP {path} {i}/{repeat}: {gbps:.3f} Gbit/s")
-    for i in range(1, repeat + 1):
-        for path, target in paths.items():
-            run = lambda t=target: udp_max_pps(bed, t)  # noqa: E731
-            pps = meter.measure(run) if path == "proxied" else run()
-            results.udp[path].append(pps)
-            progress(f"UDP {path} {i}/{repeat}: {pps:,.0f} packets/s at < {LOSS_LIMIT} % loss")
-    for i in range(1, repeat + 1):
-        for path, target in paths.items():
-            rtt = ping_pong(bed, target)
-            results.p50[path].append(rtt["p50"])
-            results.p99[path].append(rtt["p99"])
-            progress(f"RR {path} {i}/{repeat}: p50 {rtt['p50']:.3f} ms, p99 {rtt['p99']:.3f} ms")
+    rules = KernelRules(bed)
+    try:
+        _measure_paths(bed, rules, results, meter, tcp_meter, repeat, seconds)
+    finally:
+        rules.switch(False)
     for i in range(1, repeat + 1):
         first, second = first_packet_ms(bed, f"10.30.2.{i}")
         results.miss.append((first, second))
@@ -292,16 +322,52 @@ def measure(bed: Testbed, planes: list[Plane], repeat: int, seconds: float) -> R
     return results
 
 
+def _measure_paths(
+    bed: Testbed,
+    rules: KernelRules,
+    results: Results,
+    meter: CpuMeter,
+    tcp_meter: CpuMeter,
+    repeat: int,
+    seconds: float,
+) -> None:
+    for i in range(1, repeat + 1):
+        for path, (target, tun, kernel) in PATHS.items():
+            rules.switch(kernel)
+            run = lambda t=target: tcp_gbps(bed, t, seconds)  # noqa: E731
+            gbps = tcp_meter.measure(run) if tun else run()
+            results.tcp[path].append(gbps)
+            progress(f"TCP {path} {i}/{repeat}: {gbps:.3f} Gbit/s")
+    for i in range(1, repeat + 1):
+        for path, (target, tun, kernel) in PATHS.items():
+            rules.switch(kernel)
+            run = lambda t=target: udp_max_pps(bed, t)  # noqa: E731
+            pps = meter.measure(run) if tun else run()
+            results.udp[path].append(pps)
+            progress(f"UDP {path} {i}/{repeat}: {pps:,.0f} packets/s at < {LOSS_LIMIT} % loss")
+    for i in range(1, repeat + 1):
+        for path, (target, _, kernel) in PATHS.items():
+            rules.switch(kernel)
+            rtt = ping_pong(bed, target)
+            results.p50[path].append(rtt["p50"])
+            results.p99[path].append(rtt["p99"])
+            progress(f"RR {path} {i}/{repeat}: p50 {rtt['p50']:.3f} ms, p99 {rtt['p99']:.3f} ms")
+
+
 def table(results: Results) -> str:
+    return remote_table(results) + "\n\n" + local_table(results)
+
+
+def remote_table(results: Results) -> str:
     med = statistics.median
-    tcp_d, tcp_p = med(results.tcp["direct"]), med(results.tcp["proxied"])
-    udp_d, udp_p = med(results.udp["direct"]), med(results.udp["proxied"])
-    p50_d, p50_p = med(results.p50["direct"]), med(results.p50["proxied"])
-    p99_d, p99_p = med(results.p99["direct"]), med(results.p99["proxied"])
+    tcp_d, tcp_p = med(results.tcp["direct"]), med(results.tcp["TUN"])
+    udp_d, udp_p = med(results.udp["direct"]), med(results.udp["TUN"])
+    p50_d, p50_p = med(results.p50["direct"]), med(results.p50["TUN"])
+    p99_d, p99_p = med(results.p99["direct"]), med(results.p99["TUN"])
     first = med(m[0] for m in results.miss)
     second = med(m[1] for m in results.miss)
     rows = [
-        ("measurement (median)", "direct", "service IP", "ratio / added", "target"),
+        ("c1 -> c2 on n2 (median)", "direct", "TUN", "ratio / added", "target (TUN)"),
         ("TCP 1 stream, Gbit/s", f"{tcp_d:.3f}", f"{tcp_p:.3f}", f"{tcp_p / tcp_d:.1%}",
          _check(tcp_p / tcp_d >= TARGETS["tcp"], ">= 5 %")),
         ("UDP 1400 B, packets/s < 1 % loss", f"{udp_d:,.0f}", f"{udp_p:,.0f}",
@@ -313,7 +379,34 @@ def table(results: Results) -> str:
         ("  same, TCP runs (up to 64 KiB each)", "-", f"{results.tcp_cpu_us:.1f}", "", ""),
         ("table miss: first packet RTT, ms", "-", f"{first:.2f}", f"next packet {second:.2f}", ""),
     ]  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    return _format(rows)
+
+
+def local_table(results: Results) -> str:
+    med = statistics.median
+    tcp = [med(results.tcp[p]) for p in ("local direct", "local TUN", "local kernel")]
+    udp = [med(results.udp[p]) for p in ("local direct", "local TUN", "local kernel")]
+    p50 = [med(results.p50[p]) for p in ("local direct", "local TUN", "local kernel")]
+    p99 = [med(results.p99[p]) for p in ("local direct", "local TUN", "local kernel")]
+    rows = [
+        ("c1 -> c3 on n1 (median)", "direct", "TUN", "kernel", "TUN ratio", "kernel ratio",
+         "target (kernel)"),
+        ("TCP 1 stream, Gbit/s", *(f"{v:.3f}" for v in tcp), f"{tcp[1] / tcp[0]:.1%}",
+         f"{tcp[2] / tcp[0]:.1%}", _check(tcp[2] / tcp[0] >= KERNEL_TARGETS["tcp"], ">= 60 %")),
+        ("UDP 1400 B, packets/s < 1 % loss", *(f"{v:,.0f}" for v in udp),
+         f"{udp[1] / udp[0]:.1%}", f"{udp[2] / udp[0]:.1%}",
+         _check(udp[2] / udp[0] >= KERNEL_TARGETS["udp"], ">= 80 %")),
+        ("UDP round trip p50, ms", *(f"{v:.3f}" for v in p50), f"+{p50[1] - p50[0]:.3f} ms",
+         f"+{p50[2] - p50[0]:.3f} ms",
+         _check(p50[2] - p50[0] <= KERNEL_TARGETS["rr_added_ms"], "<= +0.025 ms")),
+        ("UDP round trip p99, ms", *(f"{v:.3f}" for v in p99), f"+{p99[1] - p99[0]:.3f} ms",
+         f"+{p99[2] - p99[0]:.3f} ms", ""),
+    ]  # fmt: skip
+    return _format(rows)
+
+
+def _format(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -335,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.monotonic()
     extra_args = ["--offload", args.offload] + (["--sendto"] if args.sendto else [])
-    with Testbed(two_nodes(unique_prefix(BENCH_PREFIX))) as bed:
+    with Testbed(two_nodes(unique_prefix(BENCH_PREFIX), extra_container_on_n1=True)) as bed:
         progress(f"namespaces {', '.join(bed.topology.namespaces)} built")
         planes = set_up(bed, extra_args)
         try:

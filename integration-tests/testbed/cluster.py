@@ -24,6 +24,7 @@ the infra namespace (nsnet) and the net managers through their unix sockets.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -43,6 +44,7 @@ REPO = Path(__file__).resolve().parents[2]
 BROKER_PORT, ROOT_PORT, CLUSTER_PORT, TUNNEL_PORT = 10003, 10099, 10110, 50103
 CLUSTER_ID = "6630c0000000000000000001"
 START_TIMEOUT = 30.0
+DATAPLANE_MODE_VARIABLE = "OAKESTRA_TEST_DATAPLANE_MODE"
 
 
 def node_id_of(index: int) -> str:
@@ -91,9 +93,13 @@ class LocalCluster:
         run_dir: Path | str | None = None,
         progress: Progress | None = None,
         open_broker: bool = False,
+        dataplane_mode: str | None = None,
     ) -> None:
         """`open_broker`: upstream Oakestra's default broker (anonymous, no ACL, retained
-        messages kept) instead of ours; the API token stays."""
+        messages kept) instead of ours; the API token stays. `dataplane_mode`: the
+        nodes' DataplaneMode (tun, kernel, auto); None: $OAKESTRA_TEST_DATAPLANE_MODE,
+        else the net manager's default (so a whole tier can run against one backend)."""
+        self.dataplane_mode = dataplane_mode or os.environ.get(DATAPLANE_MODE_VARIABLE, "")
         self.topology = local_cluster(prefix or unique_prefix(RUN_PREFIX), workers)
         self.prefix = self.topology.prefix
         name = f"oakestra-net-{self.prefix.rstrip('-')}-"
@@ -185,6 +191,8 @@ class LocalCluster:
             "MqttCert": "",
             "MqttKey": "",
         }
+        if self.dataplane_mode:
+            netcfg["DataplaneMode"] = self.dataplane_mode
         if not self.credentials.open_broker:
             netcfg["MqttCa"] = str(self.credentials.ca_file)
             netcfg["MqttUsername"] = worker.node_id

@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     if leftovers:
         print(f"(an earlier run left {len(leftovers)} namespace(s); `make clean` removes them)")
     progress = Progress(sys.stdout)
-    cluster = LocalCluster(progress=progress)
+    cluster = LocalCluster(progress=progress)  # the default data plane: the best available
     orchestrator = Orchestrator(cluster)
     failed = True
     try:

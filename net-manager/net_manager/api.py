@@ -4,14 +4,12 @@ Served on the unix socket (default /etc/netmanager/netmanager.sock) and optional
 TCP port. Bad JSON or fields → 400 `{"error", "reason"}` and nothing changes; every
 call before `/register` → 400. `GET /status` and `GET /metrics` are ours.
 
-Bodies are at most MAX_BODY_BYTES and nest at most MAX_JSON_DEPTH deep: the depth is
-checked on the raw bytes before parsing, because a deeply nested body made the JSON
-parser raise RecursionError (a 500 on every POST). The node engine's bodies are flat.
+Bodies are at most MAX_BODY_BYTES and are decoded by `oakestra_net.validation.load_json`
+(nesting limited, never a RecursionError): the node engine's bodies are flat.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -20,47 +18,18 @@ from net_manager.control.daemon import DaemonError, NodeDaemon
 from net_manager.metrics import metrics_text
 from oakestra_net.http_errors import register_json_errors
 from oakestra_net.log import get_logger
+from oakestra_net.validation import InvalidInput, load_json
 
 log = get_logger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
-MAX_JSON_DEPTH = 32
-_OPEN, _CLOSE, _QUOTE, _ESCAPE = frozenset(b"[{"), frozenset(b"]}"), ord('"'), ord("\\")
-
-
-def json_depth(data: bytes, limit: int) -> int:
-    """How deep arrays/objects nest in `data` (strings skipped), counting stops past `limit`."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for byte in data:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == _ESCAPE:
-                escaped = True
-            elif byte == _QUOTE:
-                in_string = False
-        elif byte == _QUOTE:
-            in_string = True
-        elif byte in _OPEN:
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > limit:
-                    break
-        elif byte in _CLOSE:
-            depth -= 1
-    return deepest
 
 
 def _body() -> dict[str, Any]:
-    data = request.get_data(cache=True)
-    if json_depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
-        raise DaemonError(400, f"request body nests deeper than {MAX_JSON_DEPTH} levels")
     try:
-        body = json.loads(data)
-    except (ValueError, RecursionError):
-        body = None
+        body = load_json(request.get_data(cache=True))
+    except InvalidInput as err:
+        raise DaemonError(400, str(err)) from None
     if not isinstance(body, dict):
         raise DaemonError(400, "request body must be a JSON object")
     return body

@@ -124,7 +124,7 @@ def effective(config: NetConfig, values: dict[str, Any]) -> dict[str, Any]:
     shown = {}
     for row in SETTINGS.rows:
         value = getattr(config, ENV_VARS[row.env]) if row.env in ENV_VARS else values[row.field]
-        shown[row.env] = s.display(row, value)
+        shown[row.env] = s.display(row, value) if value != "" else None  # "" = unset
     shown["Debug"] = config.debug
     shown["TunnelDevice"] = config.tun.device_name
     return shown
@@ -143,16 +143,23 @@ def cmd_run(values: dict[str, Any], config: NetConfig) -> int:
     check_broker(config, values["startup_timeout"])
     daemon = NodeDaemon(config)
     app = create_app(daemon)
+    servers: list[Any] = []
     try:
-        servers = [_unix_server(make_server, config.socket_path, app)]
+        servers.append(_unix_server(make_server, config.socket_path, app))
         if config.tcp_port:
-            servers.append(make_server("127.0.0.1", config.tcp_port, app, threaded=True))
+            servers.append(_tcp_server(make_server, config.tcp_port, app))
     except OSError as err:
-        where = f"NETMANAGER_SOCKET {config.socket_path} / NETMANAGER_PORT {config.tcp_port}"
+        _close(servers, config.socket_path)
+        where = (
+            f"NETMANAGER_PORT {config.tcp_port}"
+            if servers
+            else f"NETMANAGER_SOCKET {config.socket_path}"
+        )
         exit_unavailable(COMPONENT, f"{where}: cannot serve the API: {err.strerror or err}")
     try:
         daemon.start()
     except DaemonError as err:
+        _close(servers, config.socket_path)
         exit_unavailable(COMPONENT, err.reason)
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -226,17 +233,49 @@ def check_broker(config: NetConfig, timeout: float) -> None:
 
 
 def _unix_server(make_server, path: str, app):
-    """Serve on the unix socket `path`, which appears only once it accepts connections.
+    """Serve `app` on the unix socket `path`, which appears only once it accepts connections.
 
     The node engine (and anyone else) may connect as soon as the file exists, so the
-    socket is bound and listening under a temporary name first and then renamed.
+    socket is bound and listening under a temporary name first and then renamed. We bind
+    it ourselves: werkzeug prints and exits on a bind error, and must not replace a
+    socket another daemon still serves.
     """
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    if os.path.exists(path) and _answers(path):
+        raise OSError(f"another net manager already serves {path}")
     staging = f"{path}.{os.getpid()}.tmp"
-    server = make_server(f"unix://{staging}", 0, app, threaded=True)  # bind + listen
-    os.chmod(staging, 0o660)
-    os.replace(staging, path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(staging)
+        os.chmod(staging, 0o660)
+        listener.listen(128)
+        server = make_server(f"unix://{path}", 0, app, threaded=True, fd=listener.fileno())
+    os.replace(staging, path)  # also replaces a socket left by a daemon that died
     return server
+
+
+def _tcp_server(make_server, port: int, app):
+    with socket.create_server(("127.0.0.1", port), backlog=128) as listener:
+        return make_server("127.0.0.1", port, app, threaded=True, fd=listener.fileno())
+
+
+def _close(servers: list[Any], socket_path: str) -> None:
+    """Close what was bound; the socket file goes only if we created it (a server exists)."""
+    for server in servers:
+        server.server_close()
+    if servers and os.path.exists(socket_path):
+        os.unlink(socket_path)
+
+
+def _answers(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def cmd_status(args: argparse.Namespace, config: NetConfig) -> int:
@@ -259,6 +298,7 @@ def format_status(status: dict) -> str:
         f"node        {status['node_id'] or '(not registered)'}   ip {status['node_ip']}:"
         f"{status['node_port']}   broker {'connected' if status['broker_connected'] else 'DOWN'}",
         f"subnets     {status['subnet'] or '-'}/26   {status['subnet_v6'] or '-'}/120",
+        f"data plane  {status.get('dataplane_mode') or '-'}",
         f"instances   {len(status['instances'])}",
     ]
     lines += [
@@ -295,8 +335,25 @@ def cmd_cleanup(args: argparse.Namespace, config: NetConfig) -> int:
     removed = Reconciler(kernel, lambda: desired).sweep()
     if args.all:
         kernel.delete_base_rules()
+        removed += _delete_kernel_path_table()
     print(f"removed: {', '.join(removed) if removed else 'nothing'}")
     return 0
+
+
+def _delete_kernel_path_table() -> list[str]:
+    """The kernel data plane's nftables table, if nft is installed and it exists."""
+    from net_manager.dataplane.kernel.nft import Nft, NftError
+    from net_manager.dataplane.kernel.ruleset import FAMILY, TABLE
+
+    nft = Nft()
+    try:
+        if not nft.supported()[0] or not nft.table():
+            return []
+        nft.delete_table()
+    except NftError as err:
+        print(f"cannot remove the nftables table {TABLE}: {err}", file=sys.stderr)
+        return []
+    return [f"nftables {FAMILY} {TABLE}"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,6 +104,7 @@ class NetConfig:
     reconcile_interval: float = 30.0
     interest_timeout: float = 10.0
     table_query_timeout: float = 5.0
+    dataplane_mode: str = "auto"  # tun | kernel | auto (kernel when nft and the kernel can)
     tun: TunConfig = TunConfig()
 
 
@@ -247,6 +248,15 @@ def _seconds_or_off(value: object, where: str) -> float:
     return _seconds(value, where, zero_ok=True)
 
 
+def _dataplane_mode(value: object, where: str) -> str:
+    if value not in DATAPLANE_MODES:
+        _fail(where, " or ".join(DATAPLANE_MODES), value)
+    return str(value)
+
+
+DATAPLANE_MODES = ("tun", "kernel", "auto")
+
+
 # ---------------------------------------------------------------- what is read where
 
 NETCFG_KEYS: dict[str, tuple[str, Parser]] = {
@@ -262,6 +272,7 @@ NETCFG_KEYS: dict[str, tuple[str, Parser]] = {
     "MqttCa": ("mqtt_ca", _string),
     "MqttUsername": ("mqtt_username", _string),
     "MqttPassword": ("mqtt_password", _string),
+    "DataplaneMode": ("dataplane_mode", _dataplane_mode),
 }
 
 TUNCFG_KEYS: dict[str, tuple[str, Parser]] = {
@@ -305,6 +316,7 @@ ENV_VARS: dict[str, str] = {
     "MQTT_CERT_FILE": "mqtt_cert",
     "MQTT_KEY_FILE": "mqtt_key",
     "ADDRESS_WATCH_INTERVAL": "address_watch_interval",  # public address check (0: off)
+    "DATAPLANE_MODE": "dataplane_mode",  # tun | kernel | auto
 }
 
 

@@ -98,6 +98,9 @@ def test_cleanup_all_removes_only_what_is_ours(ns, tmp_path):
         )
     nstools.run_in(node, ["iptables", "-t", "nat", "-N", "OAKESTRA"])
     nstools.run_in(node, ["iptables", "-t", "nat", "-A", "PREROUTING", "-j", "OAKESTRA"])
+    if shutil.which("nft"):  # the kernel data plane's table, and someone else's
+        for table in ("oakestra_net", "someone_else"):
+            nstools.run_in(node, ["nft", "add", "table", "inet", table])
     result = nstools.run_in(
         node,
         [
@@ -114,3 +117,6 @@ def test_cleanup_all_removes_only_what_is_ours(ns, tmp_path):
     links = nstools.run_in(node, ["ip", "-o", "link"]).stdout
     assert "oak-hdeadbeef" not in links and "other0" in links
     assert "OAKESTRA" not in nstools.run_in(node, ["iptables-save", "-t", "nat"]).stdout
+    if shutil.which("nft"):
+        tables = nstools.run_in(node, ["nft", "list", "tables"]).stdout
+        assert "oakestra_net" not in tables and "someone_else" in tables

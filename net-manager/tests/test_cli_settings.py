@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from importlib import metadata
@@ -200,3 +201,39 @@ def test_a_broker_refusing_the_credentials_stops_the_start(node, tmp_path):
         node.assert_nothing_started()
     finally:
         nstools.stop_process(process)
+
+
+def test_an_api_port_in_use_exits_1_and_leaves_no_socket(node):
+    holder = nstools.popen_in(
+        node.netns,
+        [
+            sys.executable,
+            "-c",
+            "import socket, time; s = socket.create_server(('127.0.0.1', 18124)); "
+            "print('ready', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        result = node.run(["run", "--port", "18124"])
+    finally:
+        nstools.stop_process(holder)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1 and "NETMANAGER_PORT 18124" in errors[0], result.stderr
+    node.assert_nothing_started()
+
+
+def test_a_socket_another_daemon_serves_is_not_taken_over(node):
+    node.socket.parent.mkdir(parents=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
+        other.bind(str(node.socket))
+        other.listen()
+        result = node.run(["run"])
+        assert node.socket.exists()
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1 and "another net manager already serves" in errors[0]
+    assert not node.state_file.exists()

@@ -401,3 +401,12 @@ def test_ipv4_proxy_subnet_missing_the_service_ips_is_replaced(
 
 def test_password_is_not_in_the_repr() -> None:
     assert "hunter2" not in repr(NetConfig(mqtt_password="hunter2"))
+
+
+def test_every_environment_variable_has_a_settings_row_with_a_flag():
+    from net_manager.config import CONFIG_DIR_ENV, ENV_VARS, SETTINGS
+
+    rows = {row.env: row for row in SETTINGS.rows}
+    for variable in [*ENV_VARS, CONFIG_DIR_ENV, "LOG_LEVEL", "LOG_FORMAT"]:
+        assert variable in rows, f"{variable} is read but has no flag"
+        assert rows[variable].flag.startswith("--")

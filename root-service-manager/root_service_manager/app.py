@@ -25,19 +25,25 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     """config keys: DB (a pymongo database), KEYS (KeyProvider), OUTBOX_AUTOSTART (bool),
     OUTBOX_TIMEOUT (seconds), API_TOKEN (the bearer token of `/api/net/`, also sent with
     the pushes to clusters; None: open), REBUILD_MIN / REBUILD_MAX (seconds a new store
-    waits for the clusters' state, see `rebuild.py`). Unset keys come from the environment."""
+    waits for the clusters' state, see `rebuild.py`). Unset keys come from the environment.
+
+    The rebuild gate guards a store the app opens itself (3 s / 30 s unless the
+    environment says otherwise); a caller that hands in its own DB knows whether it is
+    new, so there the gate is off unless configured."""
     app = Flask(__name__)
-    app.config.update(
-        OUTBOX_AUTOSTART=True,
-        OUTBOX_TIMEOUT=2.0,
-        REBUILD_MIN=_seconds("ROOT_REBUILD_MIN_SECONDS", 3.0),
-        REBUILD_MAX=_seconds("ROOT_REBUILD_MAX_SECONDS", 30.0),
-    )
+    app.config.update(OUTBOX_AUTOSTART=True, OUTBOX_TIMEOUT=2.0)
     app.config.update(config or {})
     if "API_TOKEN" not in app.config:
         app.config["API_TOKEN"] = api_token.token_from_env()
     api_token.install_guard(app, app.config["API_TOKEN"], component="root-service-manager")
     db = app.config.get("DB")
+    opened_here = db is None
+    app.config.setdefault(
+        "REBUILD_MIN", _seconds("ROOT_REBUILD_MIN_SECONDS", 3.0 if opened_here else 0.0)
+    )
+    app.config.setdefault(
+        "REBUILD_MAX", _seconds("ROOT_REBUILD_MAX_SECONDS", 30.0 if opened_here else 0.0)
+    )
     if db is None:
         db = store.connect("root")
     keys = app.config.get("KEYS") or KeyProvider.from_env(os.environ)

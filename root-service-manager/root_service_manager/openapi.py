@@ -66,6 +66,7 @@ _BODIES = (
     schemas.InstanceDeploy,
     schemas.DeployStatus,
     schemas.SubnetRelease,
+    schemas.ClusterState,
 )
 _ANSWERS = (ErrorBody, NetInfo, AvailableIps, Message, Subnet)
 _REF = "#/components/schemas/{model}"
@@ -141,6 +142,19 @@ def build_spec() -> dict[str, Any]:
     }
     netinfo = "/api/pubnet/service/netinfo"
     paths = {
+        "/api/net/state": {
+            "get": _operation(
+                "The store's generation, whether it is rebuilding, how the caller is registered",
+                Message,
+            )
+        },
+        "/api/net/cluster/state": {
+            "post": _operation(
+                "A cluster's jobs and subnets, restored into a new store",
+                Message,
+                body=schemas.ClusterState,
+            )
+        },
         "/api/net/cluster": {
             "post": _operation("Register a cluster", Message, body=schemas.ClusterRegistration)
         },

@@ -8,7 +8,7 @@ canonicalised, object ids are 24 hex digits.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -92,6 +92,14 @@ class SubnetRelease(_Body):
 
 
 # -- path parameters --------------------------------------------------------------------
+
+
+class ClusterState(_Body):
+    """What a cluster knows is in use, pushed into a root whose store is new (`rebuild.py`
+    checks each entry and skips a bad one, so one bad job never loses the others)."""
+
+    jobs: Annotated[list[Any], Field(max_length=100_000)] = []
+    subnets: Annotated[list[Any], Field(max_length=100_000)] = []
 
 
 class JobIdPath(_Body):

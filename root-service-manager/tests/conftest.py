@@ -47,13 +47,7 @@ def public_pem(rsa_key) -> str:
 @pytest.fixture
 def app(db, public_pem):
     app = create_app(
-        {
-            "DB": db,
-            "KEYS": KeyProvider(static_key=public_pem),
-            "OUTBOX_AUTOSTART": False,
-            "REBUILD_MIN": 0.0,  # the rebuild gate has tests of its own
-            "REBUILD_MAX": 0.0,
-        }
+        {"DB": db, "KEYS": KeyProvider(static_key=public_pem), "OUTBOX_AUTOSTART": False}
     )
     yield app
     app.extensions["root"].outbox.stop()

@@ -86,8 +86,7 @@ def test_available_ip_preview(deployed, token):
 @pytest.mark.process  # connects to a port nothing listens on
 def test_without_a_key_netinfo_answers_503_and_the_rest_works(db):
     keys = KeyProvider(generator_url="http://127.0.0.1:9/key", retry_interval=60)
-    config = {"DB": db, "KEYS": keys, "OUTBOX_AUTOSTART": False}
-    app = create_app({**config, "REBUILD_MIN": 0.0, "REBUILD_MAX": 0.0})
+    app = create_app({"DB": db, "KEYS": keys, "OUTBOX_AUTOSTART": False})
     client = app.test_client()
     response = client.get("/api/pubnet/service/netinfo/X_default_X1_default")
     assert response.status_code == 503

@@ -28,6 +28,7 @@ import mongomock.collection
 import mongomock.command_cursor
 import pymongo
 
+from oakestra_net import store_index
 from oakestra_net.log import get_logger
 
 log = get_logger(__name__)
@@ -191,7 +192,52 @@ class _EmbeddedDatabase(_Locked):
 
 
 class _EmbeddedCollection(_Locked):
-    pass
+    """A collection whose lookups use hash indexes (`store_index`) instead of scans."""
+
+    def __init__(self, target: Any, lock: threading.RLock) -> None:
+        super().__init__(target, lock)
+        with lock:
+            object.__setattr__(self, "_index", store_index.index_of(target))
+
+    def __getattr__(self, name: str) -> Any:
+        value = self._wrap(getattr(self._target, name))
+        if (
+            name in _READ_OPERATIONS
+            or isinstance(value, _Locked)
+            or not callable(value)
+            or isinstance(value, type)
+        ):
+            return super().__getattr__(name)
+        index = self._index
+
+        def locked_write(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                index.writing += 1
+                try:
+                    return self._wrap(value(*args, **kwargs))
+                finally:
+                    index.writing -= 1
+                    if not index.writing:
+                        index.end_write()
+
+        return locked_write
+
+
+# Operations that never change documents; every other method counts as a write.
+_READ_OPERATIONS = frozenset(
+    {
+        "find",
+        "find_one",
+        "count_documents",
+        "estimated_document_count",
+        "distinct",
+        "aggregate",
+        "index_information",
+        "list_indexes",
+        "options",
+        "with_options",
+    }
+)
 
 
 class _EmbeddedCursor(_Locked):

@@ -34,7 +34,7 @@ from net_manager.control.services.table import TranslationTable
 from net_manager.control.session import NodeSession
 from net_manager.control.statefile import NodeState
 from net_manager.dataplane.backend import DataPlaneBackend, DataPlaneFactory
-from net_manager.dataplane.supervisor import DataPlaneSupervisor
+from net_manager.dataplane.modes import factory_for
 from net_manager.node.kernel import BRIDGE, Kernel, KernelApi, KernelError
 from net_manager.node.reconciler import DesiredState, NodeSpec, Reconciler
 from oakestra_net import topics
@@ -58,11 +58,12 @@ class NodeDaemon(Instances, ServiceFeed):
         *,
         kernel: KernelApi | None = None,
         session_factory: Callable[..., NodeSession] = NodeSession,
-        dataplane_factory: DataPlaneFactory | None = DataPlaneSupervisor,
+        dataplane_factory: DataPlaneFactory | None | str = "configured",
         netns_exec: Sequence[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`dataplane_factory` None runs without a data plane (tests of the control side);
+        """`dataplane_factory` None runs without a data plane (tests of the control side),
+        "configured" builds the one of `config.dataplane_mode`;
         `netns_exec` prefixes the data plane's command (a daemon managing another
         namespace, as in the kernel tests)."""
         self.config = config
@@ -82,6 +83,8 @@ class NodeDaemon(Instances, ServiceFeed):
         self.reconciler = Reconciler(
             self.kernel, self.desired, min_interval=0.2, max_interval=config.reconcile_interval
         )
+        if isinstance(dataplane_factory, str):
+            dataplane_factory = factory_for(config.dataplane_mode)
         self._dataplane_factory = dataplane_factory
         self._netns_exec = netns_exec
         self.dataplane: DataPlaneBackend | None = None
@@ -288,6 +291,7 @@ class NodeDaemon(Instances, ServiceFeed):
             "broker_connected": bool(session and session.connected),
             "node_ip": self.node_ip,
             "node_port": self.config.node_public_port,
+            "dataplane_mode": getattr(self.dataplane, "mode", "tun") if self.dataplane else "",
             "subnet": state.subnet_v4,
             "subnet_v6": state.subnet_v6,
             "instances": instances,

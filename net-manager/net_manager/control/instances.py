@@ -69,7 +69,10 @@ class Instances:
         key = instance_key(job_name, instance_number)
         with self.lock:
             current = self.state.instances.get(key)
-            inode = netns_inode(netns_path)
+            try:
+                inode = netns_inode(netns_path)
+            except OSError:
+                raise DaemonError(400, f"pid {pid}: the process is gone") from None
             if current is not None and current.netns_inode == inode:
                 return _answer(current)
             self._check_claims(key, mappings, inode)
@@ -128,15 +131,8 @@ class Instances:
         """409 if another instance holds this namespace (inode) or one of these host ports.
         Caller holds the lock."""
         wanted = {(m.host_port, m.protocol): m for m in mappings}
-        for other in self.state.instances.values():
-            if other.key == key:
-                continue
-            if inode is not None and other.netns_inode == inode and is_alive(other):
-                raise DaemonError(
-                    409,
-                    f"pid: that network namespace already belongs to instance {other.key}; "
-                    "one instance per container",
-                )
+        others = [other for other in self.state.instances.values() if other.key != key]
+        for other in others:
             for taken in parse_port_mappings(other.port_mappings):
                 clash = wanted.get((taken.host_port, taken.protocol))
                 if clash is not None:
@@ -145,6 +141,13 @@ class Instances:
                         f"portMappings: host port {clash.host_port}/{clash.protocol} is "
                         f"already mapped to instance {other.key}",
                     )
+        for other in others:
+            if inode is not None and other.netns_inode == inode and is_alive(other):
+                raise DaemonError(
+                    409,
+                    f"pid: that network namespace already belongs to instance {other.key}; "
+                    "one instance per container",
+                )
 
     def _attach(
         self, key, job_name, number, netns_path, port_mappings, kind="container"

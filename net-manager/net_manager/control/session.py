@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 
 from oakestra_net import topics
-from oakestra_net.log import get_logger
+from oakestra_net.log import RateLimitedLog, get_logger
 from oakestra_net.messages import (
     InvalidMessage,
     Message,
@@ -61,6 +61,8 @@ class NodeSession:
         self._on_ready = on_ready
         self._result_topic = self._topic(topics.TABLEQUERY_RESULT)
         self._deferred = 0  # queries not sent: the result subscription was not live yet
+        self._instances_rejected = 0  # bad instances left out of otherwise good answers
+        self._rejections = RateLimitedLog(log)
         self._subnet: SubnetResult | None = None
         self._subnet_arrived = threading.Event()
         self._followed: set[str] = set()
@@ -93,7 +95,11 @@ class NodeSession:
         return self.client.wait_subscribed(self._result_topic, 0)
 
     def stats(self) -> dict[str, int]:
-        return {**self.client.stats(), "queries_deferred": self._deferred}
+        return {
+            **self.client.stats(),
+            "queries_deferred": self._deferred,
+            "table_instances_rejected": self._instances_rejected,
+        }
 
     def publish(self, kind: str, message: Message) -> None:
         self.client.publish(self._topic(kind), message)
@@ -150,6 +156,15 @@ class NodeSession:
         except InvalidMessage as err:
             log.warning("invalid table query result dropped", topic=topic, reason=str(err))
             return
+        if result.rejected:
+            self._instances_rejected += result.rejected
+            self._rejections.warning(
+                "table instance",
+                "invalid instances left out of a table answer",
+                job_name=result.app_name,
+                rejected=result.rejected,
+                reasons=list(result.rejections),
+            )
         self._on_table_result(result)
 
     def _job_update(self, topic: str, _payload: bytes) -> None:

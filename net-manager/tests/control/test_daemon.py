@@ -221,3 +221,25 @@ def test_a_local_jobs_query_is_asked_until_answered_and_again_after_a_reconnect(
     session.queries.clear()
     session.on_ready()  # the result subscription is live again after a reconnect
     assert sorted(q.sname for q in session.queries) == [X1, X3]
+
+
+def test_claims_of_one_instance_are_409_for_another(daemon):
+    from net_manager.control.daemon import DaemonError
+
+    first = daemon.deploy_container(os.getpid(), X1, 0, "8080:80")
+
+    def refused(pid, number, ports, status, *words):
+        with pytest.raises(DaemonError) as caught:
+            daemon.deploy_container(pid, X1, number, ports)
+        assert caught.value.status == status
+        assert all(word in caught.value.reason for word in words), caught.value.reason
+
+    refused(os.getpid(), 1, "", 409, "pid", f"{X1}.0")  # same namespace
+    refused(os.getpid(), 1, "9000:80;8080", 409, "8080/tcp", f"{X1}.0")
+    refused(os.getpid(), 1, "50103/udp", 409, "portMappings", "tunnel port")
+    refused(os.getpid(), 1, "10003", 409, "broker port")
+    assert list(daemon.state.instances) == [f"{X1}.0"]
+    assert daemon.deploy_container(os.getpid(), X1, 0, "8080:80") == first  # a retry: fine
+
+    daemon.kernel.node_namespaces.add(netns_path_of_pid(os.getpid()))
+    refused(os.getpid(), 2, "", 400, "node's own network namespace")

@@ -367,7 +367,7 @@ def test_deeply_nested_json_is_400_on_every_post(running, cluster, ns):
     for path in ("/register", "/container/deploy", "/docker/undeploy", "/unikernel/deploy"):
         status, answer = _raw(daemon.socket, deep, path)
         assert status == 400, (path, answer)
-        assert "nests deeper" in answer["reason"]
+        assert "nested too deeply" in answer["reason"]
     status, answer = _raw(daemon.socket, "[" * 100_000, "/register")
     assert status == 413 and answer["error"] == "Request Entity Too Large"
     register(daemon)
@@ -377,7 +377,7 @@ def test_deeply_nested_json_is_400_on_every_post(running, cluster, ns):
         f'"portMappings": "", "extra": {"[" * 5000}{"]" * 5000}}}'
     )
     status, answer = _raw(daemon.socket, nested_extra)
-    assert status == 400 and "nests deeper" in answer["reason"]
+    assert status == 400 and "nested too deeply" in answer["reason"]
     assert daemon.call("GET", "/status")[1]["instances"] == []
     # brackets inside strings do not count: a flat body with "[[[[…" in a value is fine
     flat = (

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from oakestra_net.http_input import json_object
+from oakestra_net.http_input import json_body
+
+from ..schemas import ClusterState
 
 bp = Blueprint("rebuild", __name__, url_prefix="/api/net")
 
@@ -29,5 +31,5 @@ def root_state():
 
 @bp.post("/cluster/state")
 def cluster_state():
-    body = json_object()
+    body = json_body(ClusterState).model_dump()
     return jsonify(current_app.extensions["root"].restorer.restore(request.remote_addr, body))

@@ -1,0 +1,485 @@
+"""Control-plane benchmark: a real root, cluster service manager and Mosquitto, many nodes.
+
+    python -m testbed.control_bench [--quick] [--store embedded|secantus|both]
+
+Everything listens on 127.0.0.1 ports this benchmark opened itself; no namespaces are
+needed. The simulated nodes are real MQTT connections held by one process (`loadgen`,
+aiomqtt). Phases, each printed as a row of one table:
+
+- root deploys: services + one instance each from 8 HTTP clients; overall rate and the
+  rate of the last 1,000 relative to the first 1,000 (flat costs give ~1.0);
+- subnet allocations/s at the root;
+- cached table queries by name and by service IP at a stepped offered rate: the best
+  rate served (>= 90 % of offered) with its p50/p99;
+- queries the cluster must forward to the root (jobs the root knows, not yet cached);
+- a scale change with 500 interested nodes: time until all fetched the new table,
+  announcements per change, refetches per node;
+- CPU seconds of the cluster service manager per 1,000 cached queries at a small and at
+  the full cache size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from testbed import loadgen
+
+CLUSTER_ID = "6630c0000000000000000b01"
+CLIENTS = 8
+
+
+@dataclass
+class Scale:
+    nodes: int = 1000
+    services: int = 2000  # cached in the cluster
+    small: int = 100  # cache size of the first CPU measurement
+    root_services: int = 10000  # deployed at the root (services + one instance each)
+    subnets: int = 2000
+    interested: int = 500
+    step_seconds: float = 3.0
+    rates: tuple[int, ...] = (250, 500, 1000, 2000, 3000)
+    forward_rates: tuple[int, ...] = (50, 100, 250, 500)
+
+    @classmethod
+    def quick(cls) -> Scale:
+        return cls(
+            nodes=20,
+            services=30,
+            small=10,
+            root_services=60,
+            subnets=20,
+            interested=10,
+            step_seconds=0.5,
+            rates=(50,),
+            forward_rates=(20,),
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _program(name: str) -> str:
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+class Proc:
+    """A child process of ours, in its own session; stopped by PID only."""
+
+    def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str]) -> None:
+        self.name = name
+        with open(log, "ab") as out:
+            self.popen = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **env},
+                start_new_session=True,
+            )
+        self.log = log
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the process and its gunicorn workers."""
+        total = 0.0
+        tick = os.sysconf("SC_CLK_TCK")
+        for pid in [self.popen.pid, *_children(self.popen.pid)]:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick
+        return total
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, proc: Proc | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, requests.RequestException):
+            pass
+        if proc is not None and proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited; see {proc.log}")
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready after {timeout} s")
+
+
+def _accepts(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+
+
+@dataclass
+class Stack:
+    """Mosquitto, root and cluster service manager (and optionally SecantusDB)."""
+
+    workdir: Path
+    mongo_url: str | None
+    procs: list[Proc] = field(default_factory=list)
+    broker_port: int = 0
+    root_port: int = 0
+    cluster_port: int = 0
+
+    def start(self) -> Stack:
+        self.broker_port, self.root_port, self.cluster_port = free_port(), free_port(), free_port()
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.broker_port} 127.0.0.1\nallow_anonymous true\n"
+            "persistence false\nset_tcp_nodelay true\nmax_connections -1\n"
+            "max_queued_messages 100000\n" + ("user root\n" if os.geteuid() == 0 else "")
+        )
+        broker = self._spawn("mosquitto", [_program("mosquitto"), "-c", str(conf)], {})
+        wait_for(lambda: _accepts(self.broker_port), 10, "mosquitto", broker)
+        quiet = {"LOG_LEVEL": "WARNING", "GUNICORN_WORKERS": "1"}
+        root_env = {"MY_PORT": str(self.root_port), "BIND": f"127.0.0.1:{self.root_port}"}
+        root_env.update(self._store("root"))
+        root = self._spawn("root", [_program("root-service-manager")], {**quiet, **root_env})
+        wait_for(lambda: self._healthy(self.root_port), 30, "root", root)
+        cluster_env = {
+            "MY_PORT": str(self.cluster_port),
+            "BIND": f"127.0.0.1:{self.cluster_port}",
+            "MQTT_BROKER_URL": "127.0.0.1",
+            "MQTT_BROKER_PORT": str(self.broker_port),
+            "ROOT_SERVICE_MANAGER_URL": "127.0.0.1",
+            "ROOT_SERVICE_MANAGER_PORT": str(self.root_port),
+            "CLUSTER_ID": CLUSTER_ID,
+            "CLUSTER_ADDRESS": "127.0.0.1",
+            **self._store("cluster"),
+        }
+        self.cluster = self._spawn(
+            "cluster", [_program("cluster-service-manager")], {**quiet, **cluster_env}
+        )
+        wait_for(lambda: self._healthy(self.cluster_port), 30, "cluster", self.cluster)
+        body = {"cluster_id": CLUSTER_ID, "cluster_address": "127.0.0.1"}
+        body["cluster_port"] = self.cluster_port
+        _ok(requests.post(self.root("/api/net/cluster"), json=body, timeout=10))
+        return self
+
+    def _store(self, component: str) -> dict[str, str]:
+        """Root and cluster keep their own databases (both have a `jobs` collection)."""
+        return (
+            {"MONGO_URL": f"{self.mongo_url}oakestra_bench_{component}"} if self.mongo_url else {}
+        )
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
+        proc = Proc(name, argv, self.workdir / f"{name}.log", env)
+        self.procs.append(proc)
+        return proc
+
+    def _healthy(self, port: int) -> bool:
+        return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+    def root(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.root_port}{path}"
+
+    def cluster_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.cluster_port}{path}"
+
+
+def job_name(index: int) -> str:
+    return f"bench.default.s{index:05d}.default"
+
+
+def job_id(index: int) -> str:
+    return f"6630{index:020x}"
+
+
+def _parallel(count: int, work: Callable[[requests.Session, int], None]) -> list[float]:
+    """Run work(session, i) for i in range(count) from CLIENTS threads; completion times."""
+    done: list[float] = []
+    sessions: dict[int, requests.Session] = {}
+
+    def run(index: int) -> None:
+        import threading
+
+        session = sessions.setdefault(threading.get_ident(), requests.Session())
+        work(session, index)
+        done.append(time.monotonic())
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        for result in pool.map(run, range(count)):
+            del result
+    return sorted(done)
+
+
+def _ok(reply: requests.Response) -> dict:
+    if reply.status_code != 200:
+        raise RuntimeError(f"{reply.request.method} {reply.url}: {reply.status_code} {reply.text}")
+    return reply.json()
+
+
+class Bench:
+    def __init__(self, stack: Stack, scale: Scale) -> None:
+        self.stack = stack
+        self.scale = scale
+        self.rows: list[tuple[str, str]] = []
+        self.service_ips: dict[int, str] = {}
+
+    def row(self, name: str, value: str) -> None:
+        print(f"  {name}: {value}", file=sys.stderr, flush=True)
+        self.rows.append((name, value))
+
+    # -- root ------------------------------------------------------------------------
+
+    def root_deploys(self) -> None:
+        start = time.monotonic()
+
+        def deploy(session: requests.Session, i: int) -> None:
+            descriptor = {
+                "app_name": "bench",
+                "app_ns": "default",
+                "service_name": f"s{i:05d}",
+                "service_ns": "default",
+            }
+            body = {"_id": job_id(i), "deployment_descriptor": descriptor}
+            answer = _ok(session.post(self.stack.root("/api/net/service/deploy"), json=body))
+            self.service_ips[i] = answer["service_ip_list"][0]["Address"]
+            instance = {"_id": job_id(i), "instance_number": 0, "cluster_id": CLUSTER_ID}
+            _ok(session.post(self.stack.root("/api/net/instance/deploy"), json=instance))
+
+        done = _parallel(self.scale.root_services, deploy)
+        total = done[-1] - start
+        ops = 2 * len(done)
+        window = min(1000, len(done) // 4)
+        first = window / (done[window - 1] - start)
+        last = window / (done[-1] - done[-window - 1])
+        self.row(
+            f"root deploys ({len(done)} services + {len(done)} instances, {CLIENTS} clients)",
+            f"{ops / total:.0f}/s; last {window} / first {window} rate = {last / first:.2f}",
+        )
+
+    def subnets(self) -> None:
+        start = time.monotonic()
+        done = _parallel(
+            self.scale.subnets,
+            lambda s, i: _ok(s.get(self.stack.root("/api/net/subnet"))),
+        )
+        self.row("subnet allocations", f"{len(done) / (done[-1] - start):.0f}/s")
+
+    # -- cluster cache ---------------------------------------------------------------
+
+    def cache_jobs(self, first: int, last: int, nodes: loadgen.Nodes) -> None:
+        """Cache jobs [first, last) in the cluster, each with its instance located."""
+
+        def deploy(session: requests.Session, i: int) -> None:
+            index = first + i
+            body = {"job_name": job_name(index)}
+            _ok(session.post(self.stack.cluster_url("/api/net/deployment"), json=body))
+
+        _parallel(last - first, deploy)
+        nodes.run(nodes.report_deployed([job_name(i) for i in range(first, last)]))
+
+    def cpu_per_1000(self, nodes: loadgen.Nodes, cached: int, label: str) -> None:
+        keys = [("sname", job_name(i)) for i in range(cached)]
+        before = self.stack.cluster.cpu_seconds()
+        result = nodes.run(nodes.closed_loop(keys, count=max(200, 5 * len(nodes.ids))))
+        used = self.stack.cluster.cpu_seconds() - before
+        self.row(
+            f"CPU s per 1,000 cached queries at {label} services",
+            f"{1000 * used / result.answered:.2f} ({result.answered / result.seconds:.0f}/s)",
+        )
+
+    def query_rates(self, nodes: loadgen.Nodes, kind: str, cached: int) -> None:
+        if kind == "sname":
+            keys = [("sname", job_name(i)) for i in range(cached)]
+        else:
+            keys = [("sip", self.service_ips[i]) for i in range(cached)]
+        best, first = None, None
+        for rate in self.scale.rates:
+            result = nodes.run(nodes.open_loop(keys, rate, self.scale.step_seconds))
+            print(f"    offered {rate}/s: {result.describe()}", file=sys.stderr, flush=True)
+            first = first or f"short of {rate}/s offered: {result.describe()}"
+            if not result.kept_up(rate):
+                break
+            best = result
+        label = "by name" if kind == "sname" else "by service IP"
+        self.row(
+            f"cached table queries {label} ({cached} services, {len(nodes.ids)} nodes)",
+            best.describe() if best else str(first),
+        )
+
+    def forwarded(self, nodes: loadgen.Nodes, first: int) -> int:
+        """Queries by name for jobs the root knows and the cluster has not cached."""
+        best, shortfall = None, "no forwarded queries left to send"
+        index = first
+        for rate in self.scale.forward_rates:
+            count = int(rate * self.scale.step_seconds)
+            if index + count > self.scale.root_services:
+                break
+            keys = [("sname", job_name(i)) for i in range(index, index + count)]
+            index += count
+            result = nodes.run(nodes.open_loop(keys, rate, self.scale.step_seconds, once=True))
+            print(f"    forwarded, offered {rate}/s: {result.describe()}", file=sys.stderr)
+            if not result.kept_up(rate):
+                shortfall = f"short of {rate}/s offered: {result.describe()}"
+                break
+            best = result
+        self.row("queries forwarded to the root", best.describe() if best else shortfall)
+        return index
+
+    def fan_out(self, nodes: loadgen.Nodes, target: int) -> None:
+        name = job_name(target)
+        result = nodes.run(
+            nodes.fan_out(
+                name,
+                self.scale.interested,
+                lambda: self._scale_up(target),
+            )
+        )
+        self.row(
+            f"scale change fan-out ({self.scale.interested} interested nodes)",
+            f"all fetched after {result['seconds'] * 1000:.0f} ms; "
+            f"{result['announcements']:.1f} announcements per change; "
+            f"{result['refetches']:.2f} refetches per node",
+        )
+
+    def _scale_up(self, target: int) -> None:
+        body = {"_id": job_id(target), "instance_number": 1, "cluster_id": CLUSTER_ID}
+        _ok(requests.post(self.stack.root("/api/net/instance/deploy"), json=body))
+        body = {"job_name": job_name(target)}
+        _ok(requests.post(self.stack.cluster_url("/api/net/deployment"), json=body))
+
+    def run(self) -> list[tuple[str, str]]:
+        scale = self.scale
+        self.root_deploys()
+        self.subnets()
+        nodes = loadgen.Nodes("127.0.0.1", self.stack.broker_port, scale.nodes)
+        nodes.run(nodes.connect())
+        try:
+            self.cache_jobs(0, scale.small, nodes)
+            self.cpu_per_1000(nodes, scale.small, str(scale.small))
+            self.cache_jobs(scale.small, scale.services, nodes)
+            self.cpu_per_1000(nodes, scale.services, str(scale.services))
+            self.query_rates(nodes, "sname", scale.services)
+            self.query_rates(nodes, "sip", scale.services)
+            self.forwarded(nodes, scale.services)
+            try:
+                self.fan_out(nodes, 0)
+            except TimeoutError:
+                label = f"scale change fan-out ({scale.interested} interested nodes)"
+                self.row(label, "not every node had the new table within 30 s")
+        finally:
+            nodes.stop()
+        return self.rows
+
+
+@contextmanager
+def secantus(workdir: Path) -> Iterator[str]:
+    port = free_port()
+    proc = Proc(
+        "secantusdb",
+        [
+            _program("secantusd-py"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--storage-path",
+            str(workdir / "secantus-data"),
+            "--log-level",
+            "WARNING",
+        ],
+        workdir / "secantusdb.log",
+        {},
+    )
+    try:
+        wait_for(lambda: _accepts(port), 60, "secantusdb", proc)
+        yield f"mongodb://127.0.0.1:{port}/"
+    finally:
+        proc.stop()
+
+
+def raise_file_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def run_once(scale: Scale, mongo_url: str | None, workdir: Path) -> list[tuple[str, str]]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    stack = Stack(workdir, mongo_url).start()
+    try:
+        return Bench(stack, scale).run()
+    finally:
+        stack.stop()
+
+
+def print_table(results: dict[str, list[tuple[str, str]]]) -> None:
+    width = max(len(name) for rows in results.values() for name, _ in rows)
+    for store, rows in results.items():
+        print(f"\n== control plane, store: {store}")
+        for name, value in rows:
+            print(f"{name:<{width}}  {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny counts (smoke test)")
+    parser.add_argument("--store", choices=("embedded", "secantus", "both"), default="both")
+    parser.add_argument("--nodes", type=int, help="simulated nodes (MQTT connections)")
+    parser.add_argument("--services", type=int, help="jobs cached in the cluster")
+    parser.add_argument("--root-services", type=int, help="services deployed at the root")
+    args = parser.parse_args(argv)
+    scale = Scale.quick() if args.quick else Scale()
+    for name in ("nodes", "services", "root_services"):
+        if getattr(args, name) is not None:
+            setattr(scale, name, getattr(args, name))
+    raise_file_limit()
+    results: dict[str, list[tuple[str, str]]] = {}
+    with tempfile.TemporaryDirectory(prefix="oak-control-bench-") as tmp:
+        base = Path(tmp)
+        if args.store in ("embedded", "both"):
+            print("== embedded store", file=sys.stderr)
+            results["embedded"] = run_once(scale, None, base / "embedded")
+        if args.store in ("secantus", "both"):
+            print("== SecantusDB", file=sys.stderr)
+            with secantus(base) as url:
+                results["SecantusDB"] = run_once(scale, url, base / "secantus")
+    print_table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""The kernel backend in a node namespace of our own: nftables NAT between containers.
+
+A node namespace with the bridge `oak-br0` (forwarding on, no TUN: whatever the kernel
+rules do not catch goes nowhere), three container namespaces on it, and a
+KernelBackend wrapping a stand-in for the TUN proxy. What a user would see: new
+connections to an RR service IP spread over its instances, the server sees the
+caller's instance IP, the caller gets its replies from the service IP, instance IPs
+map 1:1, IPv6 works the same, traffic is reported as use, and stopping removes our
+table and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
+from net_manager.dataplane.kernel.backend import KernelBackend
+from net_manager.dataplane.kernel.nft import Conntrack, Nft
+from net_manager.dataplane.kernel.ruleset import TABLE
+from testsupport import nstools, wait_until
+
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create network namespaces"),
+    pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft (apt install nftables)"),
+]
+
+NODE_IP = "198.18.0.1"
+PORT = 7000
+A = Endpoint("X.d.client.d", 0, "10.16.0.2", "fc00::2", "10.30.0.2", "fdff::2", NODE_IP, 50103)
+B = Endpoint("X.d.server.d", 0, "10.16.0.3", "fc00::3", "10.30.0.3", "fdff::3", NODE_IP, 50103)
+C = Endpoint("X.d.server.d", 1, "10.16.0.4", "fc00::4", "10.30.0.4", "fdff::4", NODE_IP, 50103)
+RR = ServiceEntry("10.30.1.30", "fdff:2000::1e", "RR", (B, C))
+CLOSEST = ServiceEntry("10.30.1.31", "fdff:1000::1f", "Closest", (B,))
+
+
+def instance_ips(*endpoints: Endpoint) -> list[ServiceEntry]:
+    return [ServiceEntry(e.instance_ip, e.instance_ip_v6, "instance_ip", (e,)) for e in endpoints]
+
+
+NO_DAD = ("net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+TABLE_ENTRIES = [RR, CLOSEST, *instance_ips(A, B, C)]
+
+UDP_CLIENT = r"""
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+sock.settimeout(3)
+sock.sendto(b"hi", (host, port))
+data, peer = sock.recvfrom(100)
+print(data.decode(), peer[0])
+"""
+
+UDP_SERVER = r"""
+import socket, sys
+sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+sock.bind(("::", int(sys.argv[1])))
+print("listening", flush=True)
+while True:
+    data, peer = sock.recvfrom(100)
+    sock.sendto(f"{sys.argv[2]} {peer[0].removeprefix('::ffff:')}".encode(), peer)
+"""
+
+
+STICKY_UDP = r"""
+import socket, sys
+host, port, wanted = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+for _ in range(20):  # a flow (one socket) that landed on `wanted`
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(3)
+    sock.sendto(b"x", (host, port))
+    if sock.recv(100).split()[0].decode() == wanted:
+        break
+print("landed", flush=True)
+sys.stdin.readline()
+sock.sendto(b"again", (host, port))
+print(sock.recv(100).split()[0].decode(), flush=True)
+"""
+
+
+class StandIn:
+    """The TUN proxy's place in the wrapper: records what it is given."""
+
+    def __init__(self) -> None:
+        self.rtt: dict[str, float] = {}
+        self.snapshots: list[tuple] = []
+        self.started = self.stopped = False
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def push_snapshot(self, services, local_instances, node_ip) -> None:
+        self.snapshots.append((services, local_instances, node_ip))
+
+    def counters(self) -> dict[str, int | float]:
+        return {"tun_packets_read": 0}
+
+
+@pytest.fixture
+def node():
+    """(node namespace, {endpoint: container namespace}) with echo servers on B and C."""
+    with nstools.namespaces() as ns:
+        node_ns = ns.netns()
+        run = lambda *argv: nstools.run_in(node_ns, list(argv))  # noqa: E731
+        run("sysctl", "-qw", *NO_DAD)  # a tentative address would drop the first packets
+        run("ip", "link", "add", "oak-br0", "type", "bridge")
+        run("ip", "addr", "add", "10.16.0.1/26", "dev", "oak-br0")
+        run("ip", "addr", "add", "fc00::1/120", "dev", "oak-br0", "nodad")
+        run("ip", "link", "set", "oak-br0", "up")
+        run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+        containers = {}
+        for index, endpoint in enumerate((A, B, C)):
+            container = ns.netns()
+            nstools.run_in(container, ["sysctl", "-qw", *NO_DAD])
+            host_side = f"oak-h{index}"
+            nstools.veth_between(
+                node_ns,
+                host_side,
+                container,
+                "eth0",
+                addresses_b=[f"{endpoint.namespace_ip}/26", f"{endpoint.namespace_ip_v6}/120"],
+            )
+            run("ip", "link", "set", host_side, "master", "oak-br0")
+            nstools.run_in(container, ["ip", "route", "add", "default", "via", "10.16.0.1"])
+            nstools.run_in(container, ["ip", "-6", "route", "add", "default", "via", "fc00::1"])
+            containers[endpoint] = container
+        for endpoint, tag in ((B, "b"), (C, "c")):
+            ns.track(nstools.tcp_echo_server(containers[endpoint], "::", PORT, tag))
+            udp = nstools.popen_in(
+                containers[endpoint],
+                [sys.executable, "-c", UDP_SERVER, str(PORT), tag],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            ns.track(udp)
+            assert udp.stdout is not None and udp.stdout.readline().strip() == "listening"
+        yield node_ns, containers
+
+
+@pytest.fixture
+def backend(node):
+    node_ns, _ = node
+    used: list[list[str]] = []
+    kernel = KernelBackend(
+        StandIn(),
+        Nft(["ip", "netns", "exec", node_ns]),
+        bridge="oak-br0",
+        on_used=used.append,
+        poll_interval=0.2,
+        conntrack=Conntrack(["ip", "netns", "exec", node_ns]),
+    )
+    kernel.used = used  # type: ignore[attr-defined]
+    kernel.start()
+    yield kernel
+    kernel.stop()
+
+
+def ask(container: str, host: str) -> tuple[str, str]:
+    """(server tag, the caller address the server saw) over a new TCP connection."""
+    tag, peer = nstools.tcp_request(container, host, PORT).split()
+    return tag, peer
+
+
+def udp_ask(container: str, host: str) -> list[str]:
+    """[server tag, caller address the server saw, address the answer came from]."""
+    argv = [sys.executable, "-c", UDP_CLIENT, host, str(PORT)]
+    return nstools.run_in(container, argv).stdout.split()
+
+
+def tables(node_ns: str) -> str:
+    return nstools.run_in(node_ns, ["nft", "list", "tables"]).stdout
+
+
+def test_rr_spreads_new_connections_and_rewrites_the_source(node, backend):
+    node_ns, containers = node
+    backend.push_snapshot(TABLE_ENTRIES, [A, B, C], NODE_IP)
+    answers = [ask(containers[A], RR.service_ip) for _ in range(4)]
+    assert sorted(tag for tag, _ in answers) == ["b", "b", "c", "c"]
+    assert [tag for tag, _ in answers][:2] in (["b", "c"], ["c", "b"])  # rotation, not chance
+    assert {peer for _, peer in answers} == {A.instance_ip}  # the server sees the instance IP
+    assert backend.counters()["kernel_services"] == 2 * len(TABLE_ENTRIES)
+    wait_until(lambda: backend.counters()["kernel_flows_created"] >= 4, timeout=5)
+
+
+def test_udp_replies_come_from_the_service_ip(node, backend):
+    _, containers = node
+    backend.push_snapshot(TABLE_ENTRIES, [A, B, C], NODE_IP)
+    tag, seen, source = udp_ask(containers[A], CLOSEST.service_ip)
+    assert (tag, seen, source) == ("b", A.instance_ip, CLOSEST.service_ip)
+    tag, seen, source = udp_ask(containers[A], CLOSEST.service_ip_v6)
+    assert (tag, seen, source) == ("b", A.instance_ip_v6, CLOSEST.service_ip_v6)
+
+
+def test_instance_ips_map_one_to_one(node, backend):
+    _, containers = node
+    backend.push_snapshot(TABLE_ENTRIES, [A, B, C], NODE_IP)
+    for _ in range(3):
+        assert ask(containers[A], C.instance_ip) == ("c", A.instance_ip)
+        assert ask(containers[A], B.instance_ip_v6) == ("b", A.instance_ip_v6)
+
+
+def test_ipv6_round_robin(node, backend):
+    _, containers = node
+    backend.push_snapshot(TABLE_ENTRIES, [A, B, C], NODE_IP)
+    answers = [ask(containers[A], RR.service_ip_v6) for _ in range(4)]
+    assert sorted(tag for tag, _ in answers) == ["b", "b", "c", "c"]
+    assert {peer for _, peer in answers} == {A.instance_ip_v6}
+
+
+def test_a_new_table_changes_new_connections_only(node, backend):
+    _, containers = node
+    backend.push_snapshot(TABLE_ENTRIES, [A, B, C], NODE_IP)
+    assert {ask(containers[A], RR.service_ip)[0] for _ in range(2)} == {"b", "c"}
+    without_c = [ServiceEntry(RR.service_ip, RR.service_ip_v6, "RR", (B,)), *instance_ips(A, B)]
+    backend.push_snapshot(without_c, [A, B], NODE_IP)
+    assert {ask(containers[A], RR.service_ip)[0] for _ in range(4)} == {"b"}
+    with pytest.raises(nstools.NsToolsError):  # no rule any more, and no TUN here
+        ask(containers[A], C.instance_ip)
+
+
+def test_unknown_callers_and_remote_services_are_left_alone(node, backend):
+    _, containers = node
+    remote = Endpoint("X.d.far.d", 0, "10.16.0.66", "fc00::66", "10.30.0.9", "fdff::9",
+                      "198.18.0.2", 50103)  # fmt: skip
+    mixed = ServiceEntry("10.30.1.40", "fdff:2000::28", "RR", (B, remote))
+    backend.push_snapshot([*TABLE_ENTRIES, mixed], [B, C], NODE_IP)  # A is no local instance
+    assert backend.plan is not None
+    assert "10.30.1.40" in backend.plan.skipped
+    with pytest.raises(nstools.NsToolsError):  # the TUN's business (there is none here)
+        ask(containers[A], RR.service_ip)
+
+
+def test_traffic_is_reported_as_use(node, backend):
+    _, containers = node
+    backend.push_snapshot(TABLE_ENTRIES, [A, B, C], NODE_IP)
+    ask(containers[A], CLOSEST.service_ip)
+    wait_until(lambda: ["X.d.server.d"] in backend.used, timeout=5)
+
+
+def test_stop_removes_our_table_and_nothing_else(node):
+    node_ns, containers = node
+    nstools.run_in(node_ns, ["nft", "add", "table", "inet", "someone_else"])
+    kernel = KernelBackend(
+        StandIn(), Nft(["ip", "netns", "exec", node_ns]), bridge="oak-br0", on_used=print
+    )
+    kernel.start()
+    kernel.push_snapshot(TABLE_ENTRIES, [A, B, C], NODE_IP)
+    assert TABLE in tables(node_ns)
+    assert ask(containers[A], B.instance_ip)[0] == "b"
+    kernel.stop()
+    listing = tables(node_ns)
+    assert TABLE not in listing and "someone_else" in listing
+    assert kernel.inner.stopped  # type: ignore[attr-defined]
+
+
+def test_flows_to_an_instance_that_left_pick_again(node, backend):
+    _, containers = node
+    backend.push_snapshot(TABLE_ENTRIES, [A, B, C], NODE_IP)
+    argv = [sys.executable, "-c", STICKY_UDP, RR.service_ip, str(PORT), "c"]
+    flow = nstools.popen_in(
+        containers[A], argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert flow.stdout is not None and flow.stdin is not None
+        assert flow.stdout.readline().strip() == "landed"
+        without_c = [ServiceEntry(RR.service_ip, RR.service_ip_v6, "RR", (B,)), *instance_ips(A, B)]
+        backend.push_snapshot(without_c, [A, B], NODE_IP)  # C left (its server still runs)
+        flow.stdin.write("go\n")
+        flow.stdin.flush()
+        assert flow.stdout.readline().strip() == "b"  # the same socket, now to B
+        assert backend.counters()["kernel_flows_forgotten"] >= 1
+    finally:
+        nstools.stop_process(flow)

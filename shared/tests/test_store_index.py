@@ -1,0 +1,119 @@
+"""The embedded store's indexes: same answers as a mongomock scan, without the scan."""
+
+from __future__ import annotations
+
+import random
+
+import mongomock
+import pytest
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from oakestra_net import store, store_index
+
+
+def _pair():
+    """An indexed embedded collection and a plain mongomock one, same indexes."""
+    indexed = store.connect("cluster", {})["jobs"]
+    plain = mongomock.MongoClient()["db"]["jobs"]
+    for collection in (indexed, plain):
+        collection.create_index("name", unique=True)
+        collection.create_index("ips.addr")
+        collection.create_index("nodes")
+        collection.create_index([("pool", 1), ("owner.job", 1)])
+    return indexed, plain
+
+
+FILTERS = [
+    lambda r: {"_id": r.randrange(40)},
+    lambda r: {"_id": {"$in": [r.randrange(40), r.randrange(40)]}},
+    lambda r: {"name": f"job{r.randrange(40)}"},
+    lambda r: {"ips.addr": f"10.0.0.{r.randrange(60)}"},
+    lambda r: {"$or": [{"ips.addr": f"10.0.0.{r.randrange(60)}"}, {"nodes": f"n{r.randrange(5)}"}]},
+    lambda r: {"nodes": f"n{r.randrange(5)}", "version": {"$gte": r.randrange(3)}},
+    lambda r: {"pool": "a", "owner.job": f"job{r.randrange(40)}"},
+    lambda r: {"$and": [{"_id": r.randrange(40)}, {"nodes.0": {"$exists": True}}]},
+    lambda r: {"version": r.randrange(4)},  # not indexed: a scan
+]
+
+
+def _write(r: random.Random, collection) -> None:
+    doc_id = r.randrange(40)
+    op = r.randrange(7)
+    try:
+        if op == 0:
+            collection.insert_one(
+                {
+                    "_id": doc_id,
+                    "name": f"job{doc_id}",
+                    "ips": [{"addr": f"10.0.0.{r.randrange(60)}"}],
+                    "nodes": [],
+                    "version": 0,
+                    "pool": "a",
+                    "owner": {"job": f"job{doc_id}"},
+                }
+            )
+        elif op == 1:
+            collection.update_one({"_id": doc_id}, {"$addToSet": {"nodes": f"n{r.randrange(5)}"}})
+        elif op == 2:
+            collection.update_many(
+                {"nodes": f"n{r.randrange(5)}"}, {"$pull": {"nodes": f"n{r.randrange(5)}"}}
+            )
+        elif op == 3:
+            collection.find_one_and_update(
+                {"name": f"job{doc_id}"},
+                {"$push": {"ips": {"addr": f"10.0.0.{r.randrange(60)}"}}, "$inc": {"version": 1}},
+                return_document=ReturnDocument.AFTER,
+            )
+        elif op == 4:
+            collection.delete_one({"_id": doc_id, "nodes.0": {"$exists": False}})
+        elif op == 5:
+            collection.replace_one(
+                {"_id": doc_id}, {"name": f"job{doc_id}", "ips": [], "nodes": ["n1"], "version": 9}
+            )
+        else:
+            collection.update_one(
+                {"_id": doc_id}, {"$set": {"name": f"job{r.randrange(40)}"}}
+            )  # may break the unique index: rejected by both
+    except DuplicateKeyError:
+        pass
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_indexed_answers_equal_mongomock_scans(seed: int) -> None:
+    indexed, plain = _pair()
+    writes, reads = random.Random(seed), random.Random(seed + 100)
+    for _ in range(400):
+        state = writes.getstate()
+        _write(writes, indexed)
+        writes.setstate(state)
+        _write(writes, plain)
+        query = reads.choice(FILTERS)(reads)
+        assert list(indexed.find(query)) == list(plain.find(query)), query
+    assert list(indexed.find({})) == list(plain.find({}))
+
+
+def test_lookups_visit_only_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
+    jobs = store.connect("root", {})["jobs"]
+    jobs.create_index("job_name", unique=True)
+    jobs.create_index("service_ip_list.Address")
+    jobs.insert_many(
+        {
+            "_id": i,
+            "job_name": f"j{i}",
+            "service_ip_list": [{"Address": f"10.30.{i // 256}.{i % 256}"}],
+        }
+        for i in range(2000)
+    )
+    calls = []
+    real = store_index.filter_applies
+    monkeypatch.setattr(store_index, "filter_applies", lambda f, d: calls.append(1) or real(f, d))
+    assert jobs.find_one({"_id": 1500})["job_name"] == "j1500"
+    assert jobs.find_one({"job_name": "j7"})["_id"] == 7
+    assert jobs.find_one({"service_ip_list.Address": "10.30.3.4"})["_id"] == 3 * 256 + 4
+    jobs.update_one({"_id": 9}, {"$set": {"job_name": "renamed"}})
+    assert jobs.find_one({"job_name": "renamed"})["_id"] == 9
+    assert jobs.find_one({"job_name": "j9"}) is None
+    with pytest.raises(DuplicateKeyError):
+        jobs.insert_one({"_id": 5000, "job_name": "j10"})
+    assert len(calls) < 20
