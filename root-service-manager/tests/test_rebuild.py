@@ -141,3 +141,17 @@ def test_a_known_store_is_not_rebuilt(db):
     second = make_app(db, min_wait=60.0, max_wait=60.0)  # a restart on the same database
     assert second.extensions["root"].gate.new_store is False
     assert client_from(second, C1).get("/api/net/subnet").status_code == 200
+
+
+def test_state_tells_a_cluster_the_jobs_it_follows(db):
+    """A cluster that lost its cache fetches these again (see the cluster's root watch)."""
+    app = make_app(db, max_wait=0.0)
+    c1, c2 = client_from(app, C1), client_from(app, C2)
+    register_cluster(c1, "c1", C1)
+    register_cluster(c2, "c2", C2)
+    assert c1.get("/api/net/state").get_json()["interests"] == []
+    assert c1.post("/api/net/service/deploy", json=service_payload(X3_ID, "X3")).status_code == 200
+    assert c1.get("/api/net/service/X_default_X3_default/instances").status_code == 200
+    assert c1.get("/api/net/state").get_json()["interests"] == ["X.default.X3.default"]
+    assert c2.get("/api/net/state").get_json()["interests"] == []
+    assert client_from(app, "192.0.2.99").get("/api/net/state").get_json()["interests"] == []
