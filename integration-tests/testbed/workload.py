@@ -396,5 +396,9 @@ def unreachable(workload: Workload, deadline: float) -> list[str]:
             pending[key] -= {answer, ANY}
             if not pending[key]:
                 del pending[key]
-    failed = [f"from {c}: {a} ({o}) never reached {sorted(m)}" for (c, a, o), m in pending.items()]
+    failed = [
+        f"from {c}: {a} ({o}) never reached {sorted(m)}"
+        + (" (the client itself: hairpin)" if m == {c} else "")
+        for (c, a, o), m in pending.items()
+    ]
     return wrong + failed
