@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -384,18 +385,20 @@ def unreachable(workload: Workload, deadline: float) -> list[str]:
                 pending[(client.name, address, service.job_name)] = {ANY}
     clients = {c.name: c for c in workload.clients}
     wrong = []
-    while pending and time.monotonic() < deadline:
-        for key in list(pending):
-            name, address, owner = key
-            answer = request(clients[name], address, timeout=0.5)
-            if answer is None:
-                continue
-            if not belongs(answer, owner):
-                wrong.append(f"from {name}: {address} ({owner}) answered by {answer}")
-                continue
-            pending[key] -= {answer, ANY}
-            if not pending[key]:
-                del pending[key]
+    with ThreadPoolExecutor(max_workers=16) as pool:  # one lost answer must not delay the rest
+        while pending and time.monotonic() < deadline:
+            keys = list(pending)
+            answers = pool.map(lambda k: request(clients[k[0]], k[1], timeout=0.5), keys)
+            for (name, address, owner), answer in zip(keys, answers, strict=True):
+                if answer is None:
+                    continue
+                if not belongs(answer, owner):
+                    wrong.append(f"from {name}: {address} ({owner}) answered by {answer}")
+                    continue
+                key = (name, address, owner)
+                pending[key] -= {answer, ANY}
+                if not pending[key]:
+                    del pending[key]
     failed = [
         f"from {c}: {a} ({o}) never reached {sorted(m)}"
         + (" (the client itself: hairpin)" if m == {c} else "")
