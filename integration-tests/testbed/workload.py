@@ -401,7 +401,7 @@ def unreachable(workload: Workload, deadline: float) -> list[str]:
                     del pending[key]
     failed = [
         f"from {c}: {a} ({o}) never reached {sorted(m)}"
-        + (" (the client itself: hairpin)" if m == {c} else "")
+        + (" (the client itself: hairpin)" if m == {c} or (m == {ANY} and c.startswith(o)) else "")
         for (c, a, o), m in pending.items()
     ]
     return wrong + failed
