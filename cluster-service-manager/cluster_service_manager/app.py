@@ -99,6 +99,7 @@ def build_parts(settings: Settings, db: Any, watch_interval: float = 1.0) -> Par
         interval=watch_interval,
         meta=db["cluster_meta"],
         drop_interest=directory.drop_root_interest,
+        refill=directory.fetch_by_name,
     )
     root.on_unknown_cluster = watch.trigger
     metrics.gauge(

@@ -24,7 +24,7 @@ from oakestra_net.log import get_logger
 
 from .cache import JobCache
 from .jobs import LOCATION_FIELDS, ROOT_INSTANCE_FIELDS
-from .root_client import NotFound, RootClient, RootError
+from .root_client import NotFound, RootClient, RootError, RootRejected
 
 log = get_logger(__name__)
 
@@ -69,13 +69,18 @@ class RootWatch:
         state: Callable[[], dict] | None = None,
         meta: Any = None,
         drop_interest: Callable[[str], None] | None = None,
+        refill: Callable[[str], object] | None = None,
     ) -> None:
+        """`refill(job_name)` fetches a job from the root into the cache: after this
+        process starts, every job the root records our interest in is fetched once."""
         self.root = root
         self.cache = cache
         self.registration = registration
         self.interval = interval
         self._state = state or (lambda: snapshot(cache))
         self._drop_interest = drop_interest or (lambda _job_name: None)
+        self._refill = refill
+        self.refilled = refill is None  # the cache holds what the root says we follow
         self.generation: str | None = None  # the root generation that has our state
         # where the registration the root told us is kept (default: beside the cache)
         self._meta = meta if meta is not None else cache.nodes.database["cluster_meta"]
@@ -126,6 +131,8 @@ class RootWatch:
             return self.interval
         generation = state["generation"]
         self._remember(state.get("cluster"))
+        if not self.refilled:
+            self._refill_cache(state.get("interests") or [])
         if generation == self.generation:
             return self.interval
         try:
@@ -135,6 +142,23 @@ class RootWatch:
             return self.interval
         self.generation = generation
         return self.interval
+
+    def _refill_cache(self, job_names: list[str]) -> None:
+        """Fetch every job the root says we follow (a cache lost with the process, e.g.
+        the embedded store, would otherwise give a root that loses its store next an
+        incomplete state, and it would hand out addresses our nodes still use). Retried
+        next round until every fetch was answered."""
+        assert self._refill is not None
+        for job_name in job_names:
+            try:
+                self._refill(job_name)
+            except RootRejected as err:  # final: the root will not give us that job
+                log.warning("cache refill: job refused", job_name=job_name, reason=str(err))
+            except RootError as err:
+                log.info("cache refill incomplete, will retry", job_name=job_name, reason=str(err))
+                return
+        self.refilled = True
+        log.info("cache refilled from the root's record of our interests", jobs=len(job_names))
 
     def _remember(self, cluster: Any) -> None:
         """Keep how the root registered us, to register the same way with a new root."""

@@ -107,3 +107,34 @@ def test_a_job_forgotten_during_the_push_loses_the_interest_the_push_gave(db):
     )
     watch.check()
     assert dropped == [JOB["job_name"]]
+
+
+def test_a_restarted_cluster_refills_its_cache_before_it_pushes_its_state(db):
+    """A cache lost with the process (embedded store) is fetched again from the root's
+    record of our interests, so a root that loses its store next gets the whole state
+    (else it hands out the addresses of services running here again)."""
+    cache = JobCache(db, "c1")  # empty: the process restarted
+    root = FakeRoot()
+    root.cluster = {"cluster_id": "c1", "cluster_address": "192.0.2.10", "cluster_port": 10110}
+    answers = {"g1": [JOB["job_name"]]}
+    root_state = root.root_state
+    root.root_state = lambda: {**root_state(), "interests": answers.get(root.generation, [])}
+    fetched = []
+    unavailable = [True]
+
+    def refill(job_name: str) -> None:
+        if unavailable[0]:
+            raise RootUnavailable("busy")
+        fetched.append(job_name)
+        cache.store(JOB)
+
+    watch = RootWatch(root, cache, None, refill=refill)  # type: ignore[arg-type]
+    watch.check()  # the root does not answer the fetch: tried again next round
+    assert not watch.refilled and fetched == []
+    unavailable[0] = False
+    watch.check()
+    assert fetched == [JOB["job_name"]] and watch.refilled
+    root.generation = "g2"  # the root loses its store: it gets the job back
+    watch.check()
+    assert root.calls[-1] == ("push", 1, 0)
+    assert fetched == [JOB["job_name"]]  # only once per process

@@ -81,6 +81,11 @@ def _seconds(name: str, default: float) -> float:
 def _register_errors(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def api_error(err: ApiError):
+        if err.status == 404 and app.extensions["root"].gate.rebuilding():
+            # "not found" may be "not restored yet": a final 404 made the cluster tell its
+            # nodes the job is gone (they dropped a running service's entries) and the
+            # system manager think a restored service did not exist
+            err = ApiError(503, f"rebuilding: {err.reason} yet; clusters are still reporting")
         return jsonify({"error": _status_name(err.status), "reason": err.reason}), err.status
 
     register_json_errors(app)

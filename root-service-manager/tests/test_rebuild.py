@@ -164,3 +164,31 @@ def test_a_worker_losing_the_first_upsert_reads_the_winners_marker(db):
 
     second = rebuild.Gate(Store(), min_wait=0.0, max_wait=60.0)
     assert second.generation == first.generation and second.new_store is False
+
+
+def test_state_tells_a_cluster_the_jobs_it_follows(db):
+    """A cluster that lost its cache fetches these again (see the cluster's root watch)."""
+    app = make_app(db, max_wait=0.0)
+    c1, c2 = client_from(app, C1), client_from(app, C2)
+    register_cluster(c1, "c1", C1)
+    register_cluster(c2, "c2", C2)
+    assert c1.get("/api/net/state").get_json()["interests"] == []
+    assert c1.post("/api/net/service/deploy", json=service_payload(X3_ID, "X3")).status_code == 200
+    assert c1.get("/api/net/service/X_default_X3_default/instances").status_code == 200
+    assert c1.get("/api/net/state").get_json()["interests"] == ["X.default.X3.default"]
+    assert c2.get("/api/net/state").get_json()["interests"] == []
+    assert client_from(app, "192.0.2.99").get("/api/net/state").get_json()["interests"] == []
+
+
+def test_unknown_while_rebuilding_is_503_not_404(db):
+    """Not found may be not restored yet: a final 404 would make a cluster tell its nodes
+    a running service is gone."""
+    app = make_app(db)
+    c1 = client_from(app, C1)
+    register_cluster(c1, "c1", C1)
+    waiting = c1.get("/api/net/service/X_default_X1_default/instances")
+    assert waiting.status_code == 503 and waiting.get_json()["reason"].startswith("rebuilding")
+    assert c1.delete(f"/api/net/{X1_ID}/0").status_code == 503
+    assert c1.post("/api/net/cluster/state", json={"jobs": [X1_STATE]}).status_code == 200
+    assert c1.get("/api/net/service/X_default_X1_default/instances").status_code == 200
+    assert c1.get("/api/net/service/X_default_X9_default/instances").status_code == 404

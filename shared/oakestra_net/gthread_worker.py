@@ -80,6 +80,23 @@ class TimedSocket(socket.socket):
 class ThreadWorker(gthread.ThreadWorker):
     """`gthread` with request heads read in the event loop and bounded reads (see above)."""
 
+    def is_parent_alive(self) -> bool:
+        """When the master is gone (killed, so no SIGTERM came), stop serving at once.
+        gunicorn lets the orphan drain for up to `graceful_timeout` (30 s) with its
+        listening sockets open and its kept-alive connections served: a restarted server
+        cannot bind the port, new clients wait in a backlog nobody accepts, and clients
+        on kept-alive connections keep talking to a process whose state is gone (a
+        cluster kept reading the dead root's store generation and did not rebuild the
+        new one). So: listeners closed, no drain (requests already in a thread finish),
+        kept-alive connections closed."""
+        if super().is_parent_alive():
+            return True
+        self.set_accept_enabled(False)
+        for listener in self.sockets:
+            listener.close()
+        self.cfg.set("graceful_timeout", 0)
+        return False
+
     def accept(self, listener: Any) -> None:
         try:
             client_sock, client_addr = listener.accept()

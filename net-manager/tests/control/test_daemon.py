@@ -244,3 +244,20 @@ def test_claims_of_one_instance_are_409_for_another(daemon):
 
     daemon.kernel.node_namespaces.add(netns_path_of_pid(os.getpid()))
     refused(os.getpid(), 2, "", 400, "node's own network namespace")
+
+
+def test_a_local_instance_missing_from_the_answer_is_reported_again(daemon):
+    """The cluster missed the report (a broker restart): it leaves the instance out of
+    its answers until the node reports it again."""
+    daemon.deploy_container(os.getpid(), X1, 0, "")
+    session = daemon.session
+    reports = session.kinds().count(topics.SERVICE_DEPLOYED)
+    empty = {"app_name": X1, "query_key": X1, "instance_list": []}
+    daemon._on_table_result(TableQueryResult.from_json(empty))
+    assert session.kinds().count(topics.SERVICE_DEPLOYED) == reports + 1
+    assert session.published[-1][1].instance_number == 0
+    (attached,) = daemon.status()["instances"]
+    own = instance(0, attached["namespace_ip"], "10.30.0.2", "198.18.0.10", "10.30.0.1")
+    listed = {"app_name": X1, "query_key": X1, "instance_list": [own]}
+    daemon._on_table_result(TableQueryResult.from_json(listed))
+    assert session.kinds().count(topics.SERVICE_DEPLOYED) == reports + 1  # listed: not again

@@ -20,13 +20,16 @@ bp = Blueprint("rebuild", __name__, url_prefix="/api/net")
 
 @bp.get("/state")
 def root_state():
-    """The generation, and how the caller is registered (None: not), so that a cluster
-    can register itself again as it was should the root lose its store."""
+    """The generation, how the caller is registered (None: not), so that a cluster can
+    register itself again as it was should the root lose its store, and the jobs the
+    root records the caller's interest in (what it caches), so that a cluster that lost
+    its cache can fetch them again before a root restart asks it for its state."""
     root = current_app.extensions["root"]
     cluster = root.clusters.by_address(request.remote_addr)
+    interests = sorted(cluster.get("interests") or []) if cluster is not None else []
     if cluster is not None:
         cluster = {k: cluster.get(k) for k in ("cluster_id", "cluster_address", "cluster_port")}
-    return jsonify({**root.gate.state(), "cluster": cluster})
+    return jsonify({**root.gate.state(), "cluster": cluster, "interests": interests})
 
 
 @bp.post("/cluster/state")

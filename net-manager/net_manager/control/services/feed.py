@@ -16,6 +16,7 @@ from oakestra_net import topics
 from oakestra_net.log import get_logger
 from oakestra_net.messages import (
     InterestRemove,
+    ServiceDeployed,
     TableQueryRequest,
     TableQueryResult,
 )
@@ -67,6 +68,30 @@ class ServiceFeed:
         if self.table.replace_job(job_name, entries):
             log.info("table updated", job_name=job_name, entries=len(entries))
             self._table_changed()
+        self._report_missing_local(job_name, entries)
+
+    def _report_missing_local(self, job_name: str, entries: list[TableEntry]) -> None:
+        """Report again the local instances of the job the answer leaves out: the cluster
+        missed their `service/deployed` (published while the broker restarted, before the
+        cluster's subscription was live again), and without a location it leaves them
+        out of every answer, for good. It announces the job once it has the report, and
+        every node (this one too) then asks again."""
+        listed = {(e.instance_number, e.namespace_ip) for e in entries}
+        with self.lock:
+            missing = [
+                i
+                for i in self.state.instances.values()
+                if i.job_name == job_name and (i.instance_number, i.namespace_ip) not in listed
+            ]
+        if not missing or self.session is None:
+            return
+        for instance in missing:
+            self.session.publish(topics.SERVICE_DEPLOYED, self._report(ServiceDeployed, instance))
+        log.info(
+            "local instances missing from the cluster's answer, reported again",
+            job_name=job_name,
+            instances=[i.instance_number for i in missing],
+        )
 
     def _on_job_update(self, job_name: str) -> None:
         if self.interests.is_interested(job_name):
