@@ -7,7 +7,7 @@ APT_PACKAGES := mosquitto mosquitto-clients iptables iproute2 iperf3 nftables co
 COMPONENTS := shared root-service-manager cluster-service-manager net-manager
 PYTEST_ARGS ?=
 
-.PHONY: help setup apt venv lint format test test-pure test-process test-kernel test-system test-mongo test-compose run bench bench-control clean
+.PHONY: help setup apt venv lint format test test-pure test-process test-kernel test-system test-mongo test-compose test-chaos run bench bench-control clean
 
 help:
 	@echo "make setup   install system packages (apt) and the dev virtualenv (.venv)"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench   data-path benchmark vs the direct kernel path (needs root)"
 	@echo "make bench-control  control-plane benchmark: 1,000 MQTT nodes, root, cluster (table)"
 	@echo "make test-mongo     the store tests again against SecantusDB (MongoDB wire protocol)"
+	@echo "make test-chaos      the seeded chaos test (kills and restarts components; not in make test yet)"
 	@echo "make clean   remove everything make run / tests left behind, and the venv"
 
 setup: apt venv
@@ -69,7 +70,7 @@ test-kernel: venv
 	$(VENV)/bin/pytest -m "kernel and not system and not compose" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-system: venv
-	$(VENV)/bin/pytest -m "system and not compose" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(VENV)/bin/pytest -m "system and not compose and not chaos" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # docker-compose.yml in a Docker engine of its own (in its own network namespace), with
 # stand-in images built offline; skips with the reason (-rs) when Docker cannot run here.
@@ -80,6 +81,11 @@ test-compose: venv
 # Every test that touches the store, against a SecantusDB the tier starts (testsupport/mongo.py).
 test-mongo: venv
 	$(VENV)/bin/pytest --mongo -m "store and not kernel and not compose" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# The seeded chaos test (CHAOS_SEED, CHAOS_SECONDS): kills and restarts every component
+# under a workload. Not in `make test` yet: it still finds bugs (docs/ARCHITECTURE.md).
+test-chaos: venv
+	$(VENV)/bin/pytest -m chaos -s $(PYTEST_ARGS)
 
 run: setup
 	PYTHONPATH=integration-tests $(PY) -m testbed.run

@@ -43,6 +43,7 @@ from testbed.workload import Traffic, Workload, WorkloadError, unreachable
 
 pytestmark = [
     pytest.mark.system,
+    pytest.mark.chaos,
     pytest.mark.slow,
     pytest.mark.skipif(preflight() is not None, reason=f"system test: {preflight()}"),
     pytest.mark.timeout(420),
