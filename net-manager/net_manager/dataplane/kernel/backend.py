@@ -231,8 +231,7 @@ def _takes_away(old: KernelPlan, new: KernelPlan) -> bool:
     targets, i.e. whether the old rules would send new connections where they must not go."""
     kept = {s.service_ip: set(s.targets) for s in new.services}
     return any(
-        s.service_ip not in kept or not set(s.targets) <= kept[s.service_ip]
-        for s in old.services
+        s.service_ip not in kept or not set(s.targets) <= kept[s.service_ip] for s in old.services
     )
 
 
