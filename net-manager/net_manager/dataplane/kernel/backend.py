@@ -103,10 +103,10 @@ class KernelBackend:
     def push_snapshot(
         self, services: list[ServiceEntry], local_instances: list[Endpoint], node_ip: str
     ) -> None:
-        with self._lock:
+        with self._lock:  # also keeps concurrent tables in the same order in both
             self._table = (list(services), list(local_instances), node_ip)
             self._sync_locked()
-        self.inner.push_snapshot(services, local_instances, node_ip)
+            self.inner.push_snapshot(services, local_instances, node_ip)
 
     def counters(self) -> dict[str, int | float]:
         values = dict(self.inner.counters())
