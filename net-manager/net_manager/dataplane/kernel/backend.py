@@ -1,10 +1,12 @@
 """The kernel backend: the TUN proxy plus nftables rules for service IPs it can serve.
 
 `KernelBackend` implements `DataPlaneBackend` by wrapping another backend (the TUN
-proxy's supervisor): every call goes to it first, so misses, first packets, callers and
-services the kernel does not serve behave exactly as with the TUN alone. Each table
-(`push_snapshot`) is also planned for the kernel (`ruleset.plan`) and, when the rules
-change, applied in the node's namespace as one transaction. A background thread, every
+proxy's supervisor), so misses, first packets, callers and services the kernel does not
+serve behave exactly as with the TUN alone. Each table (`push_snapshot`) is planned for
+the kernel (`ruleset.plan`) and, when the rules change, applied in the node's namespace
+as one transaction *before* the proxy gets the table: a kernel rule never outlives the
+table that made it (e.g. an RR service IP whose instances were all local keeps no DNAT
+to them once the proxy knows an instance elsewhere). A background thread, every
 `poll_interval` seconds, re-applies after a failure and reports the services whose
 kernel flows carried packets (`on_used`, like the proxy's Used reports).
 
@@ -101,10 +103,10 @@ class KernelBackend:
     def push_snapshot(
         self, services: list[ServiceEntry], local_instances: list[Endpoint], node_ip: str
     ) -> None:
-        self.inner.push_snapshot(services, local_instances, node_ip)
-        with self._lock:
+        with self._lock:  # also keeps concurrent tables in the same order in both
             self._table = (list(services), list(local_instances), node_ip)
             self._sync_locked()
+            self.inner.push_snapshot(services, local_instances, node_ip)
 
     def counters(self) -> dict[str, int | float]:
         values = dict(self.inner.counters())
@@ -124,10 +126,17 @@ class KernelBackend:
                 log.exception("kernel data plane round failed")
 
     def _run_once(self) -> None:
-        """One round: retry or refresh the rules, read the counters, report use."""
+        """One round: retry or refresh the rules, read the counters, report use. The
+        counters are read outside the lock, so a new table never waits for them."""
         with self._lock:
             self._sync_locked()
-            self._read_flows_locked()
+            generation = self._stats["kernel_applies"] if self._applied else None
+        if generation is None:
+            return
+        flows = self._read_flows()
+        with self._lock:
+            if flows is not None and generation == self._stats["kernel_applies"]:
+                self._live_flows = flows
         self._report_used()
 
     def _sync_locked(self) -> None:
@@ -140,7 +149,11 @@ class KernelBackend:
         if script == self._applied:
             self.plan = new_plan
             return
-        self._read_flows_locked()
+        if self.plan is not None and not _takes_away(self.plan, new_plan):
+            # Reading costs an nft run; a table that takes a service IP (or one of its
+            # targets) from the kernel must not wait for it: until the apply, the old
+            # rules still send new connections there. Its table's last counts are lost.
+            self._read_flows_locked()
         try:
             self._nft.apply(script)
         except NftError as err:
@@ -182,14 +195,17 @@ class KernelBackend:
             log.error("cannot remove the kernel rules: %s", err)
 
     def _read_flows_locked(self) -> None:
-        if not self._applied:
-            return
+        if self._applied and (flows := self._read_flows()) is not None:
+            self._live_flows = flows
+
+    def _read_flows(self) -> dict[str, int] | None:
+        """New connections per service chain of the table in force (None: unreadable)."""
         try:
             packets = chain_packets(self._nft.table())
         except NftError as err:
             log.warning("cannot read the kernel counters: %s", err)
-            return
-        self._live_flows = {c: n for c, n in packets.items() if c.startswith("service_")}
+            return None
+        return {c: n for c, n in packets.items() if c.startswith("service_")}
 
     def _report_used(self) -> None:
         with self._lock:
@@ -208,6 +224,15 @@ class KernelBackend:
         if jobs:
             self._stats["kernel_used_reports"] += 1
             self._on_used(sorted(jobs))
+
+
+def _takes_away(old: KernelPlan, new: KernelPlan) -> bool:
+    """Whether `new` stops serving a service IP `old` serves, or drops one of its
+    targets, i.e. whether the old rules would send new connections where they must not go."""
+    kept = {s.service_ip: set(s.targets) for s in new.services}
+    return any(
+        s.service_ip not in kept or not set(s.targets) <= kept[s.service_ip] for s in old.services
+    )
 
 
 def kernel_factory(inner_factory: DataPlaneFactory, bridge: str) -> DataPlaneFactory:

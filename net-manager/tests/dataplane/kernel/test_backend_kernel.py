@@ -280,3 +280,43 @@ def test_flows_to_an_instance_that_left_pick_again(node, backend):
         assert backend.counters()["kernel_flows_forgotten"] >= 1
     finally:
         nstools.stop_process(flow)
+
+
+class WatchingStandIn(StandIn):
+    """A stand-in proxy that, the moment it gets a table, makes a new connection from A
+    to a service IP: what a caller would get while the proxy switches to that table."""
+
+    def __init__(self, caller: str, service_ip: str) -> None:
+        super().__init__()
+        self.caller, self.service_ip = caller, service_ip
+        self.answers: list[str] = []
+
+    def push_snapshot(self, services, local_instances, node_ip) -> None:
+        super().push_snapshot(services, local_instances, node_ip)
+        try:
+            self.answers.append(ask(self.caller, self.service_ip)[0])
+        except nstools.NsToolsError:
+            self.answers.append("proxy")  # no kernel rule: the route to the TUN decides
+
+
+def test_a_service_gaining_a_remote_instance_leaves_the_kernel_before_the_proxy_switches(node):
+    """RR with all instances here, then one more on another node: once the proxy has the
+    new table, no new connection may still be DNATed by the old rule to the local
+    instances only (the remote instance would never get a call)."""
+    node_ns, containers = node
+    remote = Endpoint("X.d.server.d", 2, "10.16.0.66", "fc00::66", "10.30.0.9", "fdff::9",
+                      "198.18.0.2", 50103)  # fmt: skip
+    proxy = WatchingStandIn(containers[A], RR.service_ip)
+    kernel = KernelBackend(
+        proxy, Nft(["ip", "netns", "exec", node_ns]), bridge="oak-br0", on_used=print
+    )
+    kernel.start()
+    try:
+        kernel.push_snapshot(TABLE_ENTRIES, [A, B, C], NODE_IP)
+        assert ask(containers[A], RR.service_ip)[0] in ("b", "c")  # all local: the kernel's
+        mixed = ServiceEntry(RR.service_ip, RR.service_ip_v6, "RR", (B, C, remote))
+        kernel.push_snapshot([mixed, *TABLE_ENTRIES[1:]], [A, B, C], NODE_IP)
+        assert proxy.answers[-1] == "proxy"
+        assert kernel.plan is not None and RR.service_ip in kernel.plan.skipped
+    finally:
+        kernel.stop()
