@@ -191,7 +191,13 @@ class Stack:
         body = {"cluster_id": CLUSTER_ID, "cluster_address": "127.0.0.1"}
         body["cluster_port"] = self.cluster_port
         _ok(requests.post(self.root("/api/net/cluster"), json=body, timeout=10))
+        # a root on a new store allocates only once its clusters told it what is in use
+        wait_for(self._root_allocates, 60, "root rebuild (cluster state)", root)
         return self
+
+    def _root_allocates(self) -> bool:
+        health = requests.get(self.root("/healthz"), timeout=2).json()
+        return health.get("rebuilding") is False
 
     def _store(self, component: str) -> dict[str, str]:
         """Root and cluster keep their own databases (both have a `jobs` collection)."""
