@@ -217,3 +217,18 @@ def test_root_state_and_push(scripted):
     root.answer((404, {"error": "Not Found"}))
     with pytest.raises(NotFound):  # an upstream root: the watch then asks rarely
         made.root_state()
+
+
+def test_a_proxy_from_the_environment_is_still_used(scripted, monkeypatch):
+    """The environment is read once, at construction, and still decides the route."""
+    root, proxy_url = scripted
+    for name in ("no_proxy", "NO_PROXY", "http_proxy", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy_url)
+    root.answer((200, JOB))
+    rc = client(f"http://127.0.0.1:{free_port()}")  # nothing listens there: only the proxy
+    monkeypatch.delenv("HTTP_PROXY")
+    assert rc.job_by_name("X.default.X3.default") == JOB
+    assert [path for _m, path, _b in root.requests][0].endswith(
+        "/api/net/service/X_default_X3_default/instances"
+    )
