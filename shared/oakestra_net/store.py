@@ -13,7 +13,8 @@ callers can use across operations). Errors are pymongo's own exception classes.
 
 Each embedded `connect` call returns a new, empty store: a process connects once and
 shares the database. Lookups use hash indexes (`store_index`) and documents are copied
-by `store_copy`, so neither costs in proportion to the collection or to a long array. Indexes and documents are the callers' business.
+by `store_copy`, so neither costs in proportion to the collection or to a long array.
+Indexes and documents are the callers' business.
 """
 
 from __future__ import annotations

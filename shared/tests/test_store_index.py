@@ -128,7 +128,9 @@ def test_a_changed_document_is_found_by_its_new_values_only() -> None:
         lambda c: c.update_one({"_id": 1}, {"$addToSet": {"nodes": "new"}}),
         lambda c: c.update_one({"_id": 1}, {"$pull": {"nodes": "n7"}}),
         lambda c: c.update_one({"_id": 1}, {"$push": {"nodes": {"odd": 1}}}),
-        lambda c: c.update_one({"_id": 1}, {"$set": {"nodes": ["n7", "n7"], "ips": [{"addr": "x"}]}}),
+        lambda c: c.update_one(
+            {"_id": 1}, {"$set": {"nodes": ["n7", "n7"], "ips": [{"addr": "x"}]}}
+        ),
         lambda c: c.update_one({"_id": 1}, {"$set": {"ips.0.addr": "y"}}),
     ]
     queries = [{"nodes": v} for v in ("new", "n7", "n8", {"odd": 1})]
