@@ -55,7 +55,13 @@ class Directory:
             return job
         if service_ip:
             return self.fetch_by_ip(service_ip)
-        return self.fetch_by_name(job_name)
+        if not is_valid_job_name(job_name):
+            return None
+        with self.lock(job_name):
+            # Many nodes asking for one new job at once queue on its lock: the first
+            # fetches, the others find it cached (one root call, not one per node).
+            job = self.cache.get(job_name)
+            return job if job is not None else self._fetch_locked(job_name)
 
     def fetch_by_name(self, job_name: str, *, create: bool = True) -> dict | None:
         """Ask the root (which records our interest) and store the answer; None if unknown.

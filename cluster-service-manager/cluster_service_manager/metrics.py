@@ -1,12 +1,15 @@
 """Prometheus metrics of one app (its own registry): node messages, root calls, queues.
 
 Counters are per process (with several gunicorn workers, each reports its own);
-gauges are read at scrape time from callables the app registers.
+gauges are read at scrape time from callables the app registers. A counter's labelled
+child is looked up once per label set and kept (prometheus' `labels()` validates the
+labels under a lock on every call, and node messages count on every message).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -50,15 +53,23 @@ class Metrics:
         )
         self._gauges = _Gauges()
         self.registry.register(self._gauges)
+        self._children: dict[tuple[Counter, tuple[str, ...]], Any] = {}
+
+    def _inc(self, counter: Counter, *labels: str) -> None:
+        key = (counter, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children.setdefault(key, counter.labels(*labels))
+        child.inc()
 
     def message(self, kind: str, outcome: str) -> None:
-        self._messages.labels(kind, outcome).inc()
+        self._inc(self._messages, kind, outcome)
 
     def root_call(self, call: str, outcome: str) -> None:
-        self._root_calls.labels(call, outcome).inc()
+        self._inc(self._root_calls, call, outcome)
 
     def table_query(self, source: str) -> None:
-        self._table_queries.labels(source).inc()
+        self._inc(self._table_queries, source)
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         self._gauges.sources[name] = (help_text, read)

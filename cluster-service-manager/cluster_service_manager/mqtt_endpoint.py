@@ -8,7 +8,8 @@ runs handlers on its worker pool with the node id as order key: one node's messa
 are handled in order, different nodes in parallel. Every message is parsed into its
 dataclass here; an invalid one is counted, logged (topic, reason, start of the
 payload) and dropped; the log lines are rate-limited per topic kind, so a junk flood
-writes a few lines and a summary.
+writes a few lines and a summary. Topics repeat (a few kinds per node), so each one is
+parsed and checked once and remembered (`TopicCache`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,26 @@ REQUEST_KINDS = (
     topics.INTEREST_REMOVE,
 )
 SHARED_PREFIX = "$share/cluster-sm/"
+MAX_CACHED_TOPICS = 50_000
+
+
+class TopicCache:
+    """`topics.parse_node_topic`, remembered per topic (bounded: emptied when full)."""
+
+    def __init__(self, size: int = MAX_CACHED_TOPICS) -> None:
+        self.size = size
+        self._parsed: dict[str, topics.NodeTopic | None] = {}
+
+    def parse(self, topic: str) -> topics.NodeTopic | None:
+        try:
+            return self._parsed[topic]
+        except KeyError:
+            pass
+        parsed = topics.parse_node_topic(topic)
+        if len(self._parsed) >= self.size:
+            self._parsed = {}
+        self._parsed[topic] = parsed
+        return parsed
 
 
 def subscriptions(shared: bool) -> tuple[str, ...]:
@@ -63,6 +84,7 @@ class MqttEndpoint:
         self.pattern = " ".join(self.patterns)  # for logs
         self.metrics = metrics or Metrics()
         self.rejections = RateLimitedLog(log)
+        self._topics = TopicCache()
         self._handlers: dict[str, Callable[[str, Message], None]] = {
             topics.SUBNET: handlers.subnet,
             topics.TABLEQUERY_REQUEST: handlers.table_query,
@@ -89,7 +111,7 @@ class MqttEndpoint:
         return self.client.connected
 
     def on_message(self, topic: str, payload: bytes) -> None:
-        parsed = topics.parse_node_topic(topic)
+        parsed = self._topics.parse(topic)
         if parsed is None:
             self.metrics.message("unknown", "invalid")
             self.rejections.warning(

@@ -217,3 +217,45 @@ def test_root_state_and_push(scripted):
     root.answer((404, {"error": "Not Found"}))
     with pytest.raises(NotFound):  # an upstream root: the watch then asks rarely
         made.root_state()
+
+
+def test_a_proxy_from_the_environment_is_still_used(scripted, monkeypatch):
+    """The environment is read once, at construction, and still decides the route."""
+    root, proxy_url = scripted
+    for name in ("no_proxy", "NO_PROXY", "http_proxy", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy_url)
+    root.answer((200, JOB))
+    rc = client(f"http://127.0.0.1:{free_port()}")  # nothing listens there: only the proxy
+    monkeypatch.delenv("HTTP_PROXY")
+    assert rc.job_by_name("X.default.X3.default") == JOB
+    assert [path for _m, path, _b in root.requests][0].endswith(
+        "/api/net/service/X_default_X3_default/instances"
+    )
+
+
+def test_concurrent_queries_for_one_new_job_ask_the_root_once(scripted, db):
+    """Nodes asking for one uncached job at once: the first fetches, the rest find it cached."""
+    from cluster_service_manager.cache import JobCache
+    from cluster_service_manager.directory import Directory
+
+    root, url = scripted
+    job = {
+        **JOB,
+        "service_ip_list": [{"IpType": "RR", "Address": "10.30.1.30", "Address_v6": "fdff::1"}],
+    }
+    root.answer((200, job, 0.3), (200, job), (200, job), (200, job))
+    cache = JobCache(db)
+    cache.ensure_indexes()
+    directory = Directory(cache, client(url, timeout=5))
+    answers: list = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(directory.resolve(job_name=JOB["job_name"])))
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert [a["job_name"] for a in answers] == [JOB["job_name"]] * 4
+    assert len(root.requests) == 1

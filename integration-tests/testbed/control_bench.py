@@ -170,6 +170,8 @@ class Stack:
         wait_for(lambda: _accepts(self.broker_port), 10, "mosquitto", broker)
         quiet = {"LOG_LEVEL": "WARNING", "GUNICORN_WORKERS": "1"}
         root_env = {"MY_PORT": str(self.root_port), "BIND": f"127.0.0.1:{self.root_port}"}
+        # A fresh store holds nothing to rebuild: allocate at once instead of waiting 3-30 s.
+        root_env.update(ROOT_REBUILD_MIN_SECONDS="0", ROOT_REBUILD_MAX_SECONDS="0")
         root_env.update(self._store("root"))
         root = self._spawn("root", [_program("root-service-manager")], {**quiet, **root_env})
         wait_for(lambda: self._healthy(self.root_port), 30, "root", root)

@@ -2,7 +2,9 @@
 
 A cluster is interested in a job once it queried it (by name or IP); only interested
 clusters get `/api/net/job/update` pushes. Interest lists change with `$addToSet` /
-`$pull` only, never by rewriting the array.
+`$pull` only, never by rewriting the array. A cluster's interest list grows with every
+job it follows (10,000 and more), so lookups that identify a caller leave it out, and
+an interest already recorded (found through the `interests` index) is not written again.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 from oakestra_net.log import get_logger
 
 log = get_logger(__name__)
+
+WITHOUT_INTERESTS = {"interests": 0}
 
 
 def caller_address(remote_addr: str | None) -> str:
@@ -48,12 +52,17 @@ class Clusters:
         return self.clusters.find_one({"cluster_id": cluster_id}, {"_id": 0})
 
     def by_address(self, remote_addr: str | None) -> dict | None:
-        return self.clusters.find_one({"cluster_address": caller_address(remote_addr)})
+        """The cluster calling from `remote_addr`, without its interest list."""
+        return self.clusters.find_one(
+            {"cluster_address": caller_address(remote_addr)}, WITHOUT_INTERESTS
+        )
 
     def by_id(self, cluster_id: str) -> dict | None:
         return self.clusters.find_one({"cluster_id": cluster_id})
 
     def add_interest(self, cluster_id: str, job_name: str) -> None:
+        if self.clusters.find_one({"cluster_id": cluster_id, "interests": job_name}, {"_id": 1}):
+            return
         self.clusters.update_one({"cluster_id": cluster_id}, {"$addToSet": {"interests": job_name}})
 
     def remove_interest(self, cluster_id: str, job_name: str) -> None:

@@ -3,7 +3,11 @@
 `MqttClient` keeps a registry of subscriptions and resubscribes all of them (QoS 1) on
 every connect, so a broker restart needs nothing from its users. paho's network thread
 only hands messages off: handlers run on a small pool of worker threads, messages with
-the same order key (default: the topic) on the same worker, in arrival order. A raising
+the same order key (default: the topic) on the same worker, in arrival order. The
+hand-off is the hot path of every service (one per message): which subscriptions a
+topic matches, and the worker each goes to, are worked out once per topic and
+remembered until the subscriptions change; the worker queues are C `SimpleQueue`s,
+bounded by counters each written by one thread only. A raising
 handler is logged and counted, never stops delivery. Nothing in the component publishes
 retained messages, so a retained message a subscription brings up is someone else's
 (possibly a poisoned result left before a node registered): it is dropped, logged and
@@ -33,10 +37,13 @@ log = get_logger(__name__)
 Handler = Callable[[str, bytes], None]
 OrderKey = Callable[[str], Hashable]
 MAX_QUEUED_PUBLISHES = 10000
+# QoS 1 publishes in flight (sent, PUBACK not yet back); paho's default of 20 made
+# answers wait for acknowledgements of earlier ones under load.
+MAX_INFLIGHT_PUBLISHES = 1000
+MAX_ROUTES = 20000  # topics whose matching subscriptions are remembered
 PAYLOAD_PREVIEW_CHARS = 200
 _STOP = object()
 _COUNTERS = (
-    "received",
     "published",
     "handler_errors",
     "dropped",
@@ -169,6 +176,10 @@ class _Subscription:
     accept_retained: bool = False
 
 
+# A topic's deliveries: (subscription, worker index) for every subscription it matches.
+_Route = tuple[tuple[_Subscription, int], ...]
+
+
 class MqttClient:
     """A resilient MQTT session: remembered subscriptions, worker-pool handlers, counters."""
 
@@ -181,11 +192,18 @@ class MqttClient:
         self.name = name
         self._log = log.bind(client=name)
         self._subs: dict[str, _Subscription] = {}
+        self._routes: dict[str, _Route] = {}  # replaced (not mutated) when _subs change
         self._pending_subacks: dict[int, str] = {}
         self._acked: set[str] = set()
         self._session_up = False  # guarded by _subs_lock: resubscribed on this connection
         self._subs_lock = threading.Condition()
-        self._queues = [queue.Queue(maxsize=queue_size) for _ in range(workers)]
+        self._queue_size = queue_size
+        self._queues: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in range(workers)]
+        # backlog of worker i = _enqueued[i] - _taken[i]; the first written only by
+        # paho's network thread, the second only by worker i, so no lock is needed
+        self._enqueued = [0] * workers
+        self._taken = [0] * workers
+        self._received = 0  # written only by paho's network thread
         self._threads: list[threading.Thread] = []
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._listeners: list[Callable[[], None]] = []
@@ -208,6 +226,7 @@ class MqttClient:
             protocol=paho.MQTTv311,
         )
         client.max_queued_messages_set(MAX_QUEUED_PUBLISHES)
+        client.max_inflight_messages_set(MAX_INFLIGHT_PUBLISHES)
         client.reconnect_delay_set(cfg.min_reconnect_delay, cfg.max_reconnect_delay)
         client.suppress_exceptions = True
         client.enable_logger(_paho_logger())
@@ -245,8 +264,8 @@ class MqttClient:
         if self._state != "new":
             raise RuntimeError(f"mqtt client {self.name} was already started")
         self._state = "running"
-        for index, jobs in enumerate(self._queues):
-            self._spawn(f"{self.name}-worker-{index}", self._work, jobs)
+        for index in range(len(self._queues)):
+            self._spawn(f"{self.name}-worker-{index}", self._work, index)
         self._spawn(f"{self.name}-events", self._run_connect_events)
         cfg = self.config
         self._client.connect_async(cfg.host.strip("[]"), cfg.port, cfg.keepalive)
@@ -272,10 +291,7 @@ class MqttClient:
         self._connected.clear()
         self._events.put(_STOP)
         for jobs in self._queues:
-            try:
-                jobs.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Full:
-                pass
+            jobs.put(_STOP)  # behind the work already queued
         for thread in self._threads:
             if thread is not threading.current_thread():  # stop() called from a handler
                 thread.join(max(0.0, deadline - time.monotonic()))
@@ -300,7 +316,7 @@ class MqttClient:
 
     def stats(self) -> dict[str, int]:
         with self._counter_lock:
-            return dict(self._counters)
+            return {**self._counters, "received": self._received}
 
     def _count(self, counter: str, amount: int = 1) -> None:
         with self._counter_lock:
@@ -326,6 +342,7 @@ class MqttClient:
             raise TypeError(f"mqtt handler for {pattern} is not callable")
         with self._subs_lock:
             self._subs[pattern] = _Subscription(pattern, handler, order_key, accept_retained)
+            self._routes = {}
             if self._session_up:
                 self._send_subscribe(pattern)
 
@@ -334,6 +351,7 @@ class MqttClient:
         with self._subs_lock:
             if self._subs.pop(pattern, None) is None:
                 return
+            self._routes = {}
             self._acked.discard(pattern)
             if self._session_up:
                 self._client.unsubscribe(pattern)
@@ -424,33 +442,52 @@ class MqttClient:
 
     def _on_message(self, _client, _userdata, message) -> None:
         try:
-            self._count("received")
+            self._received += 1
             topic = message.topic
-            with self._subs_lock:
-                matching = [s for s in self._subs.values() if topic_matches(s.pattern, topic)]
+            route = self._routes.get(topic)
+            if route is None:
+                route = self._route(topic)
             if message.retain:
-                accepting = [s for s in matching if s.accept_retained]
-                if len(accepting) < len(matching):
+                accepting = tuple(r for r in route if r[0].accept_retained)
+                if len(accepting) < len(route):
                     self._ignore_retained(topic)
-                matching = accepting
-            for subscription in matching:
-                self._enqueue(subscription, topic, message.payload)
+                route = accepting
+            payload = message.payload
+            for subscription, index in route:
+                if self._enqueued[index] - self._taken[index] >= self._queue_size:
+                    self._drop("mqtt handler queue full, message dropped", topic=topic)
+                    continue
+                self._enqueued[index] += 1
+                self._queues[index].put((subscription, topic, payload))
         except Exception:
             self._log.exception("mqtt message dispatch failed", payload=repr(message.payload[:80]))
 
-    def _enqueue(self, subscription: _Subscription, topic: str, payload: bytes) -> None:
-        key: Hashable = topic
-        if subscription.order_key is not None:
-            try:
-                key = subscription.order_key(topic)
-            except Exception:
-                self._count("handler_errors")
-                self._log.exception("mqtt order key failed", topic=topic)
-        jobs = self._queues[hash(key) % len(self._queues)]
-        try:
-            jobs.put_nowait((subscription, topic, payload))
-        except queue.Full:
-            self._drop("mqtt handler queue full, message dropped", topic=topic)
+    def _route(self, topic: str) -> _Route:
+        """The subscriptions `topic` matches, each with its worker; remembered per topic.
+
+        Not remembered when an order key failed (it is counted again next time).
+        """
+        with self._subs_lock:
+            route = []
+            remember = True
+            for subscription in self._subs.values():
+                if not topic_matches(subscription.pattern, topic):
+                    continue
+                key: Hashable = topic
+                if subscription.order_key is not None:
+                    try:
+                        key = subscription.order_key(topic)
+                    except Exception:
+                        remember = False
+                        self._count("handler_errors")
+                        self._log.exception("mqtt order key failed", topic=topic)
+                route.append((subscription, hash(key) % len(self._queues)))
+            found = tuple(route)
+            if remember:
+                if len(self._routes) >= MAX_ROUTES:
+                    self._routes = {}
+                self._routes[topic] = found
+            return found
 
     def _ignore_retained(self, topic: str) -> None:
         self._count("retained_ignored")
@@ -472,8 +509,10 @@ class MqttClient:
 
     # -- worker threads ------------------------------------------------------------------
 
-    def _work(self, jobs: queue.Queue) -> None:
+    def _work(self, index: int) -> None:
+        jobs, taken = self._queues[index], self._taken
         while (job := jobs.get()) is not _STOP:
+            taken[index] += 1
             subscription, topic, payload = job
             try:
                 subscription.handler(topic, payload)

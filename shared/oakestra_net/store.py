@@ -12,7 +12,9 @@ store-wide lock, which emulates the server's per-operation atomicity (it is not 
 callers can use across operations). Errors are pymongo's own exception classes.
 
 Each embedded `connect` call returns a new, empty store: a process connects once and
-shares the database. Indexes and documents are the callers' business.
+shares the database. Lookups use hash indexes (`store_index`) and documents are copied
+by `store_copy`, so neither costs in proportion to the collection or to a long array.
+Indexes and documents are the callers' business.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import mongomock.collection
 import mongomock.command_cursor
 import pymongo
 
-from oakestra_net import store_index
+from oakestra_net import store_copy, store_index
 from oakestra_net.log import get_logger
 
 log = get_logger(__name__)
@@ -184,6 +186,7 @@ class _Locked:
 
 class _EmbeddedClient(_Locked):
     def __init__(self) -> None:
+        store_copy.install()
         super().__init__(mongomock.MongoClient(tz_aware=True), threading.RLock())
 
 

@@ -617,3 +617,21 @@ def test_stop_from_inside_a_handler(mosquitto, make_client):
     client.publish("shutdown", "now")
     assert done.wait(5)
     assert not client.connected
+
+
+def test_remembered_routes_follow_subscription_changes(mosquitto, make_client):
+    """A topic's matching subscriptions are remembered; (un)subscribing must still count."""
+    client = make_client(mosquitto, workers=2)
+    seen: list[tuple[str, bytes]] = []
+    subscribed(client, "route/+", lambda t, p: seen.append(("wildcard", p)))
+    publisher = make_client(mosquitto, name="pub")
+    publisher.publish("route/1", "a")
+    wait_until(lambda: seen == [("wildcard", b"a")])
+    subscribed(client, "route/1", lambda t, p: seen.append(("exact", p)))
+    publisher.publish("route/1", "b")
+    wait_until(lambda: sorted(seen[1:]) == [("exact", b"b"), ("wildcard", b"b")])
+    client.unsubscribe("route/+")
+    publisher.publish("route/2", "d")  # no subscription of ours matches any more
+    publisher.publish("route/1", "c")  # in order after "d": once it is in, "d" would be
+    wait_until(lambda: seen[-1] == ("exact", b"c"))
+    assert ("wildcard", b"c") not in seen and all(p != b"d" for _, p in seen)

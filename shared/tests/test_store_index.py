@@ -117,3 +117,26 @@ def test_lookups_visit_only_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(DuplicateKeyError):
         jobs.insert_one({"_id": 5000, "job_name": "j10"})
     assert len(calls) < 20
+
+
+def test_a_changed_document_is_found_by_its_new_values_only() -> None:
+    """Writes re-index only what changed: long arrays, and values that cannot be hashed."""
+    indexed, plain = _pair()
+    long_list = [f"n{i}" for i in range(2000)]
+    writes = [
+        lambda c: c.insert_one({"_id": 1, "name": "a", "nodes": long_list, "ips": []}),
+        lambda c: c.update_one({"_id": 1}, {"$addToSet": {"nodes": "new"}}),
+        lambda c: c.update_one({"_id": 1}, {"$pull": {"nodes": "n7"}}),
+        lambda c: c.update_one({"_id": 1}, {"$push": {"nodes": {"odd": 1}}}),
+        lambda c: c.update_one(
+            {"_id": 1}, {"$set": {"nodes": ["n7", "n7"], "ips": [{"addr": "x"}]}}
+        ),
+        lambda c: c.update_one({"_id": 1}, {"$set": {"ips.0.addr": "y"}}),
+    ]
+    queries = [{"nodes": v} for v in ("new", "n7", "n8", {"odd": 1})]
+    queries += [{"ips.addr": "x"}, {"ips.addr": "y"}]
+    for write in writes:
+        write(indexed)
+        write(plain)
+        for query in queries:
+            assert list(indexed.find(query)) == list(plain.find(query)), query
