@@ -12,9 +12,9 @@ from cluster_service_manager.app import create_app
 from cluster_service_manager.config import ConfigError, Settings
 from oakestra_net import store
 from oakestra_net.mqtt import MqttClient, MqttConfig
-from oakestra_net.testing import wait_until
 from root_service_manager.app import create_app as create_root_app
 from root_service_manager.jwt_keys import KeyProvider
+from testsupport import wait_until
 
 pytestmark = pytest.mark.usefixtures("fail_on_log_exception")
 
