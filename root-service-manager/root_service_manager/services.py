@@ -7,7 +7,8 @@ leaks. A service deploy first claims the job's `_id` and name with a document in
 state "allocating"; a concurrent deploy of the same job waits until that claim is
 complete (or gone) and answers what it became, so every caller sees the same
 addresses and only the claim's owner reserves any. Removing an instance or a service
-returns its addresses to the pools. Changes are announced to interested clusters through the outbox.
+returns its addresses to the pools. Changes are announced to interested clusters
+through the outbox.
 """
 
 from __future__ import annotations
