@@ -11,7 +11,6 @@ from oakestra_net import api_token, store
 from oakestra_net.http_errors import register_json_errors
 from oakestra_net.log import get_logger
 
-from .errors import ApiError
 from .jwt_keys import KeyProvider
 from .metrics import init_metrics
 from .openapi import SPEC, SWAGGER_PAGE
@@ -61,7 +60,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(net.bp)
     app.register_blueprint(netinfo.bp)
     app.register_blueprint(rebuild.bp)
-    _register_errors(app)
+    register_json_errors(app)
     _register_ops(app, root)
     init_metrics(app)
     return app
@@ -76,20 +75,6 @@ def _seconds(name: str, default: float) -> float:
     if not 0 <= value <= 3600:
         raise SystemExit(f"{name} must be between 0 and 3600 seconds, got {value}")
     return value
-
-
-def _register_errors(app: Flask) -> None:
-    @app.errorhandler(ApiError)
-    def api_error(err: ApiError):
-        return jsonify({"error": _status_name(err.status), "reason": err.reason}), err.status
-
-    register_json_errors(app)
-
-
-def _status_name(status: int) -> str:
-    from http import HTTPStatus
-
-    return HTTPStatus(status).phrase
 
 
 def _register_ops(app: Flask, root: Root) -> None:

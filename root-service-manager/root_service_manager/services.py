@@ -22,12 +22,12 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from oakestra_net.addressing import Pool, PoolExhausted, index_of
+from oakestra_net.http_errors import ApiError
 from oakestra_net.log import get_logger
 from oakestra_net.services import CLOSEST, ROUND_ROBIN
 
 from .clusters import Clusters
 from .descriptor import ServiceRequest
-from .errors import ApiError
 from .ipam import AddressTaken, Allocator
 from .outbox import Outbox
 
