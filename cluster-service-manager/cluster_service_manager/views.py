@@ -51,7 +51,7 @@ def deployment():
     except (NotFound, RootUnavailable, RootRejected) as err:
         raise _root_error(err, f"job {name}") from None
     answer = {"message": "job stored succesfully", "job_name": name}
-    return jsonify({**answer, "instances": len(job["instance_list"])})
+    return jsonify({**answer, "instances": len(job.instances)})
 
 
 @net.delete("/deployment/<job_name>")

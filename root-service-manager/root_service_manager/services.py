@@ -23,6 +23,7 @@ from pymongo.errors import DuplicateKeyError
 
 from oakestra_net.addressing import Pool, PoolExhausted, index_of
 from oakestra_net.http_errors import ApiError
+from oakestra_net.job_model import JobServiceIp
 from oakestra_net.log import get_logger
 from oakestra_net.services import CLOSEST, ROUND_ROBIN
 
@@ -39,8 +40,8 @@ ALLOCATING = "allocating"
 # a claim older than that belongs to a caller that died and is answered 503.
 CLAIM_WAIT_SECONDS = 10.0
 SERVICE_IP_KINDS = (
-    (ROUND_ROBIN.value, "rr", Pool.RR_V6),
-    (CLOSEST.value, "closest", Pool.CLOSEST_V6),
+    (ROUND_ROBIN, "rr", Pool.RR_V6),
+    (CLOSEST, "closest", Pool.CLOSEST_V6),
 )
 
 
@@ -145,7 +146,7 @@ class Services:
                 taken.append((Pool.SERVICE_V4, v4))
                 v6 = self._reserve(pool_v6, request.chosen.get(f"{kind}_v6"), owner)
                 taken.append((pool_v6, v6))
-                entries.append({"IpType": ip_type, "Address": v4, "Address_v6": v6})
+                entries.append(JobServiceIp(ip_type, v4, v6).to_document())
             return entries
         except BaseException:
             for pool, address in taken:
