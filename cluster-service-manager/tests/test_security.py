@@ -181,13 +181,13 @@ def test_an_unauthenticated_job_update_is_refused(guarded_root, guarded_cluster,
         timeout=5,
     )
     assert forged.status_code == 403
-    assert len(cache.get(X3)["instance_list"]) == 1
+    assert len(cache.get(X3).instances) == 1
 
     # the root's own push carries the token and is obeyed
     updates = mqtt_recorder(f"jobs/{X3}/updates_available")
     assert root.delete(f"{guarded_root.url}/api/net/{X3_ID}/0").ok
     assert updates.wait_for().payload == {"type": "UNDEPLOYMENT"}
-    wait_until(lambda: not (cache.get(X3) or {"instance_list": []})["instance_list"])
+    wait_until(lambda: not (job := cache.get(X3)) or not job.instances)
 
 
 def test_an_open_cluster_warns_loudly(mosquitto, root_server, db, caplog):
