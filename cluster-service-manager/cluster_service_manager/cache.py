@@ -104,6 +104,11 @@ class JobCache:
         self.cluster_id = cluster_id
         self._memory = _Memory() if store_module.is_embedded(db) else None
         self._lock = threading.RLock()
+        if self._memory is not None:
+            # An embedded store handed over with jobs in it (a restart inside one process):
+            # the memory starts from them, or every write would miss and collide.
+            for doc in self.jobs.find({}):
+                self._memory.put(CachedJob.from_store(doc))
 
     @contextmanager
     def _writing(self) -> Iterator[_Memory | None]:

@@ -70,3 +70,13 @@ def test_memory_answers_equal_store_answers(seed: int) -> None:
         found = cache.by_ip(address)
         assert (found is None) == (not holders)
         assert found is None or found in holders
+
+
+def test_a_cache_opened_on_a_store_with_jobs_answers_and_refreshes_them() -> None:
+    db = store.connect("cluster", {})
+    job = _job(random.Random(1), 1)
+    JobCache(db, "c1").store(job)
+    reopened = JobCache(db, "c1")  # a restart on the same embedded store
+    assert reopened.get(job.job_name) is not None
+    stored = reopened.store(job)
+    assert stored is not None and stored.version == 2
