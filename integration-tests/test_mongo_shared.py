@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from oakestra_net.mqtt import MqttClient, MqttConfig
-from oakestra_net.testing import free_port, wait_until
+from testsupport import free_port, wait_until
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 

@@ -16,8 +16,8 @@ import pytest
 
 from oakestra_net import broker_auth
 from oakestra_net.mqtt import MqttClient, MqttConfig
-from oakestra_net.testing import Broker, wait_until
 from testbed.pki import issue_run_certificates
+from testsupport import Broker, wait_until
 
 pytestmark = pytest.mark.system
 

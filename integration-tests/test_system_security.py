@@ -14,11 +14,11 @@ import sys
 
 import pytest
 
-from oakestra_net.testing import wait_until
 from testbed.cluster import BROKER_PORT, LocalCluster
 from testbed.orchestrator import Orchestrator
 from testbed.processes import Progress
 from testbed.run import preflight
+from testsupport import wait_until
 
 pytestmark = [
     pytest.mark.system,

@@ -143,7 +143,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     api_token.install_guard(app, settings.api_token, component="cluster-service-manager")
     app.register_blueprint(views.net)
     app.register_blueprint(views.ops)
-    _register_errors(app)
+    register_json_errors(app)
     _replay(parts)
     parts.lanes.start()
     if app.config["MQTT_AUTOSTART"]:
@@ -187,11 +187,3 @@ def _self_register(parts: Parts) -> None:
         log.info("cluster registered at root", cluster_id=cluster_id, address=address, port=port)
 
     parts.lanes.submit(REGISTRATION_LANE, "cluster registration", register)
-
-
-def _register_errors(app: Flask) -> None:
-    @app.errorhandler(views.ApiError)
-    def api_error(err: views.ApiError):
-        return err.response()
-
-    register_json_errors(app)

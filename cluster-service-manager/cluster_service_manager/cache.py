@@ -1,6 +1,6 @@
 """The cluster's MongoDB state: cached jobs, interested nodes, node subnets, placements.
 
-Collections `jobs` (`_id` = job name, see `jobs` for the document), `nodes`
+Collections `jobs` (`_id` = job name; `CachedJob.to_store` is the document), `nodes`
 (`_id` = node id, `node_subnet`, `node_subnet_v6`) and `placements` (`_id` =
 `<job name>/<instance number>`, `job_name`, `node_id`: where the orchestrator scheduled
 an instance, when it said so). Every change is one atomic
@@ -15,8 +15,9 @@ Upstream drops the job cache at every start; we keep it: with a real MongoDB it 
 valid (the root's outbox re-delivers the updates we missed), with the embedded store
 it starts empty anyway. When to call what is the handlers' business.
 
-With the embedded store this process is the store's only user, so the jobs are also
-kept in memory (`_Memory`: by name and by each service and instance IP), and lookups
+Jobs come and go as typed `CachedJob` values; documents exist only between this module
+and the store. With the embedded store this process is the store's only user, so the
+jobs are also kept in memory (`_Memory`: by name and by each service and instance IP), and lookups
 answer from there without a store operation; the store stays the copy every write
 goes to first. Each write and its memory update happen under one lock, so memory
 follows the store's order. With a real MongoDB, other processes write too: lookups
@@ -25,6 +26,7 @@ then read the store (by `_id`, or through its indexes by IP).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +37,7 @@ from pymongo.errors import DuplicateKeyError
 from oakestra_net import store as store_module
 
 from . import jobs
+from .jobs import CachedJob, Instances, Job
 
 MAX_ATTEMPTS = 50
 IP_FIELDS = (
@@ -50,14 +53,14 @@ class CacheConflict(RuntimeError):
 
 
 class _Memory:
-    """Cached job documents by name, and job names by every IP in them (pure, no I/O)."""
+    """Cached jobs by name, and job names by every IP in them (pure, no I/O)."""
 
     def __init__(self) -> None:
-        self.by_name: dict[str, dict] = {}
+        self.by_name: dict[str, CachedJob] = {}
         self.by_ip: dict[str, set[str]] = {}
 
-    def put(self, doc: dict) -> None:
-        name = doc["_id"]
+    def put(self, doc: CachedJob) -> None:
+        name = doc.job_name
         self.drop(name)
         self.by_name[name] = doc
         for address in _addresses(doc):
@@ -74,19 +77,23 @@ class _Memory:
                 if not names:
                     del self.by_ip[address]
 
-    def find_ip(self, address: str) -> dict | None:
+    def find_ip(self, address: str) -> CachedJob | None:
         """The job holding `address`; the first by name if, briefly, two do (IP reuse)."""
         names = self.by_ip.get(address)
         return self.by_name[min(names)] if names else None
 
 
-def _addresses(doc: dict) -> set[str]:
+def _addresses(job: Job) -> set[str]:
     out = set()
-    for entry in doc.get("service_ip_list", ()):
-        out.update(a for a in (entry.get("Address"), entry.get("Address_v6")) if a)
-    for instance in doc.get("instance_list", ()):
-        out.update(a for a in (instance.get("instance_ip"), instance.get("instance_ip_v6")) if a)
+    for entry in job.service_ips:
+        out.update(a for a in (entry.address, entry.address_v6) if a)
+    for instance in job.instances:
+        out.update(a for a in (instance.instance_ip, instance.instance_ip_v6) if a)
     return out
+
+
+def _loaded(doc: dict | None) -> CachedJob | None:
+    return None if doc is None else CachedJob.from_store(doc)
 
 
 class JobCache:
@@ -97,9 +104,11 @@ class JobCache:
         self.cluster_id = cluster_id
         self._memory = _Memory() if store_module.is_embedded(db) else None
         self._lock = threading.RLock()
-        if self._memory is not None:  # the store may hold jobs already (a restarted app)
+        if self._memory is not None:
+            # An embedded store handed over with jobs in it (a restart inside one process):
+            # the memory starts from them, or every write would miss and collide.
             for doc in self.jobs.find({}):
-                self._memory.put(doc)
+                self._memory.put(CachedJob.from_store(doc))
 
     @contextmanager
     def _writing(self) -> Iterator[_Memory | None]:
@@ -118,13 +127,13 @@ class JobCache:
 
     # -- reading ---------------------------------------------------------------------
 
-    def get(self, job_name: str) -> dict | None:
-        """The cached job document (treat it as read-only: it may be the memory's own)."""
+    def get(self, job_name: str) -> CachedJob | None:
+        """The cached job."""
         if self._memory is not None:
             return self._memory.by_name.get(job_name)
-        return self.jobs.find_one({"_id": job_name})
+        return _loaded(self.jobs.find_one({"_id": job_name}))
 
-    def by_ip(self, service_ip: str) -> dict | None:
+    def by_ip(self, service_ip: str) -> CachedJob | None:
         """The cached job owning `service_ip` (RR, Closest, instance; v4 or v6)."""
         if self._memory is not None and service_ip in self._memory.by_ip:
             return self._memory.find_ip(service_ip)  # already canonical: skip the parsing
@@ -133,7 +142,7 @@ class JobCache:
             return None
         if self._memory is not None:
             return self._memory.find_ip(address)
-        return self.jobs.find_one({"$or": [{field: address} for field in IP_FIELDS]})
+        return _loaded(self.jobs.find_one({"$or": [{field: address} for field in IP_FIELDS]}))
 
     def job_names(self) -> list[str]:
         return [doc["_id"] for doc in self.jobs.find({}, {"_id": 1})]
@@ -143,63 +152,75 @@ class JobCache:
 
     # -- writing jobs ----------------------------------------------------------------
 
-    def store(self, job: dict, *, create: bool = True) -> dict | None:
-        """Insert or refresh a job from the root (see `jobs.merge_instances`); the stored doc.
+    def store(self, job: Job, *, create: bool = True) -> CachedJob | None:
+        """Insert or refresh a job from the root (see `jobs.merge_instances`); as stored.
 
         With `create=False` only a job still cached is refreshed (None otherwise): a
         refresh must not bring back a job forgotten meanwhile.
         """
-        name = job["job_name"]
+        name = job.job_name
         for _ in range(MAX_ATTEMPTS):
             current = self.get(name)
             if current is None and not create:
                 return None
             if current is None:
-                doc = {"_id": name, **job, "interested_nodes": [], "version": 1}
+                fresh = CachedJob(job.job_name, job.job_id, job.service_ips, job.instances)
                 with self._writing() as memory:
                     try:
-                        self.jobs.insert_one(dict(doc))
+                        self.jobs.insert_one(fresh.to_store())
                     except DuplicateKeyError:
                         self._reload(memory, name)
                         continue
                     if memory is not None:
-                        memory.put(doc)
-                return doc
-            merged = jobs.merge_instances(current["instance_list"], job["instance_list"])
-            fields = {**job, "instance_list": merged}
-            written = self._write(current, fields)
+                        memory.put(fresh)
+                return fresh
+            merged = jobs.merge_instances(current.instances, job.instances)
+            refreshed = Job(job.job_name, job.job_id, job.service_ips, merged)
+            written = self._write(current, refreshed)
             if written is not None:
                 return written
         raise CacheConflict(f"job {name} changed {MAX_ATTEMPTS} times while being stored")
 
     def update_instances(
-        self, job_name: str, change: Callable[[list[dict]], list[dict]]
-    ) -> tuple[dict, dict] | None:
-        """Apply `change` to the instance list; (before, after) docs, None if not cached."""
+        self, job_name: str, change: Callable[[Instances], Instances]
+    ) -> tuple[CachedJob, CachedJob] | None:
+        """Apply `change` to the instance list; (before, after), None if not cached."""
         for _ in range(MAX_ATTEMPTS):
             current = self.get(job_name)
             if current is None:
                 return None
-            instances = change(current["instance_list"])
-            if instances == current["instance_list"]:
+            instances = tuple(change(current.instances))
+            if instances == current.instances:
                 return current, current
-            after = self._write(current, {"instance_list": instances})
+            changed = Job(current.job_name, current.job_id, current.service_ips, instances)
+            after = self._write(current, changed)
             if after is not None:
                 return current, after
         raise CacheConflict(f"job {job_name} changed {MAX_ATTEMPTS} times while being updated")
 
-    def _write(self, current: dict, fields: dict) -> dict | None:
-        """Compare-and-set on the version; the document as written, None if it changed."""
+    def _write(self, current: CachedJob, job: Job) -> CachedJob | None:
+        """Compare-and-set on the version; the job as written, None if it changed.
+
+        Interests change without a new version, so they are not written here and the
+        answer keeps the latest ones known.
+        """
         with self._writing() as memory:
             result = self.jobs.update_one(
-                {"_id": current["_id"], "version": current["version"]},
-                {"$set": fields, "$inc": {"version": 1}},
+                {"_id": current.job_name, "version": current.version},
+                {"$set": job.to_document(), "$inc": {"version": 1}},
             )
             if result.matched_count != 1:
-                self._reload(memory, current["_id"])
+                self._reload(memory, current.job_name)
                 return None
-            base = memory.by_name.get(current["_id"], current) if memory is not None else current
-            after = {**base, **fields, "version": current["version"] + 1}
+            base = memory.by_name.get(current.job_name, current) if memory is not None else current
+            after = CachedJob(
+                job.job_name,
+                job.job_id,
+                job.service_ips,
+                job.instances,
+                interested_nodes=base.interested_nodes,
+                version=current.version + 1,
+            )
             if memory is not None:
                 memory.put(after)
             return after
@@ -213,24 +234,24 @@ class JobCache:
         if doc is None:
             memory.drop(job_name)
         else:
-            memory.put(doc)
+            memory.put(CachedJob.from_store(doc))
 
-    def delete(self, job_name: str) -> dict | None:
+    def delete(self, job_name: str) -> CachedJob | None:
         with self._writing() as memory:
             doc = self.jobs.find_one_and_delete({"_id": job_name})
             if memory is not None:
                 memory.drop(job_name)
-            return doc
+            return _loaded(doc)
 
     # -- interests -------------------------------------------------------------------
 
-    def add_interest(self, job_name: str, node_id: str, job: dict | None = None) -> bool:
+    def add_interest(self, job_name: str, node_id: str, job: CachedJob | None = None) -> bool:
         """Record the node's interest; False if the job is not cached (any more).
 
         `job`, the document just read, saves the write when it already lists the node
         (a node asking again: the common case).
         """
-        if job is not None and node_id in job.get("interested_nodes", ()):
+        if job is not None and node_id in job.interested_nodes:
             return True
         change = {"$addToSet": {"interested_nodes": node_id}}
         with self._writing() as memory:
@@ -254,10 +275,10 @@ class JobCache:
         doc = memory.by_name.get(job_name)
         if doc is None:
             return
-        nodes = [n for n in doc["interested_nodes"] if n != node_id]
+        nodes = tuple(n for n in doc.interested_nodes if n != node_id)
         if add:
-            nodes.append(node_id)
-        memory.by_name[job_name] = {**doc, "interested_nodes": nodes}
+            nodes = (*nodes, node_id)
+        memory.by_name[job_name] = dataclasses.replace(doc, interested_nodes=nodes)
 
     def forget_if_unused(self, job_name: str) -> bool:
         """Delete the job if no node is interested and no instance runs here; whether it did."""

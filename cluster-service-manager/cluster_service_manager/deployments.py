@@ -21,6 +21,7 @@ from oakestra_net.log import get_logger
 from . import jobs
 from .cache import JobCache
 from .directory import Directory
+from .jobs import CachedJob, Job
 from .lanes import Lanes, Step
 from .replies import Replies
 from .root_client import NotFound
@@ -45,7 +46,7 @@ class Deployments:
         self.lanes = lanes
         self.replies = replies
 
-    def deploy(self, job_name: str, placement: tuple[int, str] | None = None) -> dict:
+    def deploy(self, job_name: str, placement: tuple[int, str] | None = None) -> CachedJob:
         """Fetch and cache the job, record `placement` (instance number, node id) if given;
         NotFound / RootUnavailable / RootRejected propagate."""
         if placement is not None:
@@ -56,7 +57,7 @@ class Deployments:
         job = self.directory.fetch_by_name(job_name)
         if job is None:
             raise NotFound(f"root does not know job {job_name}")
-        log.info("job stored", job_name=job_name, instances=len(job["instance_list"]))
+        log.info("job stored", job_name=job_name, instances=len(job.instances))
         self._announce(job_name, before, job)
         return job
 
@@ -87,7 +88,7 @@ class Deployments:
             log.info("root no longer knows the job, removed from the cache", job_name=job_name)
         self._announce(job_name, before, after)
 
-    def _announce(self, job_name: str, before: dict | None, after: dict | None) -> None:
+    def _announce(self, job_name: str, before: Job | None, after: Job | None) -> None:
         kind = jobs.visible_change(before, after)
         if kind is not None:
             self.replies.job_update(job_name, kind)
@@ -102,7 +103,7 @@ class Deployments:
         else:
             log.info("instance removed", job_name=job_name, instance_number=instance_number)
             self._announce(job_name, *result)
-        emptied = result is not None and not result[1]["instance_list"]
+        emptied = result is not None and not result[1].instances
         if emptied and self.cache.forget_if_unused(job_name):
             log.info("job forgotten: no node interested, no instance here", job_name=job_name)
             return lambda: self.directory.drop_root_interest(job_name)

@@ -21,6 +21,7 @@ from oakestra_net.names import is_valid_job_name
 
 from . import jobs
 from .cache import JobCache
+from .jobs import CachedJob, Job
 from .root_client import NotFound, RootClient, RootRejected
 
 log = get_logger(__name__)
@@ -39,13 +40,13 @@ class Directory:
     def lock(self, job_name: str) -> threading.Lock:
         return self._locks[zlib.crc32(job_name.encode()) % LOCK_STRIPES]
 
-    def cached(self, *, job_name: str = "", service_ip: str = "") -> dict | None:
+    def cached(self, *, job_name: str = "", service_ip: str = "") -> CachedJob | None:
         """The cached job for a service IP (if given) or a job name; no root call."""
         if service_ip:
             return self.cache.by_ip(service_ip)
         return self.cache.get(job_name) if job_name else None
 
-    def resolve(self, *, job_name: str = "", service_ip: str = "") -> dict | None:
+    def resolve(self, *, job_name: str = "", service_ip: str = "") -> CachedJob | None:
         """The job from the cache, else from the root (then cached); None if unknown.
 
         Raises RootUnavailable when it had to ask the root and got no answer.
@@ -63,7 +64,7 @@ class Directory:
             job = self.cache.get(job_name)
             return job if job is not None else self._fetch_locked(job_name)
 
-    def fetch_by_name(self, job_name: str, *, create: bool = True) -> dict | None:
+    def fetch_by_name(self, job_name: str, *, create: bool = True) -> CachedJob | None:
         """Ask the root (which records our interest) and store the answer; None if unknown.
 
         `create=False`: refresh the job only if it is still cached (else None).
@@ -73,7 +74,7 @@ class Directory:
         with self.lock(job_name):
             return self._fetch_locked(job_name, create=create)
 
-    def fetch_by_ip(self, service_ip: str) -> dict | None:
+    def fetch_by_ip(self, service_ip: str) -> CachedJob | None:
         if jobs.canonical_ip(service_ip) is None:
             return None
         generation = self._generation
@@ -81,26 +82,26 @@ class Directory:
             job = _checked(self.root.job_by_ip(service_ip))
         except NotFound:
             return None
-        with self.lock(job["job_name"]):
+        with self.lock(job.job_name):
             if self._generation != generation:
-                return self._fetch_locked(job["job_name"])
+                return self._fetch_locked(job.job_name)
             return self.cache.store(job)
 
-    def _fetch_locked(self, job_name: str, *, create: bool = True) -> dict | None:
+    def _fetch_locked(self, job_name: str, *, create: bool = True) -> CachedJob | None:
         try:
             job = _checked(self.root.job_by_name(job_name))
         except NotFound:
             return None
-        if job["job_name"] != job_name:
+        if job.job_name != job_name:
             raise RootRejected(f"root answered job {job['job_name']} for {job_name}")
         return self.cache.store(job, create=create)
 
-    def with_interest(self, job: dict, node_id: str) -> dict | None:
+    def with_interest(self, job: CachedJob, node_id: str) -> CachedJob | None:
         """Record the node's interest in a cached job; fetch it again if it left the cache.
 
         Returns the job as cached with the interest, or None if the root no longer knows it.
         """
-        name = job["job_name"]
+        name = job.job_name
         for _ in range(INTEREST_ATTEMPTS):
             if self.cache.add_interest(name, node_id):
                 return job
@@ -124,7 +125,7 @@ class Directory:
         log.info("root interest removed", job_name=job_name)
 
 
-def _checked(doc: dict) -> dict:
+def _checked(doc: dict) -> Job:
     try:
         return jobs.from_root(doc)
     except jobs.InvalidJob as err:

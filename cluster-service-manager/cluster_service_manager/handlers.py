@@ -35,6 +35,7 @@ from oakestra_net.names import is_valid_job_name
 from . import jobs
 from .cache import JobCache
 from .directory import Directory
+from .jobs import Instances, Job
 from .lanes import Lanes, Recorded, Step
 from .metrics import Metrics
 from .replies import Replies
@@ -44,7 +45,7 @@ from .root_work import RootWork, node_message
 log = get_logger(__name__)
 
 Report = ServiceDeployed | ServiceUndeployed | AddressChanged
-Change = Callable[[list[dict]], list[dict]]
+Change = Callable[[Instances], Instances]
 
 
 def node_lane(node_id: str) -> str:
@@ -117,7 +118,7 @@ class Handlers:
             self._answer(node_id, None, key, "invalid")
             return
         job = self.directory.cached(job_name=msg.sname, service_ip=msg.sip)
-        if job is not None and self.cache.add_interest(job["job_name"], node_id, job):
+        if job is not None and self.cache.add_interest(job.job_name, node_id, job):
             self._answer(node_id, job, key, "cache")
             return
         self.lanes.submit(
@@ -141,7 +142,7 @@ class Handlers:
             log.info("table query for an unknown service", node_id=node_id, key=key)
         self._answer(node_id, job, key, "root" if job is not None else "unknown")
 
-    def _answer(self, node_id: str, job: dict | None, key: str, source: str) -> None:
+    def _answer(self, node_id: str, job: Job | None, key: str, source: str) -> None:
         self.metrics.table_query(source)
         self.replies.table(node_id, job, key)
 
@@ -155,7 +156,7 @@ class Handlers:
             "host_port": int(msg.host_port) or None,
         }
 
-        def change(instances: list[dict]) -> list[dict]:
+        def change(instances: Instances) -> Instances:
             return jobs.with_location(instances, msg.instance_number, node_id, location)
 
         self._report(node_id, msg, change, "DEPLOYMENT")
@@ -163,7 +164,7 @@ class Handlers:
     def service_undeployed(self, node_id: str, msg: ServiceUndeployed) -> None:
         """Clear the location; an instance we do not cache has nothing to clear (no fetch)."""
 
-        def change(instances: list[dict]) -> list[dict]:
+        def change(instances: Instances) -> Instances:
             return jobs.without_location(instances, msg.instance_number, node_id)
 
         self._report(node_id, msg, change, "UNDEPLOYMENT", fetch=False)
@@ -171,7 +172,7 @@ class Handlers:
     def address_changed(self, node_id: str, msg: AddressChanged) -> None:
         port = int(msg.host_port)
 
-        def change(instances: list[dict]) -> list[dict]:
+        def change(instances: Instances) -> Instances:
             return jobs.with_host(instances, node_id, msg.instance_number, msg.host_ip, port)
 
         self._report(node_id, msg, change, "DEPLOYMENT")
@@ -212,7 +213,7 @@ class Handlers:
             log.info("report on an instance not cached here, nothing to do", **report.fields)
             return None
         before, after = result
-        changed = jobs.changed_numbers(before["instance_list"], after["instance_list"])
+        changed = jobs.changed_numbers(before.instances, after.instances)
         if not changed:
             return None
         kind = jobs.visible_change(before, after)
@@ -238,14 +239,14 @@ class Handlers:
             return None
         located = report.kind == "DEPLOYMENT"
         entries = [
-            jobs.location_report(i)
-            for i in job["instance_list"]
-            if i["instance_number"] in numbers and jobs.is_located(i) == located
+            i.location_report()
+            for i in job.instances
+            if i.instance_number in numbers and i.is_located == located
         ]
         if located:
-            return self.work.report_locations(job["job_id"], entries) if entries else None
+            return self.work.report_locations(job.job_id, entries) if entries else None
         self._forget_if_unused(report.job_name, node_lane(report.node_id))
-        return self.work.report_cleared(job["job_id"], entries) if entries else None
+        return self.work.report_cleared(job.job_id, entries) if entries else None
 
     # -- interests ----------------------------------------------------------------------
 
@@ -300,11 +301,14 @@ class _NodeReport:
         self.change = change
         self.kind = kind
 
-    def change_if_known(self, instances: list[dict]) -> list[dict]:
-        return self.change(instances) if self.known_in({"instance_list": instances}) else instances
+    def change_if_known(self, instances: Instances) -> Instances:
+        return self.change(instances) if self._known(instances) else instances
 
-    def known_in(self, job: dict) -> bool:
-        return jobs.find_instance(job["instance_list"], self.number) is not None
+    def known_in(self, job: Job) -> bool:
+        return self._known(job.instances)
+
+    def _known(self, instances: Instances) -> bool:
+        return jobs.find_instance(instances, self.number) is not None
 
     @property
     def fields(self) -> dict:

@@ -31,7 +31,7 @@ class Replies:
         self._publish(topics.node_topic(node_id, topics.SUBNET_RESULT), answer)
         log.info("subnet sent", node_id=node_id, subnet=subnet[0], subnet_v6=subnet[1])
 
-    def table(self, node_id: str, job: dict | None, query_key: str) -> None:
+    def table(self, node_id: str, job: jobs.Job | None, query_key: str) -> None:
         answer = jobs.table_result(job, query_key)
         self._publish(topics.node_topic(node_id, topics.TABLEQUERY_RESULT), answer)
         log.debug(

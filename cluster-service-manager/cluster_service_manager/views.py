@@ -3,17 +3,16 @@
 Views read and validate input, call `Deployments`, and answer JSON: success bodies
 carry upstream's text in `message`; errors are `{"error", "reason"}` with 400 for bad
 input (plus `field`, from the request models of `schemas`), 404 for an unknown job,
-503 when the root cannot be reached and 502 when it refused. The app factory turns
-`ApiError` into those bodies.
+503 when the root cannot be reached and 502 when it refused, raised as the shared
+`ApiError` and answered by the shared handler.
 """
 
 from __future__ import annotations
 
-from http import HTTPStatus
-
 from flask import Blueprint, Response, current_app, jsonify
 
 from oakestra_net import store
+from oakestra_net.http_errors import ApiError
 from oakestra_net.http_input import json_body, path_params
 from oakestra_net.log import get_logger
 from oakestra_net.names import decode_path
@@ -26,17 +25,6 @@ log = get_logger(__name__)
 
 net = Blueprint("net", __name__, url_prefix="/api/net")
 ops = Blueprint("ops", __name__)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-    def response(self) -> tuple[Response, int]:
-        body = {"error": HTTPStatus(self.status).phrase, "reason": self.reason}
-        return jsonify(body), self.status
 
 
 def _parts():
@@ -63,7 +51,7 @@ def deployment():
     except (NotFound, RootUnavailable, RootRejected) as err:
         raise _root_error(err, f"job {name}") from None
     answer = {"message": "job stored succesfully", "job_name": name}
-    return jsonify({**answer, "instances": len(job["instance_list"])})
+    return jsonify({**answer, "instances": len(job.instances)})
 
 
 @net.delete("/deployment/<job_name>")

@@ -67,11 +67,13 @@ class ClusterHarness:
         return self.server.url
 
     def job(self, job_name: str) -> dict | None:
-        return self.cache.get(job_name)
+        """The cached job as the store holds it (a document, easy to assert on)."""
+        job = self.cache.get(job_name)
+        return None if job is None else job.to_store()
 
     def interested(self, job_name: str) -> list[str]:
         job = self.cache.get(job_name)
-        return sorted(job["interested_nodes"]) if job else []
+        return sorted(job.interested_nodes) if job else []
 
     def idle(self, timeout: float = 10) -> None:
         assert self.parts.lanes.wait_idle(timeout), "root work still pending"

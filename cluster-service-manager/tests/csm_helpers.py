@@ -18,7 +18,7 @@ from werkzeug.serving import make_server
 
 from cluster_service_manager.config import Settings
 from oakestra_net.mqtt import MqttClient, MqttConfig, topic_matches
-from oakestra_net.testing import Broker, free_port
+from testsupport import Broker, free_port
 
 X1_ID = "6630f0f0f0f0f0f0f0f0f001"
 X3_ID = "6630f0f0f0f0f0f0f0f0f003"

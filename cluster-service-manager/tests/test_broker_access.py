@@ -15,7 +15,7 @@ from csm_helpers import LiveServer, SimNode, make_settings
 
 from cluster_service_manager.app import create_app
 from cluster_service_manager.config import Settings
-from oakestra_net.testing import Broker, mosquitto_password_file, wait_until
+from testsupport import Broker, mosquitto_password_file, wait_until
 
 pytestmark = pytest.mark.usefixtures("fail_on_log_exception")
 

@@ -12,7 +12,7 @@ from cluster_service_manager.cache import JobCache
 NAME = "X.default.X3.default"
 
 
-def root_job(instances: int = 3) -> dict:
+def root_job(instances: int = 3) -> jobs.Job:
     return jobs.from_root(
         {
             "_id": "6630f0f0f0f0f0f0f0f0f003",
@@ -81,15 +81,15 @@ def test_store_refresh_keeps_interests_and_node_reports(cache):
     assert cache.add_interest(NAME, "nodeA")
     cache.update_instances(NAME, lambda i: jobs.with_location(i, 1, "nodeA", location(1)))
     stored = cache.store(root_job())
-    assert stored["interested_nodes"] == ["nodeA"]
-    assert stored["instance_list"][1]["namespace_ip"] == "10.16.0.3"
+    assert stored.interested_nodes == ("nodeA",)
+    assert stored.instances[1].namespace_ip == "10.16.0.3"
     assert cache.get(NAME) == stored
 
 
 def test_lookup_by_any_service_ip_in_canonical_form(cache):
     cache.store(root_job())
     for address in ("10.30.1.30", "fdff:2000::1", "10.30.0.3", "fdff:0:0::2"):
-        assert cache.by_ip(address)["job_name"] == NAME
+        assert cache.by_ip(address).job_name == NAME
     assert cache.by_ip("10.30.9.9") is None
     assert cache.by_ip("no-ip") is None
 
@@ -103,17 +103,17 @@ def test_concurrent_reports_and_refreshes_lose_nothing(cache):
         )
 
     run_together([report(n) for n in range(12)] + [lambda: cache.store(root_job(12))] * 4)
-    instances = cache.get(NAME)["instance_list"]
-    assert [i["worker_id"] for i in instances] == [f"node{n}" for n in range(12)]
+    instances = cache.get(NAME).instances
+    assert [i.worker_id for i in instances] == [f"node{n}" for n in range(12)]
 
 
 def test_concurrent_interests_use_add_to_set_and_pull(cache):
     cache.store(root_job())
     nodes = [f"node{n}" for n in range(20)]
     run_together([lambda n=n: cache.add_interest(NAME, n) for n in nodes * 2])
-    assert sorted(cache.get(NAME)["interested_nodes"]) == sorted(nodes)
+    assert sorted(cache.get(NAME).interested_nodes) == sorted(nodes)
     run_together([lambda n=n: cache.remove_interest(NAME, n) for n in nodes[:10]])
-    assert sorted(cache.get(NAME)["interested_nodes"]) == sorted(nodes[10:])
+    assert sorted(cache.get(NAME).interested_nodes) == sorted(nodes[10:])
     assert not cache.add_interest("Y.default.Y.default", "node0")
     assert not cache.remove_interest("Y.default.Y.default", "node0")
 
@@ -137,6 +137,28 @@ def test_forget_respects_instances_scheduled_to_this_cluster(db):
     assert not cache.forget_if_unused(NAME)
     assert cache.update_instances(NAME, lambda i: jobs.without_instance(i, -1)) is not None
     assert cache.forget_if_unused(NAME)
+
+
+def test_the_store_holds_the_documents_upstream_tools_read(cache):
+    """Jobs are typed in the code; the store keeps the same documents as before."""
+    cache.store(root_job())
+    cache.add_interest(NAME, "nodeA")
+    cache.update_instances(NAME, lambda i: jobs.with_location(i, 1, "nodeA", location(1)))
+    doc = cache.jobs.find_one({"_id": NAME})
+    assert set(doc) == {
+        "_id",
+        "job_name",
+        "job_id",
+        "service_ip_list",
+        "instance_list",
+        "interested_nodes",
+        "version",
+    }
+    assert doc["interested_nodes"] == ["nodeA"] and doc["version"] == 2
+    first, second = doc["instance_list"][:2]
+    assert "worker_id" not in first and first["namespace_ip"] is None
+    assert second["worker_id"] == second["reported_by"] == "nodeA"
+    assert second["host_port"] == 50103
 
 
 def test_update_of_an_unknown_job_is_none(cache):

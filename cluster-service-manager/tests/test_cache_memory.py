@@ -11,27 +11,33 @@ from cluster_service_manager.cache import IP_FIELDS, JobCache
 from oakestra_net import store
 
 
-def _job(r: random.Random, index: int) -> dict:
-    return {
-        "job_name": f"A.b.s{index}.d",
-        "job_id": f"{index:024x}",
-        "service_ip_list": [
-            {"IpType": "RR", "Address": f"10.30.0.{r.randrange(12)}", "Address_v6": None}
-        ],
-        "instance_list": [
-            {
-                "instance_number": n,
-                "instance_ip": f"10.30.1.{r.randrange(12)}",
-                "instance_ip_v6": f"fdff::{r.randrange(12):x}",
-                "cluster_id": "c1",
-                "namespace_ip": None,
-                "namespace_ip_v6": None,
-                "host_ip": None,
-                "host_port": None,
-            }
-            for n in range(r.randrange(3))
-        ],
-    }
+def _job(r: random.Random, index: int) -> jobs.Job:
+    return jobs.Job.from_document(
+        {
+            "job_name": f"A.b.s{index}.d",
+            "job_id": f"{index:024x}",
+            "service_ip_list": [
+                {"IpType": "RR", "Address": f"10.30.0.{r.randrange(12)}", "Address_v6": None}
+            ],
+            "instance_list": [
+                {
+                    "instance_number": n,
+                    "instance_ip": f"10.30.1.{r.randrange(12)}",
+                    "instance_ip_v6": f"fdff::{r.randrange(12):x}",
+                    "cluster_id": "c1",
+                    "namespace_ip": None,
+                    "namespace_ip_v6": None,
+                    "host_ip": None,
+                    "host_port": None,
+                }
+                for n in range(r.randrange(3))
+            ],
+        }
+    )
+
+
+def _loaded(doc: dict | None) -> jobs.CachedJob | None:
+    return None if doc is None else jobs.CachedJob.from_store(doc)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -56,9 +62,21 @@ def test_memory_answers_equal_store_answers(seed: int) -> None:
         else:
             cache.delete(name)
         for i in range(8):
-            assert cache.get(f"A.b.s{i}.d") == cache.jobs.find_one({"_id": f"A.b.s{i}.d"})
+            assert cache.get(f"A.b.s{i}.d") == _loaded(cache.jobs.find_one({"_id": f"A.b.s{i}.d"}))
         address = r.choice([f"10.30.0.{r.randrange(12)}", f"10.30.1.{r.randrange(12)}"])
-        holders = list(cache.jobs.find({"$or": [{f: address} for f in IP_FIELDS]}))
+        holders = [
+            _loaded(doc) for doc in cache.jobs.find({"$or": [{f: address} for f in IP_FIELDS]})
+        ]
         found = cache.by_ip(address)
         assert (found is None) == (not holders)
         assert found is None or found in holders
+
+
+def test_a_cache_opened_on_a_store_with_jobs_answers_and_refreshes_them() -> None:
+    db = store.connect("cluster", {})
+    job = _job(random.Random(1), 1)
+    JobCache(db, "c1").store(job)
+    reopened = JobCache(db, "c1")  # a restart on the same embedded store
+    assert reopened.get(job.job_name) is not None
+    stored = reopened.store(job)
+    assert stored is not None and stored.version == 2

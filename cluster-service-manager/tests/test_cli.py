@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from cluster_service_manager.config import SETTINGS
-from oakestra_net.testing import Broker, free_port, mosquitto_password_file, wait_until
+from testsupport import Broker, free_port, mosquitto_password_file, wait_until
 
 pytestmark = pytest.mark.process  # real broker / server / subprocess
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from cluster_service_manager.lanes import Lanes
-from oakestra_net.testing import wait_until
+from testsupport import wait_until
 
 
 class Down(Exception):

@@ -17,8 +17,8 @@ import pytest
 from csm_helpers import X3, X3_ID
 
 from oakestra_net.messages import InvalidMessage
-from oakestra_net.testing import wait_until
 from oakestra_net.topics import MESSAGE_FOR_KIND
+from testsupport import wait_until
 
 pytestmark = pytest.mark.usefixtures("fail_on_log_exception")
 

@@ -9,7 +9,7 @@ import time
 import pytest
 from csm_helpers import X1, X1_ID, X3, X3_ID
 
-from oakestra_net.testing import wait_until
+from testsupport import wait_until
 
 pytestmark = pytest.mark.usefixtures("fail_on_log_exception")
 

@@ -14,7 +14,7 @@ import threading
 import pytest
 from csm_helpers import X3, X3_ID
 
-from oakestra_net.testing import wait_until
+from testsupport import wait_until
 
 pytestmark = pytest.mark.usefixtures("fail_on_log_exception")
 

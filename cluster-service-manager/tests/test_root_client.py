@@ -10,7 +10,7 @@ import pytest
 from csm_helpers import LiveServer
 
 from cluster_service_manager.root_client import NotFound, RootClient, RootRejected, RootUnavailable
-from oakestra_net.testing import free_port
+from testsupport import free_port
 
 pytestmark = pytest.mark.process  # real broker / server / subprocess
 

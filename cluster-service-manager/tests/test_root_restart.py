@@ -19,7 +19,7 @@ import pytest
 import requests
 from csm_helpers import SimNode, service_payload
 
-from oakestra_net.testing import free_port, wait_until
+from testsupport import free_port, wait_until
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cluster_service_manager.cache import JobCache
+from cluster_service_manager.jobs import Job
 from cluster_service_manager.root_client import NotFound, RootUnavailable
 from cluster_service_manager.root_watch import UNSUPPORTED_INTERVAL, RootWatch, snapshot
 
@@ -48,7 +49,7 @@ JOB = {
 
 def test_state_is_pushed_once_per_generation_and_again_when_forgotten(db):
     cache = JobCache(db, "c1")
-    cache.store(JOB)
+    cache.store(Job.from_document(JOB))
     cache.claim_node_subnet("n1", ("10.16.0.0", "fc00::"))
     root = FakeRoot()
     watch = RootWatch(root, cache, ("c1", "192.0.2.10", 10110))  # type: ignore[arg-type]
@@ -69,7 +70,7 @@ def test_state_is_pushed_once_per_generation_and_again_when_forgotten(db):
 
 def test_snapshot_carries_addresses_and_locations(db):
     cache = JobCache(db, "c1")
-    cache.store(JOB)
+    cache.store(Job.from_document(JOB))
     cache.claim_node_subnet("n1", ("10.16.0.0", "fc00::"))
     state = snapshot(cache)
     (job,) = state["jobs"]
@@ -94,7 +95,7 @@ def test_a_cluster_registered_by_the_system_manager_registers_again_as_it_was(db
 
 def test_a_job_forgotten_during_the_push_loses_the_interest_the_push_gave(db):
     cache = JobCache(db, "c1")
-    cache.store(JOB)
+    cache.store(Job.from_document(JOB))
     taken = snapshot(cache)
     cache.delete(JOB["job_name"])  # forgotten while the push was on its way
     dropped: list[str] = []

@@ -14,7 +14,7 @@ import requests
 from csm_helpers import X1, X1_ID, X3, X3_ID, instances_by_number
 
 from oakestra_net.messages import TableQueryResult
-from oakestra_net.testing import wait_until
+from testsupport import wait_until
 
 pytestmark = pytest.mark.usefixtures("fail_on_log_exception")
 

@@ -12,9 +12,9 @@ from cluster_service_manager.app import create_app
 from cluster_service_manager.config import ConfigError, Settings
 from oakestra_net import store
 from oakestra_net.mqtt import MqttClient, MqttConfig
-from oakestra_net.testing import wait_until
 from root_service_manager.app import create_app as create_root_app
 from root_service_manager.jwt_keys import KeyProvider
+from testsupport import wait_until
 
 pytestmark = pytest.mark.usefixtures("fail_on_log_exception")
 
@@ -181,12 +181,12 @@ def test_an_unauthenticated_job_update_is_refused(guarded_root, guarded_cluster)
         timeout=5,
     )
     assert forged.status_code == 403
-    assert len(cache.get(X3)["instance_list"]) == 1
+    assert len(cache.get(X3).instances) == 1
 
     # the root's own push carries the token and is obeyed (the instance was never placed,
     # so no node's answer changes and nothing is announced: the cache shows the push)
     assert root.delete(f"{guarded_root.url}/api/net/{X3_ID}/0").ok
-    wait_until(lambda: not (cache.get(X3) or {"instance_list": []})["instance_list"])
+    wait_until(lambda: not (job := cache.get(X3)) or not job.instances)
 
 
 def test_an_open_cluster_warns_loudly(mosquitto, root_server, db, caplog):

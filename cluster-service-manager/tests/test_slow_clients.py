@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from oakestra_net.testing import SlowClients, free_port, wait_until
+from testsupport import SlowClients, free_port, wait_until
 
 pytestmark = pytest.mark.system
 

@@ -7,7 +7,7 @@ from csm_helpers import X3, X3_ID, make_settings
 
 from cluster_service_manager.app import create_app
 from oakestra_net import store
-from oakestra_net.testing import free_port, wait_until
+from testsupport import free_port, wait_until
 
 pytestmark = pytest.mark.usefixtures("fail_on_log_exception")
 

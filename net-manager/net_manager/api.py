@@ -48,11 +48,6 @@ def create_app(daemon: NodeDaemon) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
 
-    @app.errorhandler(DaemonError)
-    def refused(err: DaemonError):
-        log.info("call refused", path=request.path, status=err.status, reason=err.reason)
-        return jsonify({"error": "refused", "reason": err.reason}), err.status
-
     register_json_errors(app)
 
     @app.post("/register")

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, jsonify
 
 from oakestra_net import api_token, store
-from oakestra_net.http_errors import register_json_errors
+from oakestra_net.http_errors import ApiError, register_json_errors
 from oakestra_net.log import get_logger
 
-from .errors import ApiError
 from .jwt_keys import KeyProvider
 from .metrics import init_metrics
 from .openapi import SPEC, SWAGGER_PAGE
@@ -61,7 +61,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(net.bp)
     app.register_blueprint(netinfo.bp)
     app.register_blueprint(rebuild.bp)
-    _register_errors(app)
+    register_json_errors(app, rewrite=_not_restored_yet(app))
     _register_ops(app, root)
     init_metrics(app)
     return app
@@ -78,23 +78,17 @@ def _seconds(name: str, default: float) -> float:
     return value
 
 
-def _register_errors(app: Flask) -> None:
-    @app.errorhandler(ApiError)
-    def api_error(err: ApiError):
+def _not_restored_yet(app: Flask) -> Callable[[ApiError], ApiError]:
+    """While the store is rebuilt, "not found" may be "not restored yet": a final 404 made
+    the cluster tell its nodes the job is gone (they dropped a running service's entries)
+    and the system manager think a restored service did not exist."""
+
+    def rewrite(err: ApiError) -> ApiError:
         if err.status == 404 and app.extensions["root"].gate.rebuilding():
-            # "not found" may be "not restored yet": a final 404 made the cluster tell its
-            # nodes the job is gone (they dropped a running service's entries) and the
-            # system manager think a restored service did not exist
-            err = ApiError(503, f"rebuilding: {err.reason} yet; clusters are still reporting")
-        return jsonify({"error": _status_name(err.status), "reason": err.reason}), err.status
+            return ApiError(503, f"rebuilding: {err.reason} yet; clusters are still reporting")
+        return err
 
-    register_json_errors(app)
-
-
-def _status_name(status: int) -> str:
-    from http import HTTPStatus
-
-    return HTTPStatus(status).phrase
+    return rewrite
 
 
 def _register_ops(app: Flask, root: Root) -> None:

@@ -33,11 +33,11 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from oakestra_net.addressing import Pool, index_of
+from oakestra_net.http_errors import ApiError
 from oakestra_net.log import get_logger
 from oakestra_net.names import is_valid_job_name
 
 from .clusters import Clusters, caller_address
-from .errors import ApiError
 from .ipam import AddressTaken, Allocator
 
 log = get_logger(__name__)

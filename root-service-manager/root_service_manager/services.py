@@ -3,12 +3,17 @@
 Every operation is idempotent and atomic per MongoDB operation: addresses are
 reserved first, then attached with a conditional update; when the update does not
 apply (a concurrent caller won), the reservations are released again, so nothing
-leaks. Removing an instance or a service returns its addresses to the pools.
-Changes are announced to interested clusters through the outbox.
+leaks. A service deploy first claims the job's `_id` and name with a document in
+state "allocating"; a concurrent deploy of the same job waits until that claim is
+complete (or gone) and answers what it became, so every caller sees the same
+addresses and only the claim's owner reserves any. Removing an instance or a service
+returns its addresses to the pools. Changes are announced to interested clusters
+through the outbox.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from bson import ObjectId
@@ -17,21 +22,26 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from oakestra_net.addressing import Pool, PoolExhausted, index_of
+from oakestra_net.http_errors import ApiError
+from oakestra_net.job_model import JobServiceIp
 from oakestra_net.log import get_logger
 from oakestra_net.services import CLOSEST, ROUND_ROBIN
 
 from .clusters import Clusters
 from .descriptor import ServiceRequest
-from .errors import ApiError
 from .ipam import AddressTaken, Allocator
 from .outbox import Outbox
 
 log = get_logger(__name__)
 
 LOCATION_FIELDS = ("namespace_ip", "namespace_ip_v6", "host_ip", "host_port")
+ALLOCATING = "allocating"
+# How long a deploy waits for a concurrent deploy of the same job to finish allocating;
+# a claim older than that belongs to a caller that died and is answered 503.
+CLAIM_WAIT_SECONDS = 10.0
 SERVICE_IP_KINDS = (
-    (ROUND_ROBIN.value, "rr", Pool.RR_V6),
-    (CLOSEST.value, "closest", Pool.CLOSEST_V6),
+    (ROUND_ROBIN, "rr", Pool.RR_V6),
+    (CLOSEST, "closest", Pool.CLOSEST_V6),
 )
 
 
@@ -55,20 +65,47 @@ class Services:
     # -- services -------------------------------------------------------------
 
     def deploy_service(self, job_id: ObjectId, request: ServiceRequest) -> tuple[dict, bool]:
-        """Register a service and give it RR and Closest IPs; (job, created)."""
-        existing = self._same_job(job_id, request.job_name)
-        if existing is not None:
-            return existing, False
+        """Register a service and give it RR and Closest IPs; (job, created).
+
+        Deploying a job that is still being allocated by a concurrent caller waits for
+        that allocation and answers its result, never the half-made document.
+        """
+        deadline = time.monotonic() + CLAIM_WAIT_SECONDS
+        pause = 0.005
+        while True:
+            existing = self._same_job(job_id, request.job_name)
+            if existing is None and self._claim(job_id, request):
+                return self._allocate(job_id, request), True
+            if existing is not None and existing.get("state") != ALLOCATING:
+                return existing, False
+            if time.monotonic() > deadline:
+                raise ApiError(
+                    503, f"{request.job_name} is still being allocated by another request"
+                )
+            if existing is not None:
+                # The claim's owner completes or withdraws it within milliseconds.
+                time.sleep(pause)
+                pause = min(pause * 2, 0.1)
+
+    def _claim(self, job_id: ObjectId, request: ServiceRequest) -> bool:
+        """Insert the job in state "allocating"; False when a concurrent caller was first."""
         doc = {**request.fields, "_id": job_id, "job_name": request.job_name}
-        doc.update(service_ip_list=[], instance_list=[], state="allocating")
+        doc.update(service_ip_list=[], instance_list=[], state=ALLOCATING)
         try:
             self.jobs.insert_one(doc)
         except DuplicateKeyError:
-            return self._same_job(job_id, request.job_name) or self._conflict(job_id), False
+            holder = self.jobs.find_one({"_id": job_id}, {"job_name": 1})
+            if holder is not None and holder["job_name"] != request.job_name:
+                self._conflict(job_id)
+            return False  # the same job, or the name under another _id: look again
+        return True
+
+    def _allocate(self, job_id: ObjectId, request: ServiceRequest) -> dict:
+        """Reserve the service IPs of a claimed job and complete its document."""
         try:
             service_ips = self._reserve_service_ips(request)
         except BaseException:
-            self.jobs.delete_one({"_id": job_id})
+            self.jobs.delete_one({"_id": job_id, "state": ALLOCATING})
             raise
         job = self.jobs.find_one_and_update(
             {"_id": job_id},
@@ -76,7 +113,7 @@ class Services:
             return_document=ReturnDocument.AFTER,
         )
         log.info("service deployed", job_name=request.job_name, service_ips=service_ips)
-        return job, True
+        return job
 
     def remove_service(self, job_id: ObjectId) -> dict:
         job = self.jobs.find_one_and_delete({"_id": job_id, "instance_list": {"$size": 0}})
@@ -109,7 +146,7 @@ class Services:
                 taken.append((Pool.SERVICE_V4, v4))
                 v6 = self._reserve(pool_v6, request.chosen.get(f"{kind}_v6"), owner)
                 taken.append((pool_v6, v6))
-                entries.append({"IpType": ip_type, "Address": v4, "Address_v6": v6})
+                entries.append(JobServiceIp(ip_type, v4, v6).to_document())
             return entries
         except BaseException:
             for pool, address in taken:

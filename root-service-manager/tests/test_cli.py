@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from oakestra_net.testing import free_port, wait_until
 from root_service_manager.config import SETTINGS
+from testsupport import free_port, wait_until
 
 pytestmark = pytest.mark.process  # real broker / server / subprocess
 

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from rsm_payloads import X1_ID, service_payload
 
-from oakestra_net.testing import wait_until
+from testsupport import wait_until
 
 pytestmark = pytest.mark.process  # real broker / server / subprocess
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from rsm_payloads import X1_ID, X3_ID, register_cluster, service_payload
 
-from oakestra_net.testing import wait_until
 from root_service_manager import rebuild
 from root_service_manager.app import create_app
 from root_service_manager.jwt_keys import KeyProvider
+from testsupport import wait_until
 
 C1 = "192.0.2.10"
 C2 = "192.0.2.20"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from oakestra_net.testing import free_port, wait_until
+from testsupport import free_port, wait_until
 
 pytestmark = pytest.mark.process  # real broker / server / subprocess
 

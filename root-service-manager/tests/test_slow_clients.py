@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from oakestra_net.testing import SlowClients, free_port, wait_until
+from testsupport import SlowClients, free_port, wait_until
 
 pytestmark = pytest.mark.system
 

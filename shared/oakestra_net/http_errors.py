@@ -1,13 +1,16 @@
 """JSON error bodies for every Flask app of the project: `{"error", "reason"[, "field"]}`.
 
-Werkzeug's HTTP errors (404, 405, 413 …) keep their status; `InvalidInput` becomes a 400
-naming the field; anything unexpected is logged with its traceback and answered 500, so a
+`ApiError` is the one error type root, cluster and net manager raise for an answer they
+refuse (404, 409, 503 …); `register_json_errors` is the one handler registration. Werkzeug's
+HTTP errors (404, 405, 413 …) keep their status; `InvalidInput` becomes a 400 naming the
+field; anything unexpected is logged with its traceback and answered 500, so a
 client never gets an HTML page. Every 4xx answer is logged through a rate limit per
 (endpoint, status), so a client sending junk in a loop cannot flood the log.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -32,9 +35,46 @@ def error_body(status: int, reason: str, field: str | None = None) -> dict[str, 
     return body
 
 
-def register_json_errors(app: Any) -> None:
+class ApiError(Exception):
+    """A request refused with HTTP `status` and a `reason` saying what to fix.
+
+    The body's "error" is the status's phrase unless a subclass names it (`label`).
+    """
+
+    label: str | None = None
+
+    def __init__(self, status: int, reason: str, field: str | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.field = field
+
+    def body(self) -> dict[str, Any]:
+        body = error_body(self.status, self.reason, self.field)
+        if self.label is not None:
+            body["error"] = self.label
+        return body
+
+
+def register_json_errors(
+    app: Any, *, rewrite: Callable[[ApiError], ApiError] | None = None
+) -> None:
+    """`rewrite`, if given, may turn an ApiError into another before it is answered."""
     from flask import jsonify, request
     from werkzeug.exceptions import HTTPException
+
+    @app.errorhandler(ApiError)
+    def api_error(err: ApiError):
+        if rewrite is not None:
+            err = rewrite(err)
+        if err.status >= 500:
+            log.warning(
+                "request failed",
+                path=request.path[:200],
+                status=err.status,
+                reason=err.reason[:200],
+            )
+        return jsonify(err.body()), err.status
 
     @app.errorhandler(InvalidInput)
     def invalid_input(err: InvalidInput):

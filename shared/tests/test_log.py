@@ -7,7 +7,7 @@ import re
 import pytest
 
 from oakestra_net.log import RateLimitedLog, get_logger, parse_level, setup_logging
-from oakestra_net.testing import wait_until
+from testsupport import wait_until
 
 HUMAN_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (?P<level>\w+) +(?P<source>\S+): ")
 

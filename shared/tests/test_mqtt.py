@@ -22,7 +22,7 @@ from oakestra_net.mqtt import (
     subscription_filter,
     topic_matches,
 )
-from oakestra_net.testing import Broker, free_port, mosquitto_password_file, wait_until
+from testsupport import Broker, free_port, mosquitto_password_file, wait_until
 
 pytestmark = pytest.mark.process  # real broker / server / subprocess
 

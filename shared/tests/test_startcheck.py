@@ -14,7 +14,7 @@ from cryptography.x509.oid import NameOID
 
 from oakestra_net.mqtt import MqttConfig
 from oakestra_net.startcheck import mongo_problem, mqtt_problem
-from oakestra_net.testing import Broker, free_port, mosquitto_password_file
+from testsupport import Broker, free_port, mosquitto_password_file
 
 pytestmark = pytest.mark.process  # real broker / server / subprocess
 

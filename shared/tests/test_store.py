@@ -10,7 +10,7 @@ import pymongo.errors
 import pytest
 
 from oakestra_net import store
-from oakestra_net.testing import free_port
+from testsupport import free_port
 
 THREADS = 16
 

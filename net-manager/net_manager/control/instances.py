@@ -21,6 +21,7 @@ from net_manager.node.kernel import KernelError, netns_path_of_pid
 from net_manager.node.portmap import InvalidPortMapping, parse_port_mappings
 from net_manager.node.reconciler import ContainerSpec
 from oakestra_net import topics
+from oakestra_net.http_errors import ApiError
 from oakestra_net.log import get_logger
 from oakestra_net.messages import (
     ServiceDeployed,
@@ -31,13 +32,13 @@ from oakestra_net.names import InvalidName, parse_job_name
 log = get_logger("net_manager.control.daemon")
 
 
-class DaemonError(Exception):
-    """A call the daemon refuses; `status` is the HTTP status the API answers with."""
+class DaemonError(ApiError):
+    """A call the daemon refuses; `status` is the HTTP status the API answers with.
 
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
+    The node engine has always been answered `{"error": "refused", "reason"}`.
+    """
+
+    label = "refused"
 
 
 def veth_names(key: str) -> tuple[str, str]:

@@ -12,6 +12,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from oakestra_net import api_token
 from oakestra_net.addressing import Pool, PoolExhausted
+from oakestra_net.http_errors import ApiError
 from oakestra_net.http_input import json_body, json_object, path_params
 from oakestra_net.log import get_logger
 from oakestra_net.names import InvalidName, decode_path, parse_job_name
@@ -19,7 +20,6 @@ from oakestra_net.validation import InvalidInput, parse
 
 from ..clusters import caller_address
 from ..descriptor import conflicting_choice
-from ..errors import ApiError
 from ..schemas import (
     ClusterRegistration,
     DeployStatus,

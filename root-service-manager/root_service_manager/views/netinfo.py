@@ -9,10 +9,10 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 
 from oakestra_net.addressing import Pool
+from oakestra_net.http_errors import ApiError
 from oakestra_net.http_input import path_params
 from oakestra_net.names import decode_path
 
-from ..errors import ApiError
 from ..jwt_keys import TokenRejected
 from ..schemas import PreviewQuery, ServiceIpPath
 
