@@ -257,5 +257,5 @@ def test_concurrent_queries_for_one_new_job_ask_the_root_once(scripted, db):
         thread.start()
     for thread in threads:
         thread.join(10)
-    assert [a["job_name"] for a in answers] == [JOB["job_name"]] * 4
+    assert [a.job_name for a in answers] == [JOB["job_name"]] * 4
     assert len(root.requests) == 1

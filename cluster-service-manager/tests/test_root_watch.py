@@ -127,7 +127,7 @@ def test_a_restarted_cluster_refills_its_cache_before_it_pushes_its_state(db):
         if unavailable[0]:
             raise RootUnavailable("busy")
         fetched.append(job_name)
-        cache.store(JOB)
+        cache.store(Job.from_document(JOB))
 
     watch = RootWatch(root, cache, None, refill=refill)  # type: ignore[arg-type]
     watch.check()  # the root does not answer the fetch: tried again next round

@@ -51,11 +51,10 @@ class Clusters:
         log.info("cluster registered", cluster_id=cluster_id, **doc)
         return self.clusters.find_one({"cluster_id": cluster_id}, {"_id": 0})
 
-    def by_address(self, remote_addr: str | None) -> dict | None:
-        """The cluster calling from `remote_addr`, without its interest list."""
-        return self.clusters.find_one(
-            {"cluster_address": caller_address(remote_addr)}, WITHOUT_INTERESTS
-        )
+    def by_address(self, remote_addr: str | None, *, interests: bool = False) -> dict | None:
+        """The cluster calling from `remote_addr`; its interest list only if asked for."""
+        projection = None if interests else WITHOUT_INTERESTS
+        return self.clusters.find_one({"cluster_address": caller_address(remote_addr)}, projection)
 
     def by_id(self, cluster_id: str) -> dict | None:
         return self.clusters.find_one({"cluster_id": cluster_id})

@@ -25,7 +25,7 @@ def root_state():
     root records the caller's interest in (what it caches), so that a cluster that lost
     its cache can fetch them again before a root restart asks it for its state."""
     root = current_app.extensions["root"]
-    cluster = root.clusters.by_address(request.remote_addr)
+    cluster = root.clusters.by_address(request.remote_addr, interests=True)
     interests = sorted(cluster.get("interests") or []) if cluster is not None else []
     if cluster is not None:
         cluster = {k: cluster.get(k) for k in ("cluster_id", "cluster_address", "cluster_port")}
