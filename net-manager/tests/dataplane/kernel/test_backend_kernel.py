@@ -330,7 +330,8 @@ def test_a_service_gaining_a_remote_instance_leaves_the_kernel_before_the_proxy_
 
 ONLY_B = ServiceEntry("10.30.1.50", "fdff:2000::32", "RR", (B,))
 B_AND_C = ServiceEntry("10.30.1.51", "fdff:2000::33", "RR", (B, C))
-ENTRIES = [ONLY_B, B_AND_C, *instance_ips(A, B, C)]
+CLOSEST_B = ServiceEntry("10.30.1.52", "fdff:1000::34", "Closest", (B,))
+ENTRIES = [ONLY_B, B_AND_C, CLOSEST_B, *instance_ips(A, B, C)]
 
 
 @pytest.mark.parametrize("family", [4, 6])
@@ -343,14 +344,15 @@ def test_an_instance_reaches_its_own_instance_ip(node, backend, family):
 
 
 @pytest.mark.parametrize("family", [4, 6])
-def test_an_instance_reaches_an_rr_ip_whose_only_instance_it_is(node, backend, family):
+def test_an_instance_reaches_rr_and_closest_ips_whose_only_instance_it_is(node, backend, family):
     _, containers = node
     backend.push_snapshot(ENTRIES, [A, B, C], NODE_IP)
-    service_ip = ONLY_B.service_ip if family == 4 else ONLY_B.service_ip_v6
     own = B.instance_ip if family == 4 else B.instance_ip_v6
-    for _ in range(2):
-        assert ask(containers[B], service_ip) == ("b", own)
-        assert udp_ask(containers[B], service_ip) == ["b", own, service_ip]
+    for entry in (ONLY_B, CLOSEST_B):
+        service_ip = entry.service_ip if family == 4 else entry.service_ip_v6
+        for _ in range(2):
+            assert ask(containers[B], service_ip) == ("b", own)
+            assert udp_ask(containers[B], service_ip) == ["b", own, service_ip]
 
 
 @pytest.mark.parametrize("family", [4, 6])
