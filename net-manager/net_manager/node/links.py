@@ -21,6 +21,7 @@ from net_manager.node.netlink import (
     bridge_in,
     closing_iproute,
     ensure_default_route,
+    ensure_hairpin,
     ensure_link_local,
     find_link,
     link_of,
@@ -62,7 +63,8 @@ class LinkOps(KernelBase):
                 ensure_link_local(self._ipr, link)
 
     def ensure_veth(self, host_name: str, peer_name: str, bridge: str, mtu: int) -> None:
-        """The pair exists; the host side is enslaved to `bridge`, up, with `mtu`."""
+        """The pair exists; the host side is enslaved to `bridge`, up, with `mtu`, in
+        hairpin mode (so the container reaches itself through a service IP)."""
         check_own_name(host_name)
         check_own_name(peer_name)
         check_mtu(mtu)
@@ -74,6 +76,7 @@ class LinkOps(KernelBase):
             write_sysctls(self.netns_path, no_ipv6, self.where)
             try:
                 set_link(self._ipr, host, mtu=mtu, master=bridge_link.index, up=True)
+                ensure_hairpin(self._ipr, require_link(self._ipr, host_name, f"{host_name}"))
             except KernelError as err:
                 raise KernelError(f"cannot attach {host_name} to {bridge}: {err}") from None
 

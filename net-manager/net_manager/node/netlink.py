@@ -42,6 +42,7 @@ class Link:
     master: int | None
     kind: str | None
     mac: str | None
+    hairpin: bool | None = None  # None: not a bridge port
 
 
 def namespace_exists(netns_path: str) -> bool:
@@ -172,7 +173,15 @@ def link_of(msg: Any) -> Link:
         master=msg.get_attr("IFLA_MASTER"),
         kind=msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND"),
         mac=msg.get_attr("IFLA_ADDRESS"),
+        hairpin=_hairpin_of(msg),
     )
+
+
+def _hairpin_of(msg: Any) -> bool | None:
+    """The hairpin flag of a bridge port (None for any other link)."""
+    if msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_SLAVE_KIND") != "bridge":
+        return None
+    return bool(msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_SLAVE_DATA", "IFLA_BRPORT_MODE"))
 
 
 def find_link(ipr: IPRoute, name: str) -> Link | None:
@@ -206,6 +215,20 @@ def set_link(
     if changes:
         with netlink_errors(f"cannot configure {link.name} ({', '.join(changes)})"):
             ipr.link("set", index=link.index, **changes)
+
+
+def ensure_hairpin(ipr: IPRoute, link: Link) -> None:
+    """The bridge port `link` sends frames back out of the port they came in on.
+
+    The kernel fast path DNATs a container's packet to a service IP while the bridge
+    still handles it (br_netfilter runs the nat hooks for bridged frames). When the
+    DNAT target is the sender itself (its own instance IP, or an RR pick of itself),
+    br_netfilter bridges the frame back to the port it arrived on, which a bridge port
+    drops unless it is in hairpin mode."""
+    if link.hairpin:
+        return
+    with netlink_errors(f"cannot set hairpin mode on {link.name}"):
+        ipr.brport("set", index=link.index, mode=1)
 
 
 def addresses_of(ipr: IPRoute, link: Link) -> dict[Any, int]:

@@ -211,8 +211,9 @@ def test_container_gets_addresses_routes_mtu_with_dad_off(node, ns):
     assert (default_v6["gateway"], default_v6["dev"]) == ("fc00::1", "eth0")
     assert sysctl(where, "net/ipv6/conf/default/accept_dad") == "0"
     assert sysctl(where, "net/ipv6/conf/eth0/accept_dad") == "0"
-    [host] = ip_json(node.name, "link", "show", "dev", "oak-h1")
+    [host] = ip_json(node.name, "-d", "link", "show", "dev", "oak-h1")
     assert host["master"] == BRIDGE and host["mtu"] == MTU and "UP" in host["flags"]
+    assert host["linkinfo"]["info_slave_data"]["hairpin"] is True  # reaches itself via DNAT
     assert not node.kernel.link_exists("oak-c1")  # the peer went into the container
 
     state = node.kernel.container_state(where)
@@ -374,6 +375,7 @@ def test_reconciler_restores_flushed_state_and_sweeps_the_rest(node, ns):
         node.name, ["iptables", "-t", "nat", "-D", "POSTROUTING", "-j", "OAK-POSTROUTING"]
     )
     nstools.run_in(node.name, ["ip6tables", "-F", "OAK-FORWARD"])
+    nstools.run_in(node.name, ["bridge", "link", "set", "dev", "oak-h1", "hairpin", "off"])
     nstools.run_in(node.name, ["iptables", "-t", "nat", "-F", "OAKESTRA"])
     nstools.run_in(first.netns_path, ["ip", "route", "del", "default"])
     nstools.run_in(first.netns_path, ["ip", "addr", "add", "10.16.0.50/26", "dev", "eth0"])

@@ -1,12 +1,14 @@
 """The kernel backend in a node namespace of our own: nftables NAT between containers.
 
 A node namespace with the bridge `oak-br0` (forwarding on, no TUN: whatever the kernel
-rules do not catch goes nowhere), three container namespaces on it, and a
+rules do not catch goes nowhere), three container namespaces on it (their ports
+attached by the node's own `ensure_veth`), and a
 KernelBackend wrapping a stand-in for the TUN proxy. What a user would see: new
 connections to an RR service IP spread over its instances, the server sees the
 caller's instance IP, the caller gets its replies from the service IP, instance IPs
-map 1:1, IPv6 works the same, traffic is reported as use, and stopping removes our
-table and nothing else.
+map 1:1, IPv6 works the same, an instance reaches itself through its own instance IP
+and through RR service IPs that pick it (hairpin), traffic is reported as use, and
+stopping removes our table and nothing else.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
 from net_manager.dataplane.kernel.backend import KernelBackend
 from net_manager.dataplane.kernel.nft import Conntrack, Nft
 from net_manager.dataplane.kernel.ruleset import TABLE
+from net_manager.node.kernel import Kernel
 from testsupport import nstools, wait_until
 
 pytestmark = [
@@ -129,7 +132,8 @@ def node():
                 "eth0",
                 addresses_b=[f"{endpoint.namespace_ip}/26", f"{endpoint.namespace_ip_v6}/120"],
             )
-            run("ip", "link", "set", host_side, "master", "oak-br0")
+            with Kernel(node_ns) as node_kernel:  # attached to the bridge as the node does
+                node_kernel.ensure_veth(host_side, f"oak-c{index}", "oak-br0", 1500)
             nstools.run_in(container, ["ip", "route", "add", "default", "via", "10.16.0.1"])
             nstools.run_in(container, ["ip", "-6", "route", "add", "default", "via", "fc00::1"])
             containers[endpoint] = container
@@ -320,3 +324,46 @@ def test_a_service_gaining_a_remote_instance_leaves_the_kernel_before_the_proxy_
         assert kernel.plan is not None and RR.service_ip in kernel.plan.skipped
     finally:
         kernel.stop()
+
+
+# ------------------------------------------------ an instance calling itself (hairpin)
+
+ONLY_B = ServiceEntry("10.30.1.50", "fdff:2000::32", "RR", (B,))
+B_AND_C = ServiceEntry("10.30.1.51", "fdff:2000::33", "RR", (B, C))
+CLOSEST_B = ServiceEntry("10.30.1.52", "fdff:1000::34", "Closest", (B,))
+ENTRIES = [ONLY_B, B_AND_C, CLOSEST_B, *instance_ips(A, B, C)]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_an_instance_reaches_its_own_instance_ip(node, backend, family):
+    _, containers = node
+    backend.push_snapshot(ENTRIES, [A, B, C], NODE_IP)
+    own = B.instance_ip if family == 4 else B.instance_ip_v6
+    assert ask(containers[B], own) == ("b", own)
+    assert udp_ask(containers[B], own) == ["b", own, own]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_an_instance_reaches_rr_and_closest_ips_whose_only_instance_it_is(node, backend, family):
+    _, containers = node
+    backend.push_snapshot(ENTRIES, [A, B, C], NODE_IP)
+    own = B.instance_ip if family == 4 else B.instance_ip_v6
+    for entry in (ONLY_B, CLOSEST_B):
+        service_ip = entry.service_ip if family == 4 else entry.service_ip_v6
+        for _ in range(2):
+            assert ask(containers[B], service_ip) == ("b", own)
+            assert udp_ask(containers[B], service_ip) == ["b", own, service_ip]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_every_new_connection_to_an_rr_ip_with_itself_is_answered(node, backend, family):
+    _, containers = node
+    backend.push_snapshot(ENTRIES, [A, B, C], NODE_IP)
+    service_ip = B_AND_C.service_ip if family == 4 else B_AND_C.service_ip_v6
+    own = B.instance_ip if family == 4 else B.instance_ip_v6
+    tcp = [ask(containers[B], service_ip) for _ in range(4)]
+    assert sorted(tag for tag, _ in tcp) == ["b", "b", "c", "c"]
+    assert {peer for _, peer in tcp} == {own}
+    udp = [udp_ask(containers[B], service_ip) for _ in range(4)]
+    assert sorted(tag for tag, _, _ in udp) == ["b", "b", "c", "c"]
+    assert {(peer, source) for _, peer, source in udp} == {(own, service_ip)}
