@@ -100,6 +100,14 @@ def pair(mongo_url, mosquitto, tmp_path):
         body = {"cluster_id": CLUSTER_ID, "cluster_address": "127.0.0.1"}
         body["cluster_port"] = services["c1"].port
         assert requests.post(services["r1"].url("/api/net/cluster"), json=body).ok
+
+        def allocating() -> bool:  # a root on a new store waits for its clusters' state
+            return (
+                requests.get(services["r1"].url("/healthz"), timeout=5).json()["rebuilding"]
+                is False
+            )
+
+        wait_until(allocating, timeout=60, message="the roots' rebuild gate did not open")
         yield services
     finally:
         for service in services.values():
