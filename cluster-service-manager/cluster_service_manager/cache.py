@@ -101,6 +101,7 @@ class JobCache:
         self.jobs = db["jobs"]
         self.nodes = db["nodes"]
         self.placements = db["placements"]
+        self.root_subnets = db["root_subnets"]
         self.cluster_id = cluster_id
         self._memory = _Memory() if store_module.is_embedded(db) else None
         self._lock = threading.RLock()
@@ -320,7 +321,26 @@ class JobCache:
 
     def remove_node_subnet(self, node_id: str) -> tuple[str, str] | None:
         doc = self.nodes.find_one_and_delete({"_id": node_id})
-        return None if doc is None else (doc["node_subnet"], doc["node_subnet_v6"])
+        if doc is None:
+            return None
+        subnet = (doc["node_subnet"], doc["node_subnet_v6"])
+        self.root_subnets.delete_many({"_id": {"$in": list(subnet)}})
+        return subnet
+
+    def remember_root_subnets(self, v4: list[str], v6: list[str]) -> None:
+        """Keep the subnets the root records for this cluster: with a store that did not
+        outlive a restart (the embedded one) they are the only trace of the nodes'
+        subnets, which a root that loses its store next must get back."""
+        for family, addresses in (("v4", v4), ("v6", v6)):
+            for address in addresses:
+                self.root_subnets.update_one(
+                    {"_id": address}, {"$set": {"family": family}}, upsert=True
+                )
+
+    def remembered_root_subnets(self) -> list[dict]:
+        """Those subnets as `POST /api/net/cluster/state` entries (one family each)."""
+        key = {"v4": "subnet_addr", "v6": "subnet_addr_v6"}
+        return [{key[d["family"]]: d["_id"]} for d in self.root_subnets.find({})]
 
     # -- placements ------------------------------------------------------------------
 

@@ -55,7 +55,7 @@ def snapshot(cache: JobCache) -> dict:
         {"subnet_addr": n.get("node_subnet"), "subnet_addr_v6": n.get("node_subnet_v6")}
         for n in cache.nodes.find({})
     ]
-    return {"jobs": jobs, "subnets": subnets}
+    return {"jobs": jobs, "subnets": subnets + cache.remembered_root_subnets()}
 
 
 class RootWatch:
@@ -81,6 +81,7 @@ class RootWatch:
         self._drop_interest = drop_interest or (lambda _job_name: None)
         self._refill = refill
         self.refilled = refill is None  # the cache holds what the root says we follow
+        self.subnets_kept = False  # the root's record of our nodes' subnets is kept
         self.generation: str | None = None  # the root generation that has our state
         # where the registration the root told us is kept (default: beside the cache)
         self._meta = meta if meta is not None else cache.nodes.database["cluster_meta"]
@@ -133,6 +134,8 @@ class RootWatch:
         self._remember(state.get("cluster"))
         if not self.refilled:
             self._refill_cache(state.get("interests") or [])
+        if not self.subnets_kept:
+            self._keep_subnets(state.get("subnets"))
         if generation == self.generation:
             return self.interval
         try:
@@ -159,6 +162,17 @@ class RootWatch:
                 return
         self.refilled = True
         log.info("cache refilled from the root's record of our interests", jobs=len(job_names))
+
+    def _keep_subnets(self, subnets: Any) -> None:
+        """Once per process: the node subnets the root records for us (see the cache)."""
+        self.subnets_kept = True
+        if not isinstance(subnets, dict):
+            return  # a root without the field
+        v4, v6 = subnets.get("v4"), subnets.get("v6")
+        strings = [a for a in (v4 or []) + (v6 or []) if isinstance(a, str)]
+        if isinstance(v4, list) and isinstance(v6, list) and len(strings) == len(v4) + len(v6):
+            self.cache.remember_root_subnets(v4, v6)
+            log.info("node subnets the root records for us kept", v4=len(v4), v6=len(v6))
 
     def _remember(self, cluster: Any) -> None:
         """Keep how the root registered us, to register the same way with a new root."""

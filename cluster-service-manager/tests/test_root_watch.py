@@ -139,3 +139,27 @@ def test_a_restarted_cluster_refills_its_cache_before_it_pushes_its_state(db):
     watch.check()
     assert root.calls[-1] == ("push", 1, 0)
     assert fetched == [JOB["job_name"]]  # only once per process
+
+
+def test_the_roots_record_of_our_subnets_is_kept_and_pushed_to_a_new_root(db):
+    """A cluster restarted on the embedded store lost its nodes' subnets; the root still
+    has them. Kept once per process, they reach a root that loses its store next."""
+    cache = JobCache(db, "c1")
+    root = FakeRoot()
+    root_state = root.root_state
+    recorded = {"v4": ["10.16.0.64", "10.16.0.128"], "v6": ["fc00::100", "fc00::200"]}
+    root.root_state = lambda: {**root_state(), "subnets": recorded}
+    pushed: list[dict] = []
+    push_state = root.push_state
+    root.push_state = lambda state: (pushed.append(state), push_state(state))[1]
+    watch = RootWatch(root, cache, ("c1", "192.0.2.10", 10110))  # type: ignore[arg-type]
+    watch.check()
+    assert {"subnet_addr": "10.16.0.64"} in snapshot(cache)["subnets"]
+    assert {"subnet_addr_v6": "fc00::200"} in snapshot(cache)["subnets"]
+    cache.claim_node_subnet("n1", ("10.16.0.64", "fc00::100"))
+    cache.remove_node_subnet("n1")  # released: no longer in use, not pushed again
+    root.generation = "g2"
+    watch.check()
+    assert sorted(map(str, pushed[-1]["subnets"])) == sorted(
+        [str({"subnet_addr": "10.16.0.128"}), str({"subnet_addr_v6": "fc00::200"})]
+    )

@@ -66,6 +66,7 @@ class Allocator:
     def ensure_indexes(self) -> None:
         self._reservations.create_index([("pool", 1), ("owner.job_name", 1)])
         self._reservations.create_index([("pool", 1), ("slot", 1)])
+        self._reservations.create_index([("pool", 1), ("owner.cluster_id", 1)])
         for doc in self._reservations.find({"slot": {"$exists": False}}, {"_id": 1, "pool": 1}):
             position = index_of(Pool(doc["pool"]), doc["_id"].split("/", 1)[1])
             if position is not None:
@@ -126,6 +127,11 @@ class Allocator:
     def owner_of(self, pool: Pool, address: str) -> dict[str, Any] | None:
         doc = self._reservations.find_one({"_id": _reservation_id(pool, address)})
         return None if doc is None else doc.get("owner", {})
+
+    def owned_by_cluster(self, pool: Pool, cluster_id: str) -> list[str]:
+        """Addresses of `pool` reserved for the cluster `cluster_id` (its nodes' subnets)."""
+        found = self._reservations.find({"pool": str(pool), "owner.cluster_id": cluster_id})
+        return sorted(doc["_id"].split("/", 1)[1] for doc in found)
 
     def used(self, pool: Pool) -> int:
         return self._reservations.count_documents({"pool": str(pool)})

@@ -170,8 +170,9 @@ class Restorer:
         cluster = self.clusters.by_address(address)
         for job in jobs:
             self._job(job, cluster, outcome)
+        cluster_id = cluster["cluster_id"] if cluster is not None else None
         for subnet in subnets:
-            self._subnet(subnet, outcome)
+            self._subnet(subnet, cluster_id, outcome)
         self.gate.reported(address)
         log.info(
             "cluster state restored",
@@ -269,12 +270,16 @@ class Restorer:
             {"$push": {"instance_list": doc}},
         )
 
-    def _subnet(self, subnet: Any, outcome: _Outcome) -> None:
+    def _subnet(self, subnet: Any, cluster_id: str | None, outcome: _Outcome) -> None:
+        """One node's subnets (either family may be absent: a cluster that only knows
+        what the root listed for it has the families apart)."""
         if not isinstance(subnet, dict):
             outcome.conflict("subnet entry is not an object, skipped")
             return
-        self._take(Pool.SUBNET_V4, subnet.get("subnet_addr"), {"kind": "subnet"}, outcome)
-        self._take(Pool.SUBNET_V6, subnet.get("subnet_addr_v6"), {"kind": "subnet"}, outcome)
+        owner = {"kind": "subnet", "cluster_id": cluster_id}
+        for pool, key in ((Pool.SUBNET_V4, "subnet_addr"), (Pool.SUBNET_V6, "subnet_addr_v6")):
+            if subnet.get(key) is not None:
+                self._take(pool, subnet[key], owner, outcome)
 
     def _take(self, pool: Pool, address: Any, owner: dict, outcome: _Outcome) -> str | None:
         if not isinstance(address, str) or index_of(pool, address) is None:

@@ -192,3 +192,29 @@ def test_unknown_while_rebuilding_is_503_not_404(db):
     assert c1.post("/api/net/cluster/state", json={"jobs": [X1_STATE]}).status_code == 200
     assert c1.get("/api/net/service/X_default_X1_default/instances").status_code == 200
     assert c1.get("/api/net/service/X_default_X9_default/instances").status_code == 404
+
+
+def test_state_lists_the_callers_node_subnets_and_a_new_store_takes_them_back(db):
+    """A cluster that lost its store (embedded) learns its nodes' subnets here, so that a
+    root losing its store next does not hand them out again."""
+    app = make_app(db, max_wait=0.0)
+    c1, c2 = client_from(app, C1), client_from(app, C2)
+    register_cluster(c1, "c1", C1)
+    register_cluster(c2, "c2", C2)
+    subnet = c1.get("/api/net/subnet").get_json()
+    state = c1.get("/api/net/state").get_json()["subnets"]
+    assert state == {"v4": [subnet["subnet_addr"]], "v6": [subnet["subnet_addr_v6"]]}
+    assert c2.get("/api/net/state").get_json()["subnets"] == {"v4": [], "v6": []}
+
+    fresh = make_app(db.client[f"{db.name}_lost"])  # the root restarted on a new store
+    new_c1 = client_from(fresh, C1)
+    register_cluster(new_c1, "c1", C1)
+    pushed = {"subnets": [{"subnet_addr": state["v4"][0]}, {"subnet_addr_v6": state["v6"][0]}]}
+    answer = new_c1.post("/api/net/cluster/state", json=pushed).get_json()
+    assert answer["reserved"] == 2 and answer["conflicts"] == []
+    again = new_c1.get("/api/net/subnet").get_json()
+    assert again["subnet_addr"] != subnet["subnet_addr"]
+    assert again["subnet_addr_v6"] != subnet["subnet_addr_v6"]
+    assert new_c1.get("/api/net/state").get_json()["subnets"]["v4"] == sorted(
+        [subnet["subnet_addr"], again["subnet_addr"]]
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
+from oakestra_net.addressing import Pool
 from oakestra_net.http_input import json_body
 
 from ..schemas import ClusterState
@@ -27,9 +28,13 @@ def root_state():
     root = current_app.extensions["root"]
     cluster = root.clusters.by_address(request.remote_addr, interests=True)
     interests = sorted(cluster.get("interests") or []) if cluster is not None else []
+    subnets: dict[str, list[str]] = {"v4": [], "v6": []}
     if cluster is not None:
+        for family, pool in (("v4", Pool.SUBNET_V4), ("v6", Pool.SUBNET_V6)):
+            subnets[family] = root.allocator.owned_by_cluster(pool, cluster["cluster_id"])
         cluster = {k: cluster.get(k) for k in ("cluster_id", "cluster_address", "cluster_port")}
-    return jsonify({**root.gate.state(), "cluster": cluster, "interests": interests})
+    state = {**root.gate.state(), "cluster": cluster, "interests": interests}
+    return jsonify({**state, "subnets": subnets})
 
 
 @bp.post("/cluster/state")
