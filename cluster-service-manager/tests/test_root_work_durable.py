@@ -42,9 +42,9 @@ def test_pending_root_work_survives_a_cluster_restart(root_server, make_cluster,
     second = make_cluster(register=False)  # a new process on the same store
     assert second.parts.journal.count() >= 2
     root.server.start()
-    wait_until(lambda: root.instance(X1, 0).get("namespace_ip") == "10.16.0.2", timeout=20)
-    wait_until(lambda: root.instance(X1, 1).get("namespace_ip") == "10.16.0.3", timeout=20)
-    wait_until(lambda: X3 not in root.interests(), timeout=20)
+    wait_until(lambda: root.instance(X1, 0).get("namespace_ip") == "10.16.0.2", timeout=60)
+    wait_until(lambda: root.instance(X1, 1).get("namespace_ip") == "10.16.0.3", timeout=60)
+    wait_until(lambda: X3 not in root.interests(), timeout=60)
     second.idle(15)
     assert second.parts.journal.count() == 0
     assert root.instance(X1, 1).get("host_port") == 50104
