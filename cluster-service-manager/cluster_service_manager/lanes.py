@@ -112,6 +112,7 @@ class Lanes:
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self._last_reject_log = 0.0
+        self._unjournaling = 0  # finished items whose journal entry is not deleted yet
 
     # -- public -------------------------------------------------------------------------
 
@@ -176,9 +177,12 @@ class Lanes:
             return sum(len(lane) for lane in self._lanes.values())
 
     def wait_idle(self, timeout: float) -> bool:
-        """Whether every lane became empty within `timeout` seconds (for tests and shutdown)."""
+        """Whether every lane became empty, and the journal with it, within `timeout`
+        seconds (for tests and shutdown)."""
         with self._cond:
-            return self._cond.wait_for(lambda: not self._lanes, timeout)
+            return self._cond.wait_for(
+                lambda: not self._lanes and not self._unjournaling, timeout
+            )
 
     # -- workers ------------------------------------------------------------------------
 
@@ -210,9 +214,17 @@ class Lanes:
             with self._cond:
                 self._running.discard(key)
                 finished = self._finish(key, item, outcome)
+                unjournal = finished and item.journal_id is not None and self.journal is not None
+                if unjournal:
+                    self._unjournaling += 1
                 self._cond.notify_all()
-            if finished and item.journal_id is not None and self.journal is not None:
-                self._unjournal(item.journal_id)
+            if unjournal:
+                try:
+                    self._unjournal(item.journal_id)
+                finally:
+                    with self._cond:
+                        self._unjournaling -= 1
+                        self._cond.notify_all()
 
     def _run(self, key: Hashable, item: _Item) -> str:
         try:

@@ -227,3 +227,28 @@ def test_a_replayed_entry_is_not_journaled_twice(make_lanes):
     lanes.submit("node", "replayed", Recorded({"kind": "x"}, lambda: None), journal_id=7)
     assert lanes.wait_idle(5)
     assert journal.entries == {} and journal.next_id == 0
+
+
+def test_lanes_are_idle_only_once_the_journal_entry_is_gone(make_lanes):
+    """A slow store deletes a done step's entry after the lane is empty: idle waits for it."""
+    from cluster_service_manager.lanes import Recorded
+
+    class SlowRemoveJournal(ListJournal):
+        def __init__(self) -> None:
+            super().__init__()
+            self.removing = threading.Event()
+            self.release = threading.Event()
+
+        def remove(self, entry_id):
+            self.removing.set()
+            self.release.wait()
+            super().remove(entry_id)
+
+    journal = SlowRemoveJournal()
+    lanes = make_lanes(journal=journal)
+    lanes.submit("node", "report", Recorded({"kind": "report"}, lambda: None))
+    assert journal.removing.wait(5)
+    assert not lanes.wait_idle(0.05), "idle while the journal still holds the entry"
+    journal.release.set()
+    assert lanes.wait_idle(5)
+    assert journal.entries == {}
