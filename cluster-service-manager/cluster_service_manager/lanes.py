@@ -180,9 +180,7 @@ class Lanes:
         """Whether every lane became empty, and the journal with it, within `timeout`
         seconds (for tests and shutdown)."""
         with self._cond:
-            return self._cond.wait_for(
-                lambda: not self._lanes and not self._unjournaling, timeout
-            )
+            return self._cond.wait_for(lambda: not self._lanes and not self._unjournaling, timeout)
 
     # -- workers ------------------------------------------------------------------------
 
