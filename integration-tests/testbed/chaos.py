@@ -128,6 +128,7 @@ class ChaosMonkey:
         self.log = log
         self._children: list[tuple[str, int, list[int], float]] = []
         self.restarts: dict[str, int] = {}
+        self.crashes: list[tuple[str, float]] = []  # (target, log time of the kill)
         self.last_ready = 0.0  # log time the last restarted component was ready again
         self._lock = threading.Lock()  # one crash/restart at a time
 
@@ -159,7 +160,12 @@ class ChaosMonkey:
             children = process_tree(pid)[1:]
             self.log.say(f"crash {target} (kill -9 {pid}; children {children})")
             process.kill()
+            self.crashes.append((target, self.log.now()))
             self._children.append((target, pid, children, time.monotonic() + ORPHAN_TIMEOUT))
+
+    def crashed_after(self, target: str, when: float) -> bool:
+        """Whether `target` was killed after log time `when`."""
+        return any(t == target and at > when for t, at in self.crashes)
 
     def orphans(self) -> list[str]:
         """Children of crashed processes still alive `ORPHAN_TIMEOUT` after the crash

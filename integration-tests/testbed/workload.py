@@ -62,7 +62,10 @@ class Workload:
     clients: list[Instance] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)  # services the root forgot while running
     slow: list[str] = field(default_factory=list)  # instances a node learned late
-    resurrected: list[str] = field(default_factory=list)  # undeployed, yet back at the root
+    # undeployed, yet back at the root: (what, log time of the first undeploy at the root)
+    resurrected: list[tuple[str, float]] = field(default_factory=list)
+    removed: dict[str, tuple[Service, float]] = field(default_factory=dict)  # name -> (, when)
+    _first_undeploy: dict[str, float] = field(default_factory=dict)  # job name -> log time
     last_done: float = 0.0  # log time the last step finished
     _count: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -204,6 +207,7 @@ class Workload:
         path = f"/api/net/{service.job_id}/{instance.number}"
         self._retry(f"DELETE {path}", lambda: self.cluster.root_api("DELETE", path),
                     done=(200, 404))  # fmt: skip
+        self._first_undeploy.setdefault(service.job_name, self.log.now())
         with self._lock:
             service.instances.pop(instance.number, None)
         self.ledger.release(instance.name)
@@ -217,16 +221,23 @@ class Workload:
                             done=(200, 400, 404))  # fmt: skip
         if reply.status == 400:  # the root holds instances we undeployed
             when = f"log {self.log.now():.1f} s"
-            self.resurrected.append(f"{service.job_name}: {reply.body} ({when})")
+            first = self._first_undeploy.get(service.job_name, self.log.now())
+            self.resurrected.append((f"{service.job_name}: {reply.body} ({when})", first))
             self.log.say(f"  RESURRECTED: the root still has instances of {service.job_name}")
-            every = f"/api/net/{service.job_id}/-1"
-            self._retry(f"DELETE {every}", lambda: self.cluster.root_api("DELETE", every),
-                        done=(200, 404))  # fmt: skip
-            self._retry(f"DELETE {path}", lambda: self.cluster.root_api("DELETE", path),
-                        done=(200, 404))  # fmt: skip
+            self.remove_at_root(service)
         with self._lock:
             self.services.pop(service.job_name, None)
+            self.removed[service.job_name] = (service, self.log.now())
         self.ledger.release(service.job_name)
+
+    def remove_at_root(self, service: Service) -> None:
+        """Every instance of `service` at the root, then the service (404s are fine)."""
+        every = f"/api/net/{service.job_id}/-1"
+        self._retry(f"DELETE {every}", lambda: self.cluster.root_api("DELETE", every),
+                    done=(200, 404))  # fmt: skip
+        path = f"/api/net/service/{service.job_id}"
+        self._retry(f"DELETE {path}", lambda: self.cluster.root_api("DELETE", path),
+                    done=(200, 404))  # fmt: skip
 
     def _forgotten(self, service: Service) -> None:
         """The root answered 404 for a service we deployed: it forgot it (a new store)."""
