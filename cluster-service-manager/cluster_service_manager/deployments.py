@@ -8,7 +8,9 @@ instance are accepted (until the root undeploys it). `remove` drops a cached job
 the job's lane, so updates of one job apply in the order the root sent them:
 `DEPLOYMENT` refreshes a cached job from the root, `UNDEPLOYMENT` removes the
 instance (-1: all) from the cache and, once the job has no instance left and no node
-is interested, forgets it (dropping the root interest). A change of what nodes see in the
+is interested, forgets it (dropping the root interest); after a -1 that leaves nodes
+interested, the job is refreshed and forgotten if the root no longer knows it (the
+root sends -1 when it removes a service). A change of what nodes see in the
 table is announced to them once on `jobs/<job_name>/updates_available` (a refresh that
 changes nothing visible, such as the root echoing a location we reported, is not); an
 update for a job not cached here is passed on as it came. Input validation is the views' job.
@@ -107,4 +109,9 @@ class Deployments:
         if emptied and self.cache.forget_if_unused(job_name):
             log.info("job forgotten: no node interested, no instance here", job_name=job_name)
             return lambda: self.directory.drop_root_interest(job_name)
+        if emptied and instance_number == -1:
+            # The root sends this when the service itself was removed (or scaled to 0):
+            # a job the root no longer knows must not stay cached for interested nodes,
+            # since the root hands its service IPs out again.
+            return lambda: self._refresh(job_name)
         return None

@@ -161,6 +161,40 @@ def test_undeployment_update_removes_instances_and_forgets(root_server, cluster,
     wait_until(lambda: X3 not in root_server.interests())
 
 
+def test_a_service_removed_at_the_root_leaves_the_cache_of_interested_nodes(
+    root_server, cluster, make_node, mqtt_recorder
+):
+    """A node still follows the job; the root removed the service and freed its service
+    IPs: the cluster must not go on answering queries for those IPs from its cache."""
+    deploy_x3(root_server, instances=1)
+    node = make_node("6630a0a0a0a0a0a0a0a0a0a0")
+    assert node.query(sname=X3)["app_name"] == X3  # the node is interested
+    rr_ip = cluster.job(X3)["service_ip_list"][0]["Address"]
+    root_server.undeploy_instance(X3_ID, -1)
+    root_server._call("DELETE", f"/api/net/service/{X3_ID}")
+    updates = mqtt_recorder(f"jobs/{X3}/updates_available")
+    body = {"job_name": X3, "instance_number": -1, "type": "UNDEPLOYMENT"}
+    assert cluster.client.post("/api/net/job/update", json=body).status_code == 200
+    wait_until(lambda: cluster.job(X3) is None, message="removed job still cached")
+    updates.wait_for(lambda m: m.payload == {"type": "UNDEPLOYMENT"})  # nodes refetch
+    assert node.query(sip=rr_ip)["app_name"] is None
+    cluster.idle()
+    assert cluster.job(X3) is None, [m.payload for m in updates.messages()]
+
+
+def test_a_service_scaled_to_zero_stays_cached_for_interested_nodes(
+    root_server, cluster, make_node
+):
+    deploy_x3(root_server, instances=1)
+    node = make_node("6630a0a0a0a0a0a0a0a0a0a0")
+    assert node.query(sname=X3)["app_name"] == X3
+    root_server.undeploy_instance(X3_ID, -1)
+    body = {"job_name": X3, "instance_number": -1, "type": "UNDEPLOYMENT"}
+    assert cluster.client.post("/api/net/job/update", json=body).status_code == 200
+    cluster.idle()
+    assert cluster.job(X3) is not None and cluster.job(X3)["instance_list"] == []
+
+
 def test_update_for_a_job_not_cached_is_only_announced(cluster, mqtt_recorder):
     updates = mqtt_recorder("jobs/+/updates_available")
     body = {"job_name": "A.b.c.d", "instance_number": 0, "type": "DEPLOYMENT"}

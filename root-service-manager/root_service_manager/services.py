@@ -123,8 +123,12 @@ class Services:
             raise ApiError(400, "There are services still deployed: undeploy its instances first")
         for entry in job.get("service_ip_list", []):
             self._release(entry.get("Address"), entry.get("Address_v6"))
+        interested = self.clusters.interested_in(job["job_name"])
         self.clusters.drop_interest_everywhere(job["job_name"])
-        log.info("service removed", job_name=job["job_name"])
+        # Clusters that cache the job must drop it: its service IPs are free again here,
+        # and a rebuilding root would take back what a cluster still caches.
+        self.outbox.notify(interested, job["job_name"], -1, "UNDEPLOYMENT")
+        log.info("service removed", job_name=job["job_name"], clusters_told=len(interested))
         return job
 
     def _same_job(self, job_id: ObjectId, job_name: str) -> dict | None:

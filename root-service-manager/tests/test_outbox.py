@@ -117,6 +117,22 @@ def test_the_latest_state_arrives_once_after_the_cluster_recovers(client, root, 
     assert root.outbox.depth() == 0
 
 
+def test_removing_a_service_tells_the_interested_clusters(client, root, cluster):
+    """They must drop the job: its service IPs go back to the pool."""
+    cluster.healthy.set()
+    client.post(
+        "/api/net/cluster",
+        json={"cluster_id": "c1", "cluster_address": "127.0.0.1", "cluster_port": cluster.port},
+    )
+    client.post("/api/net/service/deploy", json=service_payload(X1_ID, "X1"))
+    client.get("/api/net/service/X_default_X1_default/instances")  # interest
+    root.outbox.start(interval=0.05)
+    assert client.delete(f"/api/net/service/{X1_ID}").status_code == 200
+    expected = {"job_name": "X.default.X1.default", "instance_number": -1, "type": "UNDEPLOYMENT"}
+    wait_until(lambda: cluster.received == [expected], timeout=20, message=f"{cluster.received}")
+    assert root.outbox.depth() == 0
+
+
 def test_an_unreachable_cluster_does_not_fail_the_caller(client, root):
     client.post(
         "/api/net/cluster",
