@@ -68,10 +68,16 @@ def pools(cluster) -> dict[str, float]:
     return {p: metric(samples, "oakestra_pool_used", pool=p) for p in names}
 
 
-def root_view(cluster, job_name: str):
-    """The root's table answer for a job, asked as the registered cluster (its address)."""
+def root_view(cluster, job_name: str, timeout: float = 45.0):
+    """The root's table answer for a job, asked as the registered cluster (its address);
+    a root rebuilding its store (503, up to 30 s after a restart) is asked again."""
     url = f"http://{cluster.infra_ip}:10099/api/net/service/{job_name}/instances"
-    return http_call(cluster.infra, "GET", url, headers=cluster._auth(True))
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = http_call(cluster.infra, "GET", url, headers=cluster._auth(True))
+        if reply.status not in (502, 503) or time.monotonic() > deadline:
+            return reply
+        time.sleep(0.5)
 
 
 def root_differences(cluster, workload: Workload) -> list[str]:
