@@ -100,6 +100,7 @@ def build_parts(settings: Settings, db: Any, watch_interval: float = 1.0) -> Par
         meta=db["cluster_meta"],
         drop_interest=directory.drop_root_interest,
         refill=directory.fetch_by_name,
+        dropping=journal.interest_drops,
     )
     root.on_unknown_cluster = watch.trigger
     metrics.gauge(

@@ -70,9 +70,12 @@ class RootWatch:
         meta: Any = None,
         drop_interest: Callable[[str], None] | None = None,
         refill: Callable[[str], object] | None = None,
+        dropping: Callable[[], set[str]] = set,
     ) -> None:
         """`refill(job_name)` fetches a job from the root into the cache: after this
-        process starts, every job the root records our interest in is fetched once."""
+        process starts, every job the root records our interest in is fetched once,
+        except those `dropping()` names (root interest removals still to be sent, e.g.
+        journaled by the previous process: refilled, they would be kept for good)."""
         self.root = root
         self.cache = cache
         self.registration = registration
@@ -80,6 +83,7 @@ class RootWatch:
         self._state = state or (lambda: snapshot(cache))
         self._drop_interest = drop_interest or (lambda _job_name: None)
         self._refill = refill
+        self._dropping = dropping
         self.refilled = refill is None  # the cache holds what the root says we follow
         self.subnets_kept = False  # the root's record of our nodes' subnets is kept
         self.generation: str | None = None  # the root generation that has our state
@@ -123,6 +127,8 @@ class RootWatch:
 
     def check(self) -> float:
         """One round; the seconds until the next."""
+        # read before the state: a removal done in between is then skipped, not refilled
+        dropping = self._dropping() if not self.refilled else set()
         try:
             state = self.root.root_state()
         except NotFound:
@@ -133,7 +139,7 @@ class RootWatch:
         generation = state["generation"]
         self._remember(state.get("cluster"))
         if not self.refilled:
-            self._refill_cache(state.get("interests") or [])
+            self._refill_cache([j for j in state.get("interests") or [] if j not in dropping])
         if not self.subnets_kept:
             self._keep_subnets(state.get("subnets"))
         if generation == self.generation:

@@ -72,6 +72,11 @@ class StoredJournal:
     def count(self) -> int:
         return self.collection.count_documents({})
 
+    def interest_drops(self) -> set[str]:
+        """Jobs whose root interest removal waits here."""
+        entries = self.collection.find({"record.kind": "drop_interest"}, {"record.job_name": 1})
+        return {str(e["record"]["job_name"]) for e in entries}
+
 
 def node_message(node_id: str, msg: Message) -> dict:
     """The record of a node message queued behind root work."""

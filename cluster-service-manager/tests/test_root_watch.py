@@ -6,6 +6,7 @@ from cluster_service_manager.cache import JobCache
 from cluster_service_manager.jobs import Job
 from cluster_service_manager.root_client import NotFound, RootUnavailable
 from cluster_service_manager.root_watch import UNSUPPORTED_INTERVAL, RootWatch, snapshot
+from cluster_service_manager.root_work import StoredJournal
 
 
 class FakeRoot:
@@ -139,6 +140,27 @@ def test_a_restarted_cluster_refills_its_cache_before_it_pushes_its_state(db):
     watch.check()
     assert root.calls[-1] == ("push", 1, 0)
     assert fetched == [JOB["job_name"]]  # only once per process
+
+
+def test_a_job_whose_interest_removal_is_journaled_is_not_refilled(db):
+    """The previous process forgot the job and journaled the root interest removal;
+    the root (down meanwhile) still lists the interest. Refilled, the job would be
+    cached again, and the replayed removal keeps the interest of a cached job."""
+    cache = JobCache(db, "c1")
+    journal = StoredJournal(db)
+    journal.add(
+        "node:n2", "drop interest", {"kind": "drop_interest", "job_name": JOB["job_name"]}, True
+    )
+    root = FakeRoot()
+    root_state = root.root_state
+    root.root_state = lambda: {
+        **root_state(),
+        "interests": [JOB["job_name"], "X.default.X2.default"],
+    }
+    fetched: list[str] = []
+    watch = RootWatch(root, cache, None, refill=fetched.append, dropping=journal.interest_drops)  # type: ignore[arg-type]
+    watch.check()
+    assert fetched == ["X.default.X2.default"] and watch.refilled
 
 
 def test_the_roots_record_of_our_subnets_is_kept_and_pushed_to_a_new_root(db):
