@@ -56,6 +56,12 @@ NODES = {
     TWO: ("10.16.0.65/26", "fc00::101/120", (R1, R2)),
 }
 TAGS = {L: "l", R1: "r1", R2: "r2"}
+NODE_SYSCTLS = (
+    "net.ipv4.ip_forward=1",
+    "net.ipv6.conf.all.forwarding=1",
+    "net.ipv4.conf.all.rp_filter=0",
+    "net.ipv4.conf.default.rp_filter=0",
+)
 
 
 def instance_ips(*endpoints: Endpoint) -> list[ServiceEntry]:
