@@ -9,7 +9,10 @@ process died) is "gone": logged once and skipped, its leftovers swept; the daemo
 undeploys it. A unikernel's spec names the namespace the net manager creates for it
 (`named_netns`): `sync_container` creates it, `sync_removed` deletes it, a sync never
 re-creates one that vanished (that unikernel is gone) and the sweep deletes the ones we
-created that desired state does not reference. The runner thread (`start`/`stop`)
+created that desired state does not reference. The kernel tunnel between our nodes
+(`tunnel`, kernel mode) is made to match too, or removed (device and fwmark rules) when
+desired state has none; `sync_tunnel` applies it at once for the data plane, which
+waits for it. The runner thread (`start`/`stop`)
 syncs at most every `min_interval` (bursts of pokes coalesce), at least every
 `max_interval` (self-healing) and again after a failure, with backoff; `run_pending(now)`
 is its step, for tests with a fake clock. `sync_container`/`sync_removed` apply one
@@ -236,6 +239,7 @@ class Reconciler:
         if node is None:
             raise KernelError("cannot set up the kernel tunnel: the node network is not set up")
         with self._sync_lock:
+            self._generation += 1  # a sync holding an older snapshot takes it again
             self._sync_tunnel(node, tunnel)
 
     def _sync_tunnel(self, node: NodeSpec, tunnel: TunnelSpec | None) -> None:
