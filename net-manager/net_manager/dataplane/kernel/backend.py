@@ -311,13 +311,13 @@ class KernelBackend:
 
 def _union(old: TunnelSpec | None, new: TunnelSpec) -> TunnelSpec:
     """`new` plus the peers (and subnets) only `old` has."""
-    if old is None or old.local_ip != new.local_ip or old.port != new.port:
+    if old is None or (old.local_ip, old.port, old.bridge) != (new.local_ip, new.port, new.bridge):
         return new
     merged: dict[str, set[str]] = {}
     for peer in (*old.peers, *new.peers):
         merged.setdefault(peer.node_ip, set()).update(peer.subnets)
     peers = tuple(sorted(TunnelPeer(n, sorted_subnets(s)) for n, s in merged.items()))
-    return TunnelSpec(new.local_ip, new.port, new.mtu, peers)
+    return TunnelSpec(new.local_ip, new.port, new.mtu, peers, bridge=new.bridge)
 
 
 def _takes_away(old: KernelPlan, new: KernelPlan) -> bool:

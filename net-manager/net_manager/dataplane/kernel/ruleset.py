@@ -62,6 +62,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from net_manager.dataplane.core.policies import policy_name
 from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
+from net_manager.node.names import BRIDGE
 from net_manager.node.tunnel import TunnelPeer, TunnelSpec, sorted_subnets, subnet_of
 from oakestra_net.addressing import SERVICE_V4, SERVICE_V6
 from oakestra_net.services import CLOSEST, INSTANCE_IP
@@ -368,6 +369,7 @@ def tunnel_spec(
     *,
     port: int,
     mtu: int,
+    bridge: str = BRIDGE,
 ) -> TunnelSpec:
     """The kernel tunnel to `peers` (node IPs of our nodes in kernel mode), with the
     subnets of every peer's instances in the table (to route our calls to them)."""
@@ -380,7 +382,7 @@ def tunnel_spec(
                 if (subnet := subnet_of(namespace_ip)) is not None:
                     subnets[endpoint.node_ip].add(subnet)
     members = tuple(TunnelPeer(peer, sorted_subnets(found)) for peer, found in subnets.items())
-    return TunnelSpec(node_ip, port, mtu, tuple(sorted(members)))
+    return TunnelSpec(node_ip, port, mtu, tuple(sorted(members)), bridge=bridge)
 
 
 def _addresses(endpoint: Endpoint) -> dict[int, tuple[str, str]]:
