@@ -332,6 +332,12 @@ class KernelRules:
     def switch(self, on: bool) -> None:
         if on == self.on:
             return
+        if not on:  # the kernel paths went through the device, not the direct routes
+            stats = self.bed.run("n1", ["ip", "-j", "-s", "link", "show", DEVICE]).stdout
+            sent = json.loads(stats)[0]["stats64"]["tx"]["packets"]
+            progress(f"{DEVICE} in n1 sent {sent:,} packets")
+            if not sent:
+                raise RuntimeError(f"the kernel tunnel path did not use {DEVICE}")
         for nft, netns, spec, script in self.nodes:
             with Kernel(netns) as kernel:
                 if on:
