@@ -328,16 +328,14 @@ class KernelRules:
             ).render()
             self.nodes.append((Nft(bed.netns_exec(node)), bed.topology.netns(node), spec, script))
         self.on = False
+        self.tunnel_packets = 0  # sent by n1's oak-vx0 while the kernel paths were on
 
     def switch(self, on: bool) -> None:
         if on == self.on:
             return
-        if not on:  # the kernel paths went through the device, not the direct routes
+        if not on:  # the remote kernel path goes through the device, not the direct routes
             stats = self.bed.run("n1", ["ip", "-j", "-s", "link", "show", DEVICE]).stdout
-            sent = json.loads(stats)[0]["stats64"]["tx"]["packets"]
-            progress(f"{DEVICE} in n1 sent {sent:,} packets")
-            if not sent:
-                raise RuntimeError(f"the kernel tunnel path did not use {DEVICE}")
+            self.tunnel_packets += json.loads(stats)[0]["stats64"]["tx"]["packets"]
         for nft, netns, spec, script in self.nodes:
             with Kernel(netns) as kernel:
                 if on:
@@ -380,6 +378,9 @@ def measure(bed: Testbed, planes: list[Plane], repeat: int, seconds: float) -> R
         _measure_paths(bed, rules, results, meter, tcp_meter, repeat, seconds)
     finally:
         rules.switch(False)
+    progress(f"{DEVICE} in n1 sent {rules.tunnel_packets:,} packets")
+    if not rules.tunnel_packets:
+        raise RuntimeError(f"the remote kernel path did not go through {DEVICE}")
     for i in range(1, repeat + 1):
         first, second = first_packet_ms(bed, f"10.30.2.{i}")
         results.miss.append((first, second))
