@@ -181,3 +181,32 @@ def test_the_configured_backend_carried_the_local_traffic(app, dataplane_mode) -
         assert kernel_flows >= 3
     else:
         assert kernel_flows == 0
+
+
+def test_kernel_mode_reaches_the_other_node_through_the_kernel_tunnel(app, dataplane_mode) -> None:
+    """X1.0 on w1 calls X1.1 on w2 by its instance IP: in kernel mode, once the nodes'
+    probes verified each other, w1's kernel rules take the new connections (to w2 over
+    oak-vx0), and the server still sees the caller's instance IP."""
+    if dataplane_mode != "kernel":
+        pytest.skip("the kernel tunnel exists in kernel mode only")
+    _cluster, _orch, x1, _x2 = app
+    caller, target = x1.instances[0], x1.instances[1]
+    w1 = caller.worker
+    assert target.worker is not w1
+
+    def kernel_flows() -> int:
+        return w1.status()["counters"]["dataplane"].get("kernel_flows_created", 0)
+
+    deadline = time.monotonic() + 30
+    while True:  # the handshake takes two probe rounds (3 s each); counters come each 1 s
+        before = kernel_flows()
+        answers = [caller.container.http_get(target.instance_ip) for _ in range(3)]
+        assert {a["instance"] for a in answers} == {target.name}
+        assert {a["client"] for a in answers} == {caller.instance_ip}
+        poll_until = time.monotonic() + 2.5
+        while kernel_flows() < before + 3 and time.monotonic() < poll_until:
+            time.sleep(0.2)
+        if kernel_flows() >= before + 3:
+            break
+        assert time.monotonic() < deadline, "w1's kernel rules never took the remote calls"
+    assert w1.status()["counters"]["dataplane"]["kernel_tunnel_peers"] >= 1

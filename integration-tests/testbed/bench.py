@@ -13,7 +13,11 @@ and c3 on n1 and c2 on n2, a real data-plane process per node with a static tabl
   data planes and the UDP tunnel;
 - local (same bridge): direct is c1 -> c3's namespace IP 10.16.0.3; TUN is c1 ->
   10.30.1.40 through n1's data plane; kernel is the same service IP with the kernel
-  backend's nftables rules in n1 (applied only while the kernel path is measured).
+  backend's nftables rules in n1 (applied only while the kernel path is measured);
+- remote kernel: c1 -> 10.30.1.30 with the kernel backend's rules in n1 and n2 and the
+  kernel tunnel between them (oak-vx0, VXLAN on port 50104: the node layer's
+  `ensure_tunnel`), set up only while a kernel path is measured; its device routes
+  replace the direct path's routes between the nodes, which come back afterwards.
 
 Measurements, each repeated:
 
@@ -54,8 +58,10 @@ from dataclasses import dataclass, field
 from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
 from net_manager.dataplane.io.seal import Sealer
 from net_manager.dataplane.kernel.nft import Nft
-from net_manager.dataplane.kernel.ruleset import plan
+from net_manager.dataplane.kernel.ruleset import plan, tunnel_spec
 from net_manager.dataplane.supervisor import DataPlaneSupervisor
+from net_manager.node.kernel import Kernel
+from net_manager.node.tunnel import DEVICE, port_of
 from testbed.netns import Testbed
 from testbed.topology import BENCH_PREFIX, two_nodes, unique_prefix
 
@@ -71,11 +77,14 @@ INSTANCE_IPS = [
 ]
 N1_TABLE = [RR, LOCAL_RR, *INSTANCE_IPS]
 N1_LOCAL = [C1, C3]
+N2_TABLE, N2_LOCAL = INSTANCE_IPS, [C2]
 BRIDGE = "oakbr0"  # the testbed's node bridge
-# path -> (target address, measured through the TUN data planes, kernel rules on in n1)
+MTU = 1450  # the testbed's containers and bridges; the VXLAN device's too (1500 underlay)
+# path -> (target address, measured through the TUN data planes, kernel rules and tunnel on)
 PATHS = {
     "direct": (C2.namespace_ip, False, False),
     "TUN": (RR.service_ip, True, False),
+    "remote kernel": (RR.service_ip, False, True),
     "local direct": (C3.namespace_ip, False, False),
     "local TUN": (LOCAL_RR.service_ip, True, False),
     "local kernel": (LOCAL_RR.service_ip, False, True),
@@ -202,9 +211,14 @@ def start_plane(bed: Testbed, node: str, extra_args: list[str], tunnel_key: str 
     return plane
 
 
+def direct_routes(bed: Testbed) -> None:
+    """The direct path between the nodes (the kernel tunnel's routes replace them)."""
+    bed.ip("n1", "route", "replace", "10.16.0.64/26", "via", N2)
+    bed.ip("n2", "route", "replace", "10.16.0.0/26", "via", N1)
+
+
 def set_up(bed: Testbed, extra_args: list[str]) -> list[Plane]:
-    bed.ip("n1", "route", "add", "10.16.0.64/26", "via", N2)  # the direct path
-    bed.ip("n2", "route", "add", "10.16.0.0/26", "via", N1)
+    direct_routes(bed)
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     for server in ("c2", "c3"):
         bed.popen(server, ["iperf3", "-s", "-p", "5201"], **quiet)
@@ -297,17 +311,42 @@ def first_packet_ms(bed: Testbed, service_ip: str) -> tuple[float, float]:
 
 
 class KernelRules:
-    """The kernel backend's rules for n1's table, switched on only for the kernel path."""
+    """The kernel backend's rules for both nodes' tables and the kernel tunnel between
+    them (as the backends of two kernel-mode nodes that verified each other would have
+    them), switched on only for the kernel paths."""
 
     def __init__(self, bed: Testbed) -> None:
-        self.nft = Nft(bed.netns_exec("n1"))
-        self.script = plan(N1_TABLE, N1_LOCAL, N1, bridge=BRIDGE).render()
+        self.bed = bed
+        self.nodes = []
+        for node, node_ip, peer, table, local in (
+            ("n1", N1, N2, N1_TABLE, N1_LOCAL),
+            ("n2", N2, N1, N2_TABLE, N2_LOCAL),
+        ):
+            spec = tunnel_spec(table, [peer], node_ip, port=port_of(PORT), mtu=MTU, bridge=BRIDGE)
+            script = plan(
+                table, local, node_ip, bridge=BRIDGE, kernel_peers={peer}, tunnel=spec
+            ).render()
+            self.nodes.append((Nft(bed.netns_exec(node)), bed.topology.netns(node), spec, script))
         self.on = False
+        self.tunnel_packets = 0  # sent by n1's oak-vx0 while the kernel paths were on
 
     def switch(self, on: bool) -> None:
-        if on != self.on:
-            self.nft.apply(self.script) if on else self.nft.delete_table()
-            self.on = on
+        if on == self.on:
+            return
+        if not on:  # the remote kernel path goes through the device, not the direct routes
+            stats = self.bed.run("n1", ["ip", "-j", "-s", "link", "show", DEVICE]).stdout
+            self.tunnel_packets += json.loads(stats)[0]["stats64"]["tx"]["packets"]
+        for nft, netns, spec, script in self.nodes:
+            with Kernel(netns) as kernel:
+                if on:
+                    kernel.ensure_tunnel(spec)
+                    nft.apply(script)
+                else:
+                    nft.delete_table()
+                    kernel.delete_tunnel(DEVICE, BRIDGE)
+        if not on:
+            direct_routes(self.bed)
+        self.on = on
 
 
 def _per_path() -> dict[str, list[float]]:
@@ -339,6 +378,9 @@ def measure(bed: Testbed, planes: list[Plane], repeat: int, seconds: float) -> R
         _measure_paths(bed, rules, results, meter, tcp_meter, repeat, seconds)
     finally:
         rules.switch(False)
+    progress(f"{DEVICE} in n1 sent {rules.tunnel_packets:,} packets")
+    if not rules.tunnel_packets:
+        raise RuntimeError(f"the remote kernel path did not go through {DEVICE}")
     for i in range(1, repeat + 1):
         first, second = first_packet_ms(bed, f"10.30.2.{i}")
         results.miss.append((first, second))
@@ -433,7 +475,33 @@ def spread(values: list[float]) -> float:
 
 
 def table(results: Results) -> str:
-    return remote_table(results) + "\n\n" + local_table(results)
+    return "\n\n".join([remote_table(results), kernel_remote_table(results), local_table(results)])
+
+
+def kernel_remote_table(results: Results) -> str:
+    """The remote path through the kernel tunnel vs direct (same namespaces) and TUN."""
+    med = statistics.median
+    paths = ("direct", "TUN", "remote kernel")
+    tcp = [med(results.tcp[p]) for p in paths]
+    udp = [med(results.udp[p]) for p in paths]
+    p50 = [med(results.p50[p]) for p in paths]
+    p99 = [med(results.p99[p]) for p in paths]
+    rows = [
+        ("c1 -> c2 on n2 (median)", "direct", "TUN", "kernel+VXLAN", "TUN ratio",
+         "kernel ratio", "kernel / TUN", "target (kernel)"),
+        ("TCP 1 stream, Gbit/s", *(f"{v:.3f}" for v in tcp), f"{tcp[1] / tcp[0]:.1%}",
+         f"{tcp[2] / tcp[0]:.1%}", f"{tcp[2] / tcp[1]:.1f}x",
+         _check(tcp[2] / tcp[0] >= KERNEL_TARGETS["tcp"], ">= 60 %")),
+        ("UDP 1400 B, packets/s < 1 % loss", *(f"{v:,.0f}" for v in udp),
+         f"{udp[1] / udp[0]:.1%}", f"{udp[2] / udp[0]:.1%}", f"{udp[2] / udp[1]:.1f}x",
+         _check(udp[2] / udp[0] >= KERNEL_TARGETS["udp"], ">= 80 %")),
+        ("UDP round trip p50, ms", *(f"{v:.3f}" for v in p50), f"+{p50[1] - p50[0]:.3f} ms",
+         f"+{p50[2] - p50[0]:.3f} ms", "",
+         _check(p50[2] - p50[0] <= KERNEL_TARGETS["rr_added_ms"], "<= +0.025 ms")),
+        ("UDP round trip p99, ms", *(f"{v:.3f}" for v in p99), f"+{p99[1] - p99[0]:.3f} ms",
+         f"+{p99[2] - p99[0]:.3f} ms", "", ""),
+    ]  # fmt: skip
+    return _format(rows)
 
 
 def remote_table(results: Results) -> str:
@@ -540,6 +608,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="per TCP run")
     parser.add_argument("--sendto", action="store_true", help="data planes use sendto")
     parser.add_argument("--offload", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument(
+        "--paths-only", action="store_true", help="skip the admission and sealed-tunnel runs"
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0 or shutil.which("iperf3") is None:
         print("make bench needs root and iperf3 (make setup installs it)", file=sys.stderr)
@@ -551,8 +622,9 @@ def main(argv: list[str] | None = None) -> int:
         planes = set_up(bed, extra_args)
         try:
             results = measure(bed, planes, args.repeat, args.seconds)
-            measure_admission(bed, planes, extra_args, args.repeat, results)
-            measure_sealed(bed, planes, extra_args, args.repeat, args.seconds, results)
+            if not args.paths_only:
+                measure_admission(bed, planes, extra_args, args.repeat, results)
+                measure_sealed(bed, planes, extra_args, args.repeat, args.seconds, results)
         finally:
             for plane in planes:
                 plane.supervisor.stop()

@@ -321,8 +321,9 @@ def format_status(status: dict) -> str:
 def cmd_cleanup(args: argparse.Namespace, config: NetConfig) -> int:
     """Delete our devices and rules that the state file does not reference."""
     from net_manager.control import statefile
-    from net_manager.node.kernel import Kernel
+    from net_manager.node.kernel import TUN, Kernel
     from net_manager.node.reconciler import DesiredState, Reconciler
+    from net_manager.node.tunnel import DEVICE as TUNNEL_DEVICE
 
     state = statefile.load(config.state_file)
     if args.all or not state.node_id:
@@ -332,8 +333,12 @@ def cmd_cleanup(args: argparse.Namespace, config: NetConfig) -> int:
 
         desired = NodeDaemon(config).desired()
     kernel = Kernel()
-    removed = Reconciler(kernel, lambda: desired).sweep()
+    # The TUN and the kernel tunnel belong to a running data plane (it removes them).
+    removed = Reconciler(kernel, lambda: desired, keep=(TUN, TUNNEL_DEVICE)).sweep()
     if args.all:
+        if kernel.link_exists(TUNNEL_DEVICE):
+            removed.append(TUNNEL_DEVICE)
+        kernel.delete_tunnel(TUNNEL_DEVICE)
         kernel.delete_base_rules()
         removed += _delete_kernel_path_table()
     print(f"removed: {', '.join(removed) if removed else 'nothing'}")

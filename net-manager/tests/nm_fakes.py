@@ -31,6 +31,7 @@ class FakeKernel:
         self.run_dir = "/nonexistent/oakt-fake-netns"
         self.fail: dict[str, Exception] = {}
         self.node_namespaces: set[str] = set()  # namespaces that count as the node's own
+        self.tunnel = None  # the TunnelSpec last ensured
 
     def _call(self, name: str, *args) -> None:
         self.calls.append((name, *args))
@@ -94,6 +95,14 @@ class FakeKernel:
 
     def namespace_exists(self, netns_path):
         return netns_path in self.namespaces
+
+    def ensure_tunnel(self, spec):  # not in `calls`: every sync makes one of these
+        self.tunnel = spec
+        self.links.add(spec.device)
+
+    def delete_tunnel(self, device="oak-vx0", bridge=None):
+        self.tunnel = None
+        self.links.discard(device)
 
     def is_node_namespace(self, netns_path):
         return netns_path in self.node_namespaces
@@ -218,8 +227,12 @@ class FakeDataPlane:
         netns_exec=None,
         flow_quota=0.25,
         tunnel_key="",
+        vxlan=False,
+        on_tunnel=None,
     ):
         self.args = (tun_name, tun_v4, tun_v6, mtu, port)
+        self.vxlan = vxlan
+        self.peer_capabilities: dict[str, int] = {}
         self.flow_quota = flow_quota
         self.on_resolve = on_resolve
         self.on_used = on_used

@@ -37,6 +37,7 @@ from net_manager.dataplane.backend import DataPlaneBackend, DataPlaneFactory
 from net_manager.dataplane.modes import factory_for
 from net_manager.node.kernel import BRIDGE, Kernel, KernelApi, KernelError
 from net_manager.node.reconciler import DesiredState, NodeSpec, Reconciler
+from net_manager.node.tunnel import TunnelSpec
 from oakestra_net import topics
 from oakestra_net.addressing import bridge_address
 from oakestra_net.log import get_logger
@@ -88,6 +89,7 @@ class NodeDaemon(Instances, ServiceFeed):
         self._dataplane_factory = dataplane_factory
         self._netns_exec = netns_exec
         self.dataplane: DataPlaneBackend | None = None
+        self.tunnel: TunnelSpec | None = None  # the kernel tunnel the data plane asked for
         self.table_listeners: list[Callable[[], None]] = [self._push_snapshot]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -221,7 +223,15 @@ class NodeDaemon(Instances, ServiceFeed):
                 mtu=self.config.container_mtu,
                 tun=self.config.tun.device_name,
             )
-            return DesiredState(node=node, containers=tuple(map(spec_of, state.instances.values())))
+            containers = tuple(map(spec_of, state.instances.values()))
+            return DesiredState(node=node, containers=containers, tunnel=self.tunnel)
+
+    def _on_tunnel(self, spec: TunnelSpec | None) -> None:
+        """The data plane needs the kernel tunnel to be `spec` before it goes on: record
+        it (the reconciler keeps it so) and make it so now. Takes no daemon lock: the
+        data plane calls this while a table push may hold it."""
+        self.tunnel = spec
+        self.reconciler.sync_tunnel(spec)
 
     def _apply_now(self) -> None:
         try:

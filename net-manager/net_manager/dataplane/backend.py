@@ -7,11 +7,14 @@ be chosen by configuration, without the control layer changing.
 
 A backend is built by a `DataPlaneFactory` with the TUN device, its addresses, MTU,
 tunnel port, the share of the flow table one local instance may hold, the tunnel key
-(empty: a plain tunnel, as upstream's) and two callbacks:
+(empty: a plain tunnel, as upstream's), `vxlan` (the kernel backend's inner TUN proxy
+announces the kernel tunnel to its peers) and two callbacks:
 - `on_resolve(service_ip, reply)`: a packet went to a service IP the data plane has no
   entry for; the control layer asks the cluster and calls `reply(found)` once, from any
   thread; a backend replays what it queued for that service IP after the next table.
 - `on_used(job_names)`: which services carried traffic since the last report (interests).
+- `on_tunnel(spec)` (optional; only the kernel backend uses it): make the kernel tunnel
+  between our nodes match `spec` (None: remove it) before returning; KernelError if not.
 """
 
 from __future__ import annotations
@@ -20,15 +23,21 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
+from net_manager.node.tunnel import TunnelSpec
 
 ResolveCallback = Callable[[str, Callable[[bool], None]], None]
 UsedCallback = Callable[[list[str]], None]
+TunnelCallback = Callable[[TunnelSpec | None], None]
 
 
 class DataPlaneBackend(Protocol):
     """What the control layer needs from a data plane."""
 
     rtt: dict[str, float]  # node_ip -> round trip seconds, for the Closest policy and status
+
+    @property
+    def peer_capabilities(self) -> dict[str, int]:
+        """node_ip -> the capabilities its last probe echo announced (probes.CAP_*)."""
 
     def start(self) -> None:
         """Start moving packets (returns at once; the backend keeps itself running)."""
@@ -61,5 +70,7 @@ class DataPlaneFactory(Protocol):
         netns_exec: Sequence[str] | None = None,
         flow_quota: float = 0.25,
         tunnel_key: str = "",
+        vxlan: bool = False,
+        on_tunnel: TunnelCallback | None = None,
     ) -> DataPlaneBackend:
         """A backend, not started yet."""

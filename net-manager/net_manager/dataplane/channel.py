@@ -255,14 +255,21 @@ class Counters(Message):
     TYPE: ClassVar[str] = "counters"
     values: Mapping[str, int | float]
     rtt: Mapping[str, float] = field(default_factory=dict)  # peer node_ip -> seconds
+    # peer node_ip -> the capabilities of its last echo (probes.CAP_*)
+    capabilities: Mapping[str, int] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"type": self.TYPE, "values": dict(self.values), "rtt": dict(self.rtt)}
+        return {
+            "type": self.TYPE,
+            "values": dict(self.values),
+            "rtt": dict(self.rtt),
+            "capabilities": dict(self.capabilities),
+        }
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Counters:
-        maps = [data.get("values"), data.get("rtt", {})]
-        for name, value in zip(("values", "rtt"), maps, strict=True):
+        maps = [data.get("values"), data.get("rtt", {}), data.get("capabilities", {})]
+        for name, value in zip(("values", "rtt", "capabilities"), maps, strict=True):
             if not isinstance(value, dict) or not all(
                 isinstance(v, int | float) and not isinstance(v, bool) for v in value.values()
             ):

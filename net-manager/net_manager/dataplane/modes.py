@@ -15,6 +15,7 @@ from net_manager.dataplane.backend import (
     DataPlaneBackend,
     DataPlaneFactory,
     ResolveCallback,
+    TunnelCallback,
     UsedCallback,
 )
 from net_manager.dataplane.kernel.backend import kernel_factory
@@ -44,6 +45,8 @@ def factory_for(mode: str, inner: DataPlaneFactory = DataPlaneSupervisor) -> Dat
         netns_exec: Sequence[str] | None = None,
         flow_quota: float = 0.25,
         tunnel_key: str = "",
+        vxlan: bool = False,
+        on_tunnel: TunnelCallback | None = None,
     ) -> DataPlaneBackend:
         chosen = mode
         if mode == "auto":
@@ -51,8 +54,20 @@ def factory_for(mode: str, inner: DataPlaneFactory = DataPlaneSupervisor) -> Dat
             chosen = "kernel" if ok else "tun"
             if not ok:
                 log.warning("kernel data plane not available, using the TUN only: %s", why)
-        factory = kernel if chosen == "kernel" else inner
-        return factory(
+        if chosen != "kernel":
+            return inner(
+                tun_name,
+                tun_v4_cidr,
+                tun_v6_cidr,
+                mtu,
+                port,
+                on_resolve=on_resolve,
+                on_used=on_used,
+                netns_exec=netns_exec,
+                flow_quota=flow_quota,
+                tunnel_key=tunnel_key,
+            )
+        return kernel(
             tun_name,
             tun_v4_cidr,
             tun_v6_cidr,
@@ -63,6 +78,7 @@ def factory_for(mode: str, inner: DataPlaneFactory = DataPlaneSupervisor) -> Dat
             netns_exec=netns_exec,
             flow_quota=flow_quota,
             tunnel_key=tunnel_key,
+            on_tunnel=on_tunnel,
         )
 
     return build

@@ -67,6 +67,8 @@ class DataPlaneSupervisor:
         netns_exec: Sequence[str] | None = None,
         flow_quota: float = 0.25,
         tunnel_key: str = "",
+        vxlan: bool = False,
+        on_tunnel: object = None,  # the kernel backend's business; the proxy has no tunnel
         extra_args: Sequence[str] = (),
         pass_fds: Sequence[int] = (),
         backoff_min: float = 0.5,
@@ -83,6 +85,7 @@ class DataPlaneSupervisor:
             *["--tun-v4", tun_v4_cidr, "--tun-v6", tun_v6_cidr],
             *["--mtu", str(mtu), "--port", str(port), "--flow-quota", str(flow_quota)],
             *(["--seal"] if tunnel_key else []),
+            *(["--vxlan"] if vxlan else []),
             *extra_args,
         ]
         # The key goes in the environment, never on the command line (ps shows that).
@@ -104,6 +107,7 @@ class DataPlaneSupervisor:
         self._totals: dict[str, int | float] = {}  # from processes that died
         self._current: dict[str, int | float] = {}
         self.rtt: dict[str, float] = {}
+        self.peer_capabilities: dict[str, int] = {}  # node_ip -> probes.CAP_* of its echo
         self.restarts = 0
         self.reports = 0  # Counters messages received (tests wait for a fresh one)
         self.port = 0  # the tunnel port the running process listens on
@@ -262,6 +266,7 @@ class DataPlaneSupervisor:
             with self._lock:
                 self._current = dict(message.values)
             self.rtt = dict(message.rtt)
+            self.peer_capabilities = dict(message.capabilities)
             self.reports += 1
         elif isinstance(message, Used):
             self._on_used(list(message.job_names))

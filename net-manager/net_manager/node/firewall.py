@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from net_manager.node.portmap import PortMapping
+from net_manager.node.tunnel import DEVICE as TUNNEL_DEVICE
 from net_manager.node.validate import mapping_key, network_of
 
 FILTER_CHAIN = "OAK-FORWARD"
@@ -53,6 +54,8 @@ def base_rule_plan(family: int, bridge: str, tun: str, subnet: str, platform: st
     forward: list[tuple[str, ...]] = [
         ("-i", bridge, "-j", "ACCEPT"),  # containers to anywhere (the TUN included)
         ("-i", tun, "-o", bridge, "-j", "ACCEPT"),  # tunnelled traffic to containers
+        # The kernel tunnel (kernel mode): our nftables table admits what may pass.
+        ("-i", TUNNEL_DEVICE, "-o", bridge, "-j", "ACCEPT"),
         ("-o", bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED,DNAT", "-j", "ACCEPT"),
         # Anything else routed to the containers (e.g. from the uplink straight to a
         # namespace IP) bypasses the tunnel's admission and the port mappings: dropped.

@@ -25,7 +25,9 @@ from net_manager.node.namespaces import NamespaceOps
 from net_manager.node.netlink import namespace_exists, netns_path_of_pid
 from net_manager.node.portmap import PortMapping
 from net_manager.node.sysctls import NODE_SYSCTLS, write_sysctls
+from net_manager.node.tunnel import TunnelSpec
 from net_manager.node.unikernel import UnikernelOps
+from net_manager.node.vxlan import TunnelOps
 
 __all__ = [
     "BRIDGE",
@@ -44,7 +46,7 @@ __all__ = [
 ]
 
 
-class Kernel(LinkOps, NamespaceOps, UnikernelOps, FirewallOps):
+class Kernel(LinkOps, NamespaceOps, UnikernelOps, FirewallOps, TunnelOps):
     """Kernel state of one node namespace (None: the current one) and its containers."""
 
     def ensure_sysctls(self) -> None:
@@ -116,5 +118,9 @@ class KernelApi(Protocol):
     ) -> None: ...
 
     def default_route_address(self, interface: str | None = None) -> str: ...
+
+    def ensure_tunnel(self, spec: TunnelSpec) -> None: ...
+
+    def delete_tunnel(self, device: str = ..., bridge: str | None = None) -> None: ...
 
     def close(self) -> None: ...

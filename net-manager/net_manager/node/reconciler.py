@@ -9,7 +9,10 @@ process died) is "gone": logged once and skipped, its leftovers swept; the daemo
 undeploys it. A unikernel's spec names the namespace the net manager creates for it
 (`named_netns`): `sync_container` creates it, `sync_removed` deletes it, a sync never
 re-creates one that vanished (that unikernel is gone) and the sweep deletes the ones we
-created that desired state does not reference. The runner thread (`start`/`stop`)
+created that desired state does not reference. The kernel tunnel between our nodes
+(`tunnel`, kernel mode) is made to match too, or removed (device and fwmark rules) when
+desired state has none; `sync_tunnel` applies it at once for the data plane, which
+waits for it. The runner thread (`start`/`stop`)
 syncs at most every `min_interval` (bursts of pokes coalesce), at least every
 `max_interval` (self-healing) and again after a failure, with backoff; `run_pending(now)`
 is its step, for tests with a fake clock. `sync_container`/`sync_removed` apply one
@@ -38,6 +41,7 @@ from net_manager.node.kernel import (
     KernelError,
     NamespaceNotFound,
 )
+from net_manager.node.tunnel import DEVICE, TunnelSpec
 from oakestra_net.log import get_logger
 
 log = get_logger(__name__)
@@ -79,6 +83,7 @@ class DesiredState:
 
     node: NodeSpec | None
     containers: tuple[ContainerSpec, ...] = ()
+    tunnel: TunnelSpec | None = None  # the kernel tunnel between our nodes (kernel mode)
 
 
 class SyncError(KernelError):
@@ -163,7 +168,7 @@ class Reconciler:
         """Delete what desired state does not reference; return what was deleted."""
         with self._snapshot() as state:
             live = [c for c in state.containers if self.kernel.namespace_exists(c.netns_path)]
-            return self._sweep(state.node, live)
+            return self._sweep(state.node, live, state.tunnel)
 
     def sync_container(self, spec: ContainerSpec) -> None:
         """Attach one container now (node set-up first if needed); raises KernelError."""
@@ -207,6 +212,7 @@ class Reconciler:
         if state.node is None:
             return
         self._sync_node(state.node)
+        self._sync_tunnel(state.node, state.tunnel)
         live, errors = [], []
         for spec in state.containers:
             try:
@@ -215,7 +221,7 @@ class Reconciler:
             except (KernelError, ValueError) as err:
                 live.append(spec)  # still desired: keep its devices and rules
                 errors.append(f"{spec.key}: {err}")
-        self._sweep(state.node, live)
+        self._sweep(state.node, live, state.tunnel)
         if errors:
             raise SyncError(f"cannot configure {len(errors)} container(s): " + "; ".join(errors))
 
@@ -225,6 +231,22 @@ class Reconciler:
         self.kernel.ensure_bridge(node.bridge, node.bridge_v4_cidr, node.bridge_v6_cidr, node.mtu)
         self.kernel.ensure_base_rules(node.bridge, node.tun, node.subnet_v4, node.subnet_v6)
         self._node_ready = node
+
+    def sync_tunnel(self, tunnel: TunnelSpec | None) -> None:
+        """Make the kernel tunnel match `tunnel` now (the data plane waits for it before
+        it sends anything through it); raises KernelError."""
+        node = self._desired().node
+        if node is None:
+            raise KernelError("cannot set up the kernel tunnel: the node network is not set up")
+        with self._sync_lock:
+            self._generation += 1  # a sync holding an older snapshot takes it again
+            self._sync_tunnel(node, tunnel)
+
+    def _sync_tunnel(self, node: NodeSpec, tunnel: TunnelSpec | None) -> None:
+        if tunnel is None:
+            self.kernel.delete_tunnel(DEVICE, node.bridge)
+        else:
+            self.kernel.ensure_tunnel(tunnel)
 
     def _sync_one(self, node: NodeSpec, spec: ContainerSpec) -> bool:
         """Attach `spec`; False (and nothing raised) if its namespace is gone."""
@@ -258,10 +280,17 @@ class Reconciler:
         for mapping in spec.port_mappings:
             kernel.ensure_port_mapping(mapping, spec.namespace_ip, namespace_ip_v6)
 
-    def _sweep(self, node: NodeSpec | None, live: Sequence[ContainerSpec]) -> list[str]:
+    def _sweep(
+        self,
+        node: NodeSpec | None,
+        live: Sequence[ContainerSpec],
+        tunnel: TunnelSpec | None = None,
+    ) -> list[str]:
         keep = set(self.keep)
         if node is not None:
             keep |= {node.bridge, node.tun}
+        if tunnel is not None:
+            keep.add(tunnel.device)
         keep |= {name for spec in live for name in (spec.host_veth, spec.peer_veth)}
         removed = []
         for name in self.kernel.list_links():

@@ -35,6 +35,7 @@ def test_base_rules_v4():
     assert plan.chains["filter"]["OAK-FORWARD"] == [
         ("-i", "oak-br0", "-j", "ACCEPT"),
         ("-i", "oak-tun0", "-o", "oak-br0", "-j", "ACCEPT"),
+        ("-i", "oak-vx0", "-o", "oak-br0", "-j", "ACCEPT"),
         (
             "-o",
             "oak-br0",

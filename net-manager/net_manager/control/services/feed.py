@@ -127,6 +127,7 @@ class ServiceFeed:
             netns_exec=self._netns_exec,
             flow_quota=self.config.flow_quota,
             tunnel_key=self.config.tunnel_key,
+            on_tunnel=self._on_tunnel,
         )
         self.dataplane.start()
         self._push_snapshot()

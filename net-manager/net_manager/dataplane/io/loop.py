@@ -83,6 +83,7 @@ class LoopConfig:
     connect_peers: bool = True  # a connected socket per peer, else sendto on the bound one
     socket_buffer: int = SOCKET_BUFFER
     busy_poll: float = 0.0  # s of polling without sleeping after traffic (0: off)
+    vxlan: bool = False  # announce the kernel tunnel (CAP_VXLAN) in probes and echoes
 
 
 class PacketLoop(OffloadPath, ControlDispatch):
@@ -162,7 +163,8 @@ class PacketLoop(OffloadPath, ControlDispatch):
         self.prober = probes.Prober(
             translator.rtt,
             interval=config.probe_interval,
-            capabilities=probes.CAP_GSO if self.offload else 0,
+            capabilities=(probes.CAP_GSO if self.offload else 0)
+            | (probes.CAP_VXLAN if config.vxlan else 0),
             clock=clock,
         )
         self._gso_peers: set[tuple[str, int]] = set()  # peers that take GSO frames
@@ -356,7 +358,8 @@ class PacketLoop(OffloadPath, ControlDispatch):
             self.counts["drop_bad_control"] += 1
             return
         echoes = self.prober.echoes
-        echo = self.prober.handle(data, source_ip(address))
+        sender = source_ip(address)
+        echo = self.prober.handle(data, sender, (sender, address[1]))
         if self.prober.echoes != echoes:
             self._update_gso_peers()
         if echo is not None:
@@ -390,7 +393,11 @@ class PacketLoop(OffloadPath, ControlDispatch):
         if jobs:
             self._send(Used(tuple(sorted(jobs))))
             jobs.clear()
-        self._send(Counters(self.counters(), dict(self.translator.rtt)))
+        self._send(
+            Counters(
+                self.counters(), dict(self.translator.rtt), dict(self.prober.peer_capabilities)
+            )
+        )
 
     def counters(self) -> dict[str, int]:
         values = {**self.translator.counters, **self.counts}

@@ -73,6 +73,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help=f"seal the tunnel with the key in ${KEY_ENV} (64 hex digits)",
     )
+    parser.add_argument(
+        "--vxlan",
+        action="store_true",
+        help="announce the kernel tunnel (kernel mode) in RTT probes and echoes",
+    )
     parser.add_argument("--log-level", default=None)
     args = parser.parse_args(argv)
     if not 0 <= args.port < 65536:
@@ -126,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         connect_peers=not args.sendto,
         busy_poll=args.busy_poll_us / 1e6,
         admission=not args.no_admission,
+        vxlan=args.vxlan,
     )
     tun: TunDevice | None = None
     sealer: Sealer | None = None

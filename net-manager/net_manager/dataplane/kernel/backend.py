@@ -12,6 +12,15 @@ kernel flows carried packets (`on_used`, like the proxy's Used reports).
 
 An apply that fails removes our table: the TUN proxy then serves everything, which is
 slower but never wrong (stale rules could send traffic to an instance that left).
+
+With a tunnel port, the backend also runs the kernel tunnel between our nodes: the
+proxy announces it in its RTT probes (`vxlan`), and each table and each poll derive the
+tunnel (`ruleset.tunnel_spec`: every peer whose echo announced CAP_VXLAN) and the peers
+whose instances the kernel may reach (those whose echo also said they admit us,
+CAP_VXLAN_PEER). The node layer makes the device match (`on_tunnel`, synchronous) before
+the rules that use it are applied; a peer that leaves is removed from the device only
+after the rules no longer send anything to it. A refused tunnel leaves the remote
+instances to the TUN proxy. `stop()` removes the tunnel too.
 """
 
 from __future__ import annotations
@@ -24,11 +33,21 @@ from net_manager.dataplane.backend import (
     DataPlaneBackend,
     DataPlaneFactory,
     ResolveCallback,
+    TunnelCallback,
     UsedCallback,
 )
 from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
+from net_manager.dataplane.io.probes import CAP_VXLAN, CAP_VXLAN_PEER
 from net_manager.dataplane.kernel.nft import Conntrack, Nft, NftError, chain_packets
-from net_manager.dataplane.kernel.ruleset import KernelPlan, departed, plan
+from net_manager.dataplane.kernel.ruleset import KernelPlan, departed, plan, tunnel_spec
+from net_manager.node.errors import KernelError
+from net_manager.node.tunnel import (
+    TunnelPeer,
+    TunnelSpec,
+    port_of,
+    sorted_subnets,
+    usable_node_ip,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +66,12 @@ class KernelBackend:
         on_used: UsedCallback,
         poll_interval: float = 1.0,
         conntrack: Conntrack | None = None,
+        tunnel_port: int = 0,
+        tunnel_mtu: int = 1450,
+        on_tunnel: TunnelCallback | None = None,
     ) -> None:
+        """`tunnel_port` 0 or no `on_tunnel`: no kernel tunnel (stage 1: local
+        instances only)."""
         self.inner = inner
         self._nft = nft
         self._conntrack = conntrack
@@ -58,6 +82,11 @@ class KernelBackend:
         self._table: tuple[list[ServiceEntry], list[Endpoint], str] | None = None
         self._applied = ""  # the script in force ("" = none or unknown)
         self.plan: KernelPlan | None = None
+        self._tunnel_port = tunnel_port if on_tunnel is not None else 0
+        self._tunnel_mtu = tunnel_mtu
+        self._on_tunnel = on_tunnel
+        self.tunnel: TunnelSpec | None = None  # what the node layer holds (None: nothing)
+        self._tunnel_failed = False
         self._retired_flows = 0  # new-connection counts of tables we replaced
         self._live_flows: dict[str, int] = {}
         self._stats = {
@@ -65,6 +94,7 @@ class KernelBackend:
             "kernel_apply_errors": 0,
             "kernel_used_reports": 0,
             "kernel_flows_forgotten": 0,  # (service IP, departed instance) pairs flushed
+            "kernel_tunnel_errors": 0,
         }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -76,6 +106,10 @@ class KernelBackend:
     @rtt.setter
     def rtt(self, value: dict[str, float]) -> None:
         self.inner.rtt = value
+
+    @property
+    def peer_capabilities(self) -> dict[str, int]:
+        return self.inner.peer_capabilities
 
     def start(self) -> None:
         """Start the proxy and the poll thread; a table left by a daemon that died is
@@ -98,6 +132,7 @@ class KernelBackend:
                 log.error("cannot remove the kernel rules: %s", err)
             self._applied = ""
             self.plan = None
+            self._set_tunnel_locked(None)
         self.inner.stop()
 
     def push_snapshot(
@@ -113,6 +148,7 @@ class KernelBackend:
         with self._lock:
             values.update(self._stats)
             values["kernel_services"] = len(self.plan.services) if self.plan else 0
+            values["kernel_tunnel_peers"] = len(self.tunnel.peers) if self.tunnel else 0
             values["kernel_flows_created"] = self._retired_flows + sum(self._live_flows.values())
         return values
 
@@ -144,10 +180,27 @@ class KernelBackend:
         if self._table is None or self._stop.is_set():
             return
         services, local_instances, node_ip = self._table
-        new_plan = plan(services, local_instances, node_ip, bridge=self._bridge)
+        tunnel, kernel_peers = self._tunnel_wanted(services, node_ip)
+        if tunnel is not None and tunnel != self.tunnel:
+            # Everything the old and the new rules may send through the device is there
+            # before the new rules; what only the old ones used goes after them.
+            self._set_tunnel_locked(_union(self.tunnel, tunnel))
+        if tunnel is not None and self._tunnel_failed:
+            tunnel, kernel_peers = None, set()
+        new_plan = plan(
+            services,
+            local_instances,
+            node_ip,
+            bridge=self._bridge,
+            kernel_peers=kernel_peers,
+            rtt=dict(self.inner.rtt),
+            tunnel=tunnel,
+        )
         script = new_plan.render()
         if script == self._applied:
             self.plan = new_plan
+            if tunnel != self.tunnel and not self._tunnel_failed:
+                self._set_tunnel_locked(tunnel)
             return
         if self.plan is not None and not _takes_away(self.plan, new_plan):
             # Reading costs an nft run; a table that takes a service IP (or one of its
@@ -168,11 +221,41 @@ class KernelBackend:
             self._forget_locked(departed(self.plan, services))
         self.plan = new_plan
         self._stats["kernel_applies"] += 1
+        if tunnel != self.tunnel and not self._tunnel_failed:
+            self._set_tunnel_locked(tunnel)
         log.info(
             "kernel rules applied: %d service IPs (%d left to the TUN)",
             len(new_plan.services),
             len(new_plan.skipped),
         )
+
+    def _tunnel_wanted(
+        self, services: list[ServiceEntry], node_ip: str
+    ) -> tuple[TunnelSpec | None, set[str]]:
+        """The tunnel to every peer that announced it, and the peers that admit us."""
+        if not self._tunnel_port or not usable_node_ip(node_ip):
+            return None, set()
+        capabilities = dict(self.inner.peer_capabilities)
+        peers = [n for n, c in capabilities.items() if c & CAP_VXLAN and usable_node_ip(n)]
+        both = CAP_VXLAN | CAP_VXLAN_PEER
+        admitting = {n for n in peers if capabilities[n] & both == both}
+        spec = tunnel_spec(services, peers, node_ip, port=self._tunnel_port, mtu=self._tunnel_mtu)
+        return spec, admitting
+
+    def _set_tunnel_locked(self, tunnel: TunnelSpec | None) -> None:
+        """Have the node layer make the tunnel so (synchronously)."""
+        if self._on_tunnel is None or (tunnel == self.tunnel and not self._tunnel_failed):
+            return
+        try:
+            self._on_tunnel(tunnel)
+        except (KernelError, ValueError) as err:
+            self._stats["kernel_tunnel_errors"] += 1
+            if not self._tunnel_failed:
+                log.error("kernel tunnel refused, remote instances stay on the TUN: %s", err)
+            self._tunnel_failed = tunnel is not None
+            return
+        self._tunnel_failed = False
+        self.tunnel = tunnel
 
     def _forget_locked(self, gone: list[tuple[int, str, str]]) -> None:
         """Connections to instances that left pick again on their next packet."""
@@ -226,6 +309,17 @@ class KernelBackend:
             self._on_used(sorted(jobs))
 
 
+def _union(old: TunnelSpec | None, new: TunnelSpec) -> TunnelSpec:
+    """`new` plus the peers (and subnets) only `old` has."""
+    if old is None or (old.local_ip, old.port, old.bridge) != (new.local_ip, new.port, new.bridge):
+        return new
+    merged: dict[str, set[str]] = {}
+    for peer in (*old.peers, *new.peers):
+        merged.setdefault(peer.node_ip, set()).update(peer.subnets)
+    peers = tuple(sorted(TunnelPeer(n, sorted_subnets(s)) for n, s in merged.items()))
+    return TunnelSpec(new.local_ip, new.port, new.mtu, peers, bridge=new.bridge)
+
+
 def _takes_away(old: KernelPlan, new: KernelPlan) -> bool:
     """Whether `new` stops serving a service IP `old` serves, or drops one of its
     targets, i.e. whether the old rules would send new connections where they must not go."""
@@ -237,7 +331,8 @@ def _takes_away(old: KernelPlan, new: KernelPlan) -> bool:
 
 def kernel_factory(inner_factory: DataPlaneFactory, bridge: str) -> DataPlaneFactory:
     """A factory building `inner_factory`'s backend wrapped in a KernelBackend whose nft
-    runs behind the same `netns_exec` as the data-plane process."""
+    runs behind the same `netns_exec` as the data-plane process; with `on_tunnel` it
+    runs the kernel tunnel on the port after the tunnel port."""
 
     def build(
         tun_name: str | None,
@@ -251,7 +346,12 @@ def kernel_factory(inner_factory: DataPlaneFactory, bridge: str) -> DataPlaneFac
         netns_exec: Sequence[str] | None = None,
         flow_quota: float = 0.25,
         tunnel_key: str = "",
+        vxlan: bool = False,
+        on_tunnel: TunnelCallback | None = None,
     ) -> DataPlaneBackend:
+        # The VXLAN device cannot seal: with a tunnel key everything stays on the TUN.
+        usable = on_tunnel is not None and not tunnel_key and 0 < port < 65535
+        tunnel_port = port_of(port) if usable else 0
         inner = inner_factory(
             tun_name,
             tun_v4_cidr,
@@ -263,6 +363,7 @@ def kernel_factory(inner_factory: DataPlaneFactory, bridge: str) -> DataPlaneFac
             netns_exec=netns_exec,
             flow_quota=flow_quota,
             tunnel_key=tunnel_key,
+            vxlan=bool(tunnel_port),
         )
         return KernelBackend(
             inner,
@@ -270,6 +371,9 @@ def kernel_factory(inner_factory: DataPlaneFactory, bridge: str) -> DataPlaneFac
             bridge=bridge,
             on_used=on_used,
             conntrack=Conntrack(netns_exec),
+            tunnel_port=tunnel_port,
+            tunnel_mtu=mtu,
+            on_tunnel=on_tunnel,
         )
 
     return build

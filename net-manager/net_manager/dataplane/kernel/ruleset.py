@@ -3,14 +3,21 @@
 `plan()` reads the same table the TUN proxy gets (services, local instances, node IP)
 and keeps the service IPs the kernel can serve with the proxy's semantics:
 
-- RoundRobin: every instance of that family is on this node's bridge; `numgen inc`
-  picks one per new connection (one counter per service IP);
+- RoundRobin: every instance of that family is on this node's bridge or on a kernel
+  peer (`kernel_peers`: our nodes that run the kernel tunnel and admit ours); `numgen
+  inc` picks one per new connection (one counter per service IP);
 - Closest: the instances on this node (rotating like RoundRobin, as the proxy does);
-- instance IP: its one instance, on this node;
+  with none here, those on the peer with the lowest RTT (`rtt`, the proxy's probes;
+  ties rotate), with no RTT known all of them, as the proxy picks; served when the
+  chosen instances are all here or on kernel peers;
+- instance IP: its one instance, on this node or on a kernel peer;
 
 and only for callers that are local instances with an instance IP of that family. A
-service IP with an instance elsewhere, and every caller the table does not know, stays
-with the TUN proxy: no rule matches, the route to the TUN decides.
+service IP with an instance on a node without the kernel tunnel (an upstream node, a
+node in `tun` mode, a peer not verified yet), and every caller the table does not know,
+stays with the TUN proxy as a whole: no rule matches, the route to the TUN decides.
+The DNAT to a remote instance's namespace IP takes the route to its node's subnet over
+the VXLAN device (`node/tunnel.py`).
 
 `KernelPlan.render()` is one `nft -f` transaction that replaces our own table
 `inet oakestra_net` as a whole (create, delete, define), never touching another table:
@@ -26,6 +33,22 @@ with the TUN proxy: no rule matches, the route to the TUN decides.
   (either direction, so established flows count) refreshes that service IP in a set
   with a timeout, which the backend reads to report used services.
 
+With a kernel tunnel (`tunnel`), four more chains guard and route it:
+
+- `tunnel_in` (filter input): UDP to the VXLAN port only from our peers' node IPs
+  (`tunnel_peers_v4`), none over IPv6; nothing arriving on the device is for the node;
+- `tunnel_mark` (filter prerouting, mangle priority): a new connection arriving on the
+  device gets the sending peer's mark as its conntrack mark (a map from the inner source
+  MAC, which each node derives from its node IP); a reply of a local instance to such a
+  connection gets that mark as packet mark, so the peer's fwmark rule routes it back
+  over the device (its destination, the caller's instance IP, says nothing about the
+  caller's node);
+- `tunnel_forward` (filter forward): from the device only replies, or new connections
+  from a peer (marked) with an instance IP as source to a namespace IP here; to the
+  device only our DNATed connections and replies of marked ones. A container sending
+  straight to a remote namespace IP is dropped, as the TUN drops it (`not_service`);
+- `tunnel_out` (filter output): the node's own packets never leave through the device.
+
 Connections that existed before a rule (e.g. the table miss that went to the TUN) keep
 conntrack's earlier decision: they stay on the TUN until they end.
 """
@@ -39,7 +62,10 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from net_manager.dataplane.core.policies import policy_name
 from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
-from oakestra_net.services import CLOSEST, INSTANCE_IP, ROUND_ROBIN
+from net_manager.node.names import BRIDGE
+from net_manager.node.tunnel import TunnelPeer, TunnelSpec, sorted_subnets, subnet_of
+from oakestra_net.addressing import SERVICE_V4, SERVICE_V6
+from oakestra_net.services import CLOSEST, INSTANCE_IP
 
 TABLE = "oakestra_net"
 FAMILY = "inet"
@@ -69,6 +95,7 @@ class KernelPlan:
     callers: Mapping[int, Mapping[str, str]]  # version -> namespace IP -> instance IP
     services: tuple[KernelService, ...] = ()
     skipped: Mapping[str, str] = field(default_factory=dict)  # service IP -> why (TUN)
+    tunnel: TunnelSpec | None = None  # the kernel tunnel's guard and return-path chains
 
     def service_ips(self) -> set[str]:
         return {s.service_ip for s in self.services}
@@ -135,8 +162,52 @@ class KernelPlan:
                 f"    ct original {ip} daddr @services_v{version}"
                 f" update @used_v{version} {{ ct original {ip} daddr }}"
             )
-        lines += ["  }", "}"]
+        lines += ["  }"]
+        if self.tunnel is not None:
+            lines += _tunnel_lines(self.tunnel, self.bridge)
+        lines += ["}"]
         return lines
+
+
+def _tunnel_lines(tunnel: TunnelSpec, bridge: str) -> list[str]:
+    device, port = tunnel.device, tunnel.port
+    peers = sorted(tunnel.peers)
+    lines = _set("tunnel_peers_v4", "ipv4_addr", [p.node_ip for p in peers])
+    lines += _set("tunnel_marks", "mark", [f"{p.mark:#010x}" for p in peers])
+    pairs = [f"{p.mac} : {p.mark:#010x}" for p in peers]
+    lines += _set("peer_marks", "ether_addr : mark", pairs, word="map")
+    lines += [
+        "  chain tunnel_in {",
+        "    type filter hook input priority filter - 10; policy accept;",
+        f"    udp dport {port} ip saddr != @tunnel_peers_v4 counter drop",
+        f"    meta nfproto ipv6 udp dport {port} counter drop",
+        f'    iifname "{device}" counter drop',
+        "  }",
+        "  chain tunnel_mark {",
+        "    type filter hook prerouting priority mangle; policy accept;",
+        f'    iifname "{device}" ct state new ct mark set ether saddr map @peer_marks',
+        f'    iifname "{bridge}" ct direction reply ct mark @tunnel_marks meta mark set ct mark',
+        "  }",
+        "  chain tunnel_forward {",
+        "    type filter hook forward priority filter - 10; policy accept;",
+        f'    iifname "{device}" ct direction reply accept',
+        f'    iifname "{device}" oifname != "{bridge}" counter drop',
+        f'    iifname "{device}" ct mark != @tunnel_marks counter drop',
+        f'    iifname "{device}" ip saddr != {SERVICE_V4} counter drop',
+        f'    iifname "{device}" ip6 saddr != {SERVICE_V6} counter drop',
+        f'    oifname "{device}" ct direction original ct status dnat'
+        " ct original ip daddr @services_v4 accept",
+        f'    oifname "{device}" ct direction original ct status dnat'
+        " ct original ip6 daddr @services_v6 accept",
+        f'    oifname "{device}" ct direction reply ct mark @tunnel_marks accept',
+        f'    oifname "{device}" counter drop',
+        "  }",
+        "  chain tunnel_out {",
+        "    type filter hook output priority filter - 10; policy accept;",
+        f'    oifname "{device}" counter drop',
+        "  }",
+    ]
+    return lines
 
 
 def render_delete() -> str:
@@ -198,10 +269,14 @@ def plan(
     node_ip: str,
     *,
     bridge: str,
+    kernel_peers: Iterable[str] = (),
+    rtt: Mapping[str, float] | None = None,
+    tunnel: TunnelSpec | None = None,
 ) -> KernelPlan:
     """The service IPs the kernel can serve (see the module doc); never raises on a bad
     entry: what cannot be served is listed in `skipped` and stays with the TUN proxy.
-    ValueError only for a bridge name that is no interface name."""
+    `kernel_peers` are only used with a `tunnel`. ValueError only for a bridge name that
+    is no interface name."""
     if not _INTERFACE.fullmatch(bridge):
         raise ValueError(f"bridge {bridge!r} is not an interface name")
     callers: dict[int, dict[str, str]] = {4: {}, 6: {}}
@@ -214,6 +289,7 @@ def plan(
     served: list[KernelService] = []
     skipped: dict[str, str] = {}
     seen: set[str] = set()
+    where = _Where(node_ip, local_ips, set(kernel_peers) if tunnel else set(), rtt or {})
     for entry in services:
         for version, text in ((4, entry.service_ip), (6, entry.service_ip_v6)):
             if not text:
@@ -226,35 +302,87 @@ def plan(
                 skipped[service_ip] = "listed twice"
                 continue
             seen.add(service_ip)
-            choice = _choose(entry, version, local_ips)
+            choice = _choose(entry, version, where)
             if isinstance(choice, str):
                 skipped[service_ip] = choice
                 continue
             policy, targets = choice
             jobs = tuple(sorted({e.job_name for e in entry.endpoints}))
             served.append(KernelService(version, service_ip, policy, targets, jobs))
-    return KernelPlan(bridge, callers, tuple(sorted(served)), skipped)
+    return KernelPlan(bridge, callers, tuple(sorted(served)), skipped, tunnel)
 
 
-def _choose(
-    entry: ServiceEntry, version: int, local_ips: set[str]
-) -> tuple[str, tuple[str, ...]] | str:
+@dataclass(frozen=True)
+class _Where:
+    """Where instances are, as far as the plan cares."""
+
+    node_ip: str
+    local_ips: set[str]  # namespace IPs of this node's instances
+    kernel_peers: set[str]  # node IPs of peers the kernel tunnel reaches
+    rtt: Mapping[str, float]
+
+    def reachable(self, namespace_ip: str, endpoint: Endpoint) -> bool:
+        return namespace_ip in self.local_ips or endpoint.node_ip in self.kernel_peers
+
+
+def _choose(entry: ServiceEntry, version: int, where: _Where) -> tuple[str, tuple[str, ...]] | str:
     """(policy, namespace IP targets) for one service IP, or why the TUN keeps it."""
     try:
         policy = policy_name(entry.ip_type)
     except ValueError as err:
         return str(err)
-    usable = [a[version][0] for e in entry.endpoints if version in (a := _addresses(e))]
+    usable = [(a[version][0], e) for e in entry.endpoints if version in (a := _addresses(e))]
     if not usable:
         return "no instance of this family"
-    local = tuple(ip for ip in usable if ip in local_ips)
-    if policy == ROUND_ROBIN and len(local) < len(usable):
-        return "an instance on another node"
-    if policy == CLOSEST and not local:
-        return "no instance on this node"
-    if policy == INSTANCE_IP and (len(usable) != 1 or not local):
-        return "instance IP of an instance on another node"
-    return policy, local
+    local = [(ip, e) for ip, e in usable if ip in where.local_ips]
+    if policy == CLOSEST:
+        chosen = local or _closest(usable, where.rtt)
+    elif policy == INSTANCE_IP and len(usable) != 1:
+        return "instance IP with more than one instance"
+    else:
+        chosen = usable
+    if not all(where.reachable(ip, e) for ip, e in chosen):
+        if policy == CLOSEST:
+            return "closest instance on a node without the kernel tunnel"
+        if policy == INSTANCE_IP:
+            return "instance on a node without the kernel tunnel"
+        return "an instance on a node without the kernel tunnel"
+    return policy, tuple(ip for ip, _ in chosen)
+
+
+def _closest(
+    usable: list[tuple[str, Endpoint]], rtt: Mapping[str, float]
+) -> list[tuple[str, Endpoint]]:
+    """The instances the proxy's Closest picks among (no local one): those on the peer
+    with the lowest RTT, else (no RTT known) all of them."""
+    measured = [(ip, e) for ip, e in usable if e.node_ip in rtt]
+    if not measured:
+        return usable
+    best = min(rtt[e.node_ip] for _, e in measured)
+    return [(ip, e) for ip, e in measured if rtt[e.node_ip] == best]
+
+
+def tunnel_spec(
+    services: Iterable[ServiceEntry],
+    peers: Iterable[str],
+    node_ip: str,
+    *,
+    port: int,
+    mtu: int,
+    bridge: str = BRIDGE,
+) -> TunnelSpec:
+    """The kernel tunnel to `peers` (node IPs of our nodes in kernel mode), with the
+    subnets of every peer's instances in the table (to route our calls to them)."""
+    subnets: dict[str, set[str]] = {peer: set() for peer in peers if peer != node_ip}
+    for entry in services:
+        for endpoint in entry.endpoints:
+            if endpoint.node_ip not in subnets:
+                continue
+            for namespace_ip, _ in _addresses(endpoint).values():
+                if (subnet := subnet_of(namespace_ip)) is not None:
+                    subnets[endpoint.node_ip].add(subnet)
+    members = tuple(TunnelPeer(peer, sorted_subnets(found)) for peer, found in subnets.items())
+    return TunnelSpec(node_ip, port, mtu, tuple(sorted(members)), bridge=bridge)
 
 
 def _addresses(endpoint: Endpoint) -> dict[int, tuple[str, str]]:

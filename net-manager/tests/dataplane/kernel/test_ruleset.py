@@ -38,7 +38,7 @@ def test_rr_with_every_instance_here_rotates_over_them_in_table_order():
 def test_rr_with_an_instance_elsewhere_stays_with_the_tun():
     p = plan([ServiceEntry("10.30.1.30", "", "RR", (B, FAR))], [A, B], HERE, bridge="oak-br0")
     assert p.services == ()
-    assert p.skipped == {"10.30.1.30": "an instance on another node"}
+    assert p.skipped == {"10.30.1.30": "an instance on a node without the kernel tunnel"}
     assert "10.30.1.30" not in p.render()
 
 
@@ -54,7 +54,7 @@ def test_closest_takes_the_instances_here_and_leaves_remote_only_ones():
     )
     assert served(p, "10.30.1.31").targets == ("10.16.0.3",)
     assert "dnat ip to 10.16.0.3" in p.render()
-    assert p.skipped == {"10.30.1.32": "no instance on this node"}
+    assert p.skipped == {"10.30.1.32": "closest instance on a node without the kernel tunnel"}
 
 
 def test_instance_ips_map_one_to_one_when_here():
