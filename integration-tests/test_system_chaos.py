@@ -39,7 +39,7 @@ from testbed.ledger import AddressLedger, table_conflicts
 from testbed.nsnet import http_call
 from testbed.run import preflight
 from testbed.status import metric, parse_metrics
-from testbed.workload import Traffic, Workload, WorkloadError, unreachable
+from testbed.workload import Traffic, Workload, WorkloadError, request, unreachable
 
 pytestmark = [
     pytest.mark.system,
@@ -121,6 +121,26 @@ def forgotten_removals(cluster, workload: Workload, monkey: ChaosMonkey, log: Ac
     return problems
 
 
+def settle_kernel_tunnel(cluster, workload: Workload, timeout: float = 60.0) -> None:
+    """In kernel mode, our nodes with instances on each other set up the VXLAN tunnel
+    once their probes verified each other (about two probe rounds): wait for it, so
+    its device routes and rules are part of the snapshot the leak check compares with."""
+    workers = cluster.workers
+    if any(w.status().get("dataplane_mode") != "kernel" for w in workers):
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        peers = [w.status()["counters"]["dataplane"].get("kernel_tunnel_peers", 0) for w in workers]
+        if all(p >= len(workers) - 1 for p in peers):
+            return
+        assert time.monotonic() < deadline, f"kernel tunnel peers {peers} after {timeout:.0f} s"
+        for client in workload.clients:  # the clients call each other across the nodes
+            for other in workload.clients:
+                if other is not client:
+                    request(client, other.instance_ip, 1.0)
+        time.sleep(0.5)
+
+
 def node_tables(cluster) -> dict[str, list[dict]]:
     tables = {}
     for worker in cluster.workers:
@@ -148,6 +168,7 @@ def test_chaos(local_cluster) -> None:
     clients = workload.deploy_service("C")
     workload.clients = [workload.scale_up(clients, w) for w in cluster.workers]
     orch.services.clear()  # the workload keeps its own model
+    settle_kernel_tunnel(cluster, workload)
     before = snapshot(cluster)
     pools_before = pools(cluster)
     log.say(f"before: pools {pools_before}, fds {before.fds}, processes {before.processes}")
