@@ -1,0 +1,235 @@
+"""Ablation of the kernel fast path's per-packet cost: UDP packets/s at < 1 % loss
+through the kernel path with variants of the nft rules, vs the direct path, same run.
+
+    python -m testbed.bench_rules [--repeat 3] [--variants current,no-used,...]
+
+Reuses `make bench`'s testbed (n1: c1, c3; n2: c2) and its UDP measurement, without
+the TUN data planes. Each variant is a text edit of the rendered script of both nodes
+(this is a measuring tool, not product code):
+
+- current: the rules as rendered;
+- no-used: without the `used` chain (the floor for any use tracking);
+- used-new: the set update only for `ct state new` packets;
+- used-counter: a named counter per service IP (counter map keyed by ct original daddr);
+- notrack-vxlan: current + no conntrack for the outer VXLAN packets (raw priority);
+- minimal: only the NAT chains and tunnel_mark (no used, no tunnel guards).
+
+The direct paths run without any table and with a table that only switches conntrack
+on ("+ct"), to show what conntrack costs by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+from collections.abc import Callable
+
+from net_manager.dataplane.kernel.nft import Nft
+from net_manager.dataplane.kernel.ruleset import plan, tunnel_spec
+from net_manager.node.kernel import Kernel
+from net_manager.node.tunnel import DEVICE, port_of
+from testbed.bench import (
+    BRIDGE,
+    C2,
+    C3,
+    LOCAL_RR,
+    MTU,
+    N1,
+    N1_LOCAL,
+    N1_TABLE,
+    N2,
+    N2_LOCAL,
+    N2_TABLE,
+    PORT,
+    RR,
+    UDP_SIZE,
+    direct_routes,
+    iperf,
+    progress,
+    udp_max_pps,
+)
+from testbed.netns import Testbed
+from testbed.topology import BENCH_PREFIX, two_nodes, unique_prefix
+
+CT_ONLY = """table inet oakb_ct {
+  chain pre {
+    type filter hook prerouting priority 0; policy accept;
+    ct state new counter
+  }
+}
+"""
+CT_ONLY_DELETE = "table inet oakb_ct\ndelete table inet oakb_ct\n"
+
+
+def _chain_removed(script: str, name: str) -> str:
+    return re.sub(rf"\n  chain {name} {{\n.*?\n  }}", "", script, flags=re.S)
+
+
+def _used_new(script: str) -> str:
+    return script.replace("    ct original ip", "    ct state new ct original ip")
+
+
+def _used_counter(script: str) -> str:
+    """The used chain counts packets in a named counter per service IP."""
+    objects, used = [], []
+    for version, ip in ((4, "ip"), (6, "ip6")):
+        found = re.search(rf"set services_v{version} {{ type \S+; elements = {{ (.*?) }}", script)
+        addresses = found.group(1).split(", ") if found else []
+        pairs = []
+        for i, address in enumerate(addresses):
+            objects.append(f"  counter used_v{version}_{i} {{ }}")
+            pairs.append(f'{address} : "used_v{version}_{i}"')
+        if pairs:
+            used.append(f"    counter name ct original {ip} daddr map {{ {', '.join(pairs)} }}")
+    chain = "\n".join(
+        [
+            "  chain used {",
+            "    type filter hook prerouting priority dstnat + 10; policy accept;",
+            *used,
+            "  }",
+        ]
+    )
+    script = _chain_removed(script, "used")
+    return script.replace(
+        "  chain prerouting {", "\n".join(objects) + "\n" + chain + "\n  chain prerouting {"
+    )
+
+
+def _notrack_vxlan(script: str) -> str:
+    port = port_of(PORT)
+    chains = f"""  chain vxlan_notrack_in {{
+    type filter hook prerouting priority raw; policy accept;
+    udp dport {port} notrack
+  }}
+  chain vxlan_notrack_out {{
+    type filter hook output priority raw; policy accept;
+    udp dport {port} notrack
+  }}
+"""
+    return script.rstrip().removesuffix("}") + chains + "}\n"
+
+
+def _minimal(script: str) -> str:
+    for name in ("used", "tunnel_in", "tunnel_forward", "tunnel_out"):
+        script = _chain_removed(script, name)
+    return script
+
+
+VARIANTS: dict[str, Callable[[str], str]] = {
+    "current": lambda s: s,
+    "no-used": lambda s: _chain_removed(s, "used"),
+    "used-new": _used_new,
+    "used-counter": _used_counter,
+    "notrack-vxlan": _notrack_vxlan,
+    "minimal": _minimal,
+}
+
+
+def saturated(bed: Testbed, target: str, seconds: float = 2.0) -> float:
+    """Received packets/s when c1 sends 1400-byte datagrams as fast as it can (loss
+    ignored): the sender's core carries the whole forward path, so this follows the
+    per-packet cost more finely than the < 1 % loss search."""
+    argv = ["-u", "-b", "0", "-l", str(UDP_SIZE), "-w", "4M"]
+    total = iperf(bed, target, *argv, seconds=seconds)["end"]["sum"]
+    return (total["packets"] - total["lost_packets"]) / total["seconds"]
+
+
+class Rules:
+    def __init__(self, bed: Testbed) -> None:
+        self.bed = bed
+        self.nodes = []
+        for node, node_ip, peer, table, local in (
+            ("n1", N1, N2, N1_TABLE, N1_LOCAL),
+            ("n2", N2, N1, N2_TABLE, N2_LOCAL),
+        ):
+            spec = tunnel_spec(table, [peer], node_ip, port=port_of(PORT), mtu=MTU, bridge=BRIDGE)
+            script = plan(
+                table, local, node_ip, bridge=BRIDGE, kernel_peers={peer}, tunnel=spec
+            ).render()
+            self.nodes.append((Nft(bed.netns_exec(node)), bed.topology.netns(node), spec, script))
+        self.state = "off"
+        self.tunnel = False
+
+    def set(self, state: str) -> None:
+        """off | ct | vxlan | vxlan-ct | a variant name (vxlan: the tunnel's routes
+        between the nodes, no table; -ct: with a table that only switches conntrack on)."""
+        if state == self.state:
+            return
+        tunnel = state in VARIANTS or state.startswith("vxlan")
+        for nft, netns, spec, script in self.nodes:
+            nft.delete_table()
+            nft.apply(CT_ONLY_DELETE)
+            with Kernel(netns) as kernel:
+                if tunnel and not self.tunnel:
+                    kernel.ensure_tunnel(spec)
+                if not tunnel and self.tunnel:
+                    kernel.delete_tunnel(DEVICE, BRIDGE)
+            if state in ("ct", "vxlan-ct"):
+                nft.apply(CT_ONLY)
+            elif state in VARIANTS:
+                nft.apply(VARIANTS[state](script))
+        if not tunnel and self.tunnel:
+            direct_routes(self.bed)
+        self.tunnel = tunnel
+        self.state = state
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m testbed.bench_rules", description=__doc__)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--print", action="store_true", help="print n1's scripts and exit")
+    parser.add_argument("--vxlan", action="store_true", help="also direct over the tunnel")
+    parser.add_argument(
+        "--saturate", action="store_true", help="received packets/s at an unlimited rate"
+    )
+    parser.add_argument("--check", action="store_true", help="apply each variant and exit")
+    args = parser.parse_args(argv)
+    variants = args.variants.split(",")
+    rows: dict[str, list[float]] = {}
+    with Testbed(two_nodes(unique_prefix(BENCH_PREFIX), extra_container_on_n1=True)) as bed:
+        direct_routes(bed)
+        for server in ("c2", "c3"):
+            bed.popen(server, ["iperf3", "-s", "-p", "5201"], stdout=-3, stderr=-3)
+        rules = Rules(bed)
+        if args.print:
+            for v in variants:
+                print(f"# {v}\n{VARIANTS[v](rules.nodes[0][3])}")
+            return 0
+        if args.check:
+            for state in ["ct", "vxlan", "vxlan-ct", *variants, "off"]:
+                rules.set(state)
+                progress(f"{state} applied")
+            return 0
+        try:
+            for i in range(1, args.repeat + 1):
+                first = ["off", "ct", "vxlan", "vxlan-ct"] if args.vxlan else ["off", "ct"]
+                order = [*first, *(variants if i % 2 else reversed(variants))]
+                for state in order:
+                    rules.set(state)
+                    for where, target, service in (("local", C3, LOCAL_RR), ("remote", C2, RR)):
+                        direct = state not in VARIANTS
+                        address = target.namespace_ip if direct else service.service_ip
+                        pps = (
+                            saturated(bed, address) if args.saturate else udp_max_pps(bed, address)
+                        )
+                        rows.setdefault(f"{where} {state}", []).append(pps)
+                        progress(f"{i}/{args.repeat} {where} {state}: {pps:,.0f} packets/s")
+        finally:
+            rules.set("off")
+    med = statistics.median
+    for where in ("local", "remote"):
+        base = med(rows[f"{where} off"])
+        for state in ["off", "ct", *(["vxlan", "vxlan-ct"] if args.vxlan else []), *variants]:
+            values = rows[f"{where} {state}"]
+            runs = ", ".join(f"{v / 1000:.0f}k" for v in values)
+            print(
+                f"{where:6} {state:14} {med(values):>10,.0f}  {med(values) / base:6.1%}  ({runs})"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
