@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # the system tier runs alone (each test is a whole cluster of processes). XDIST= turns it off.
 XDIST ?= -n 2
 
-.PHONY: help setup apt venv lint format test test-pure test-process test-kernel test-system test-mongo test-compose test-chaos run bench bench-control clean
+.PHONY: help setup apt venv lint format test test-pure test-process test-kernel test-system test-mongo test-compose test-chaos run bench bench-rules bench-control clean
 
 help:
 	@echo "make setup   install system packages (apt) and the dev virtualenv (.venv)"
@@ -19,6 +19,7 @@ help:
 	@echo "make lint    ruff check + ruff format --check + mypy on the pure core"
 	@echo "make run     local cluster in network namespaces with a demo app (needs root)"
 	@echo "make bench   data-path benchmark vs the direct kernel path (needs root)"
+	@echo "make bench-rules    per-packet cost of each nft rule of the kernel fast path (ablation)"
 	@echo "make bench-control  control-plane benchmark: 1,000 MQTT nodes, root, cluster (table)"
 	@echo "make test-mongo     the store tests again against SecantusDB (MongoDB wire protocol)"
 	@echo "make test-chaos      the chaos test again, 75 s with a random seed (make test runs 45 s, fixed seed)"
@@ -99,6 +100,10 @@ run: setup
 
 bench: setup
 	PYTHONPATH=integration-tests $(PY) -m testbed.bench
+
+# What each nft rule of the kernel fast path costs per UDP packet (variants vs direct, same run)
+bench-rules: setup
+	PYTHONPATH=integration-tests $(PY) -m testbed.bench_rules --saturate --vxlan $(BENCH_ARGS)
 
 # BENCH_ARGS: e.g. --quick, --store embedded, --root-services 2000
 bench-control: setup
