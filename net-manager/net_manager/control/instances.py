@@ -6,7 +6,8 @@ a dead instance's cleanup release it again. Every change is reported to the clus
 
 What one instance claims is refused for another (409, the first keeps what it has): its
 network namespace (a second instance there would replace the first's addresses) and
-its host ports. The ports the node itself uses (tunnel, API, broker) are never mapped.
+its host ports. The ports the node itself uses (tunnel, kernel tunnel, API, broker) are
+never mapped.
 A container in the node's own namespace (host networking) is refused with 400.
 """
 
@@ -17,6 +18,7 @@ import os
 
 from net_manager.control.addresses import AddressesExhausted
 from net_manager.control.statefile import Instance, instance_key
+from net_manager.node import tunnel
 from net_manager.node.kernel import KernelError, netns_path_of_pid
 from net_manager.node.portmap import InvalidPortMapping, parse_port_mappings
 from net_manager.node.reconciler import ContainerSpec
@@ -116,6 +118,8 @@ class Instances:
         }
         if config.tcp_port:
             ports[config.tcp_port] = "API port"
+        if config.tun.tunnel_port < 65535:  # the kernel tunnel (VXLAN) between our nodes
+            ports[tunnel.port_of(config.tun.tunnel_port)] = "kernel tunnel port"
         return ports
 
     def _check_node_ports(self, mappings) -> None:

@@ -238,6 +238,7 @@ def test_claims_of_one_instance_are_409_for_another(daemon):
     refused(os.getpid(), 1, "", 409, "pid", f"{X1}.0")  # same namespace
     refused(os.getpid(), 1, "9000:80;8080", 409, "8080/tcp", f"{X1}.0")
     refused(os.getpid(), 1, "50103/udp", 409, "portMappings", "tunnel port")
+    refused(os.getpid(), 1, "50104/udp", 409, "portMappings", "kernel tunnel port")
     refused(os.getpid(), 1, "10003", 409, "broker port")
     assert list(daemon.state.instances) == [f"{X1}.0"]
     assert daemon.deploy_container(os.getpid(), X1, 0, "8080:80") == first  # a retry: fine
