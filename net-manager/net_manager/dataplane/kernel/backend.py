@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from net_manager.dataplane.backend import (
     DataPlaneBackend,
@@ -38,7 +39,7 @@ from net_manager.dataplane.backend import (
 )
 from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
 from net_manager.dataplane.io.probes import CAP_VXLAN, CAP_VXLAN_PEER
-from net_manager.dataplane.kernel.nft import Conntrack, Nft, NftError, chain_packets
+from net_manager.dataplane.kernel.nft import Conntrack, Nft, NftError, chain_packets, set_elements
 from net_manager.dataplane.kernel.ruleset import KernelPlan, departed, plan, tunnel_spec
 from net_manager.node.errors import KernelError
 from net_manager.node.tunnel import (
@@ -169,11 +170,13 @@ class KernelBackend:
             generation = self._stats["kernel_applies"] if self._applied else None
         if generation is None:
             return
-        flows = self._read_flows()
+        table = self._read_table()  # one listing: the counters and the `used` sets
+        if table is None:
+            return
         with self._lock:
-            if flows is not None and generation == self._stats["kernel_applies"]:
-                self._live_flows = flows
-        self._report_used()
+            if generation == self._stats["kernel_applies"]:
+                self._live_flows = _service_flows(table)
+        self._report_used(table)
 
     def _sync_locked(self) -> None:
         """Apply the plan of the latest table when its rules differ from those in force."""
@@ -278,35 +281,34 @@ class KernelBackend:
             log.error("cannot remove the kernel rules: %s", err)
 
     def _read_flows_locked(self) -> None:
-        if self._applied and (flows := self._read_flows()) is not None:
-            self._live_flows = flows
+        if self._applied and (table := self._read_table()) is not None:
+            self._live_flows = _service_flows(table)
 
-    def _read_flows(self) -> dict[str, int] | None:
-        """New connections per service chain of the table in force (None: unreadable)."""
+    def _read_table(self) -> list[dict[str, Any]] | None:
+        """Our table in force as nft's JSON objects (None: unreadable)."""
         try:
-            packets = chain_packets(self._nft.table())
+            return self._nft.table()
         except NftError as err:
             log.warning("cannot read the kernel counters: %s", err)
             return None
-        return {c: n for c, n in packets.items() if c.startswith("service_")}
 
-    def _report_used(self) -> None:
+    def _report_used(self, table: list[dict[str, Any]]) -> None:
         with self._lock:
             current = self.plan if self._applied else None
         if current is None or not current.services:
             return
         jobs: set[str] = set()
         for name in ("used_v4", "used_v6"):
-            try:
-                elements = self._nft.set_elements(name)
-            except NftError as err:
-                log.warning("cannot read the used services: %s", err)
-                return
-            for service_ip in elements:
+            for service_ip in set_elements(table, name):
                 jobs.update(current.jobs_of(service_ip))
         if jobs:
             self._stats["kernel_used_reports"] += 1
             self._on_used(sorted(jobs))
+
+
+def _service_flows(table: list[dict[str, Any]]) -> dict[str, int]:
+    """New connections per service chain (the packets their DNAT counters saw)."""
+    return {c: n for c, n in chain_packets(table).items() if c.startswith("service_")}
 
 
 def _union(old: TunnelSpec | None, new: TunnelSpec) -> TunnelSpec:

@@ -65,18 +65,6 @@ class Nft:
             return []
         return _objects(self._run(["-j", "list", "table", FAMILY, TABLE]))
 
-    def set_elements(self, name: str) -> list[str]:
-        """The addresses in one of our sets (dynamic ones included)."""
-        listing = self._run(["-j", "list", "set", FAMILY, TABLE, name])
-        elements: list[str] = []
-        for obj in _objects(listing):
-            for element in obj.get("set", {}).get("elem", []):
-                if isinstance(element, dict):  # {"elem": {"val": ..., "expires": ...}}
-                    element = element.get("elem", {}).get("val", "")
-                if isinstance(element, str):
-                    elements.append(element)
-        return elements
-
     def supported(self) -> tuple[bool, str]:
         """(True, "") when nft exists and the kernel takes our kind of ruleset, else
         (False, why). Nothing is committed."""
@@ -136,6 +124,21 @@ def _objects(listing: str) -> list[dict[str, Any]]:
     except json.JSONDecodeError as err:
         raise NftError(f"nft printed no JSON: {err}") from None
     return [o for o in data.get("nftables", []) if isinstance(o, dict)]
+
+
+def set_elements(objects: list[dict[str, Any]], name: str) -> list[str]:
+    """The addresses in one of our sets (dynamic ones included) in a table listing."""
+    elements: list[str] = []
+    for obj in objects:
+        found = obj.get("set")
+        if not isinstance(found, dict) or found.get("name") != name:
+            continue
+        for element in found.get("elem", []):
+            if isinstance(element, dict):  # {"elem": {"val": ..., "expires": ...}}
+                element = element.get("elem", {}).get("val", "")
+            if isinstance(element, str):
+                elements.append(element)
+    return elements
 
 
 def chain_packets(objects: list[dict[str, Any]]) -> dict[str, int]:

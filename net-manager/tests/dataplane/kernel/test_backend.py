@@ -30,13 +30,15 @@ class FakeNft:
         self.apply(render_delete())
 
     def table(self) -> list[dict]:
-        return [
+        rules = [
             {"rule": {"chain": chain, "expr": [{"counter": {"packets": n, "bytes": 0}}]}}
             for chain, n in self.packets.items()
         ]
-
-    def set_elements(self, name: str) -> list[str]:
-        return self.used[name]
+        sets = [
+            {"set": {"name": name, "elem": [{"elem": {"val": ip, "expires": 1}} for ip in ips]}}
+            for name, ips in self.used.items()
+        ]
+        return rules + sets
 
 
 class Inner:

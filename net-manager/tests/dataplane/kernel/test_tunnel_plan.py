@@ -164,9 +164,6 @@ class FakeNft:
     def table(self) -> list[dict]:
         return []
 
-    def set_elements(self, name: str) -> list[str]:
-        return []
-
 
 class Inner:
     def __init__(self) -> None:
