@@ -1,18 +1,18 @@
 """Ablation of the kernel fast path's per-packet cost: UDP packets/s at < 1 % loss
 through the kernel path with variants of the nft rules, vs the direct path, same run.
 
-    python -m testbed.bench_rules [--repeat 3] [--variants current,no-used,...]
+    python -m testbed.bench_rules [--repeat 3] [--variants current,previous,...]
 
 Reuses `make bench`'s testbed (n1: c1, c3; n2: c2) and its UDP measurement, without
 the TUN data planes. Each variant is a text edit of the rendered script of both nodes
 (this is a measuring tool, not product code):
 
-- current: the rules as rendered;
-- no-used: without the `used` chain (the floor for any use tracking);
-- used-new: the set update only for `ct state new` packets;
-- used-counter: a named counter per service IP (counter map keyed by ct original daddr);
+- current: the rules as rendered (use read from conntrack, no per-packet use rule);
+- previous: the rules before that: a `used` chain whose set every packet of a served
+  connection refreshes, and the tunnel's forward checks in one flat chain;
+- used-set: current + that `used` chain (what per-packet use tracking costs);
 - notrack-vxlan: current + no conntrack for the outer VXLAN packets (raw priority);
-- minimal: only the NAT chains and tunnel_mark (no used, no tunnel guards).
+- minimal: only the NAT chains and tunnel_mark (no tunnel guards).
 
 The direct paths run without any table and with a table that only switches conntrack
 on ("+ct"), to show what conntrack costs by itself.
@@ -67,34 +67,44 @@ def _chain_removed(script: str, name: str) -> str:
     return re.sub(rf"\n  chain {name} {{\n.*?\n  }}", "", script, flags=re.S)
 
 
-def _used_new(script: str) -> str:
-    return script.replace("    ct original ip", "    ct state new ct original ip")
+def _chain_body(script: str, name: str) -> list[str]:
+    found = re.search(rf"\n  chain {name} {{\n(.*?)\n  }}", script, flags=re.S)
+    return found.group(1).splitlines() if found else []
 
 
-def _used_counter(script: str) -> str:
-    """The used chain counts packets in a named counter per service IP."""
-    objects, used = [], []
-    for version, ip in ((4, "ip"), (6, "ip6")):
-        found = re.search(rf"set services_v{version} {{ type \S+; elements = {{ (.*?) }}", script)
-        addresses = found.group(1).split(", ") if found else []
-        pairs = []
-        for i, address in enumerate(addresses):
-            objects.append(f"  counter used_v{version}_{i} {{ }}")
-            pairs.append(f'{address} : "used_v{version}_{i}"')
-        if pairs:
-            used.append(f"    counter name ct original {ip} daddr map {{ {', '.join(pairs)} }}")
-    chain = "\n".join(
-        [
-            "  chain used {",
-            "    type filter hook prerouting priority dstnat + 10; policy accept;",
-            *used,
-            "  }",
-        ]
-    )
-    script = _chain_removed(script, "used")
+def _used_set(script: str) -> str:
+    """The use tracking before conntrack's counts: every packet of a served connection
+    refreshes its service IP in a set with a timeout."""
+    objects, rules = [], []
+    for version, ip, kind in ((4, "ip", "ipv4_addr"), (6, "ip6", "ipv6_addr")):
+        objects.append(
+            f"  set used_v{version} {{ type {kind}; flags dynamic,timeout; timeout 2s; }}"
+        )
+        rules.append(
+            f"    ct original {ip} daddr @services_v{version}"
+            f" update @used_v{version} {{ ct original {ip} daddr }}"
+        )
+    chain = ["  chain used {",
+             "    type filter hook prerouting priority dstnat + 10; policy accept;",
+             *rules, "  }"]  # fmt: skip
     return script.replace(
-        "  chain prerouting {", "\n".join(objects) + "\n" + chain + "\n  chain prerouting {"
+        "  chain prerouting {", "\n".join([*objects, *chain, "  chain prerouting {"])
     )
+
+
+def _previous(script: str) -> str:
+    """The rules before this change: the used set, and the tunnel's forward checks as one
+    flat chain (every rule tests the interface) instead of two jumps."""
+    script = _used_set(script)
+    if DEVICE not in script:
+        return script
+    flat = [f'    iifname "{DEVICE}" {rule.strip()}' for rule in _chain_body(script, "from_tunnel")]
+    flat += [f'    oifname "{DEVICE}" {rule.strip()}' for rule in _chain_body(script, "to_tunnel")]
+    script = _chain_removed(_chain_removed(script, "from_tunnel"), "to_tunnel")
+    head = "    type filter hook forward priority filter - 10; policy accept;"
+    body = "\n".join([head, *flat])
+    chain = re.compile(r"(\n  chain tunnel_forward {\n).*?(\n  })", flags=re.S)
+    return chain.sub(lambda m: m.group(1) + body + m.group(2), script)
 
 
 def _notrack_vxlan(script: str) -> str:
@@ -112,16 +122,15 @@ def _notrack_vxlan(script: str) -> str:
 
 
 def _minimal(script: str) -> str:
-    for name in ("used", "tunnel_in", "tunnel_forward", "tunnel_out"):
+    for name in ("tunnel_in", "tunnel_forward", "from_tunnel", "to_tunnel", "tunnel_out"):
         script = _chain_removed(script, name)
     return script
 
 
 VARIANTS: dict[str, Callable[[str], str]] = {
     "current": lambda s: s,
-    "no-used": lambda s: _chain_removed(s, "used"),
-    "used-new": _used_new,
-    "used-counter": _used_counter,
+    "previous": _previous,
+    "used-set": _used_set,
     "notrack-vxlan": _notrack_vxlan,
     "minimal": _minimal,
 }

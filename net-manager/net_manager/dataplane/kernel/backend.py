@@ -8,7 +8,9 @@ as one transaction *before* the proxy gets the table: a kernel rule never outliv
 table that made it (e.g. an RR service IP whose instances were all local keeps no DNAT
 to them once the proxy knows an instance elsewhere). A background thread, every
 `poll_interval` seconds, re-applies after a failure and reports the services whose
-kernel flows carried packets (`on_used`, like the proxy's Used reports).
+kernel flows carried packets since the last round (`on_used`, like the proxy's Used
+reports), from conntrack's per-connection packet counts (`flows.py`), which it switches
+on in the node's namespace after the first apply.
 
 An apply that fails removes our table: the TUN proxy then serves everything, which is
 slower but never wrong (stale rules could send traffic to an instance that left).
@@ -39,7 +41,8 @@ from net_manager.dataplane.backend import (
 )
 from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
 from net_manager.dataplane.io.probes import CAP_VXLAN, CAP_VXLAN_PEER
-from net_manager.dataplane.kernel.nft import Conntrack, Nft, NftError, chain_packets, set_elements
+from net_manager.dataplane.kernel.flows import parse_listing, used_destinations
+from net_manager.dataplane.kernel.nft import Conntrack, Nft, NftError, chain_packets
 from net_manager.dataplane.kernel.ruleset import KernelPlan, departed, plan, tunnel_spec
 from net_manager.node.errors import KernelError
 from net_manager.node.tunnel import (
@@ -90,12 +93,15 @@ class KernelBackend:
         self._tunnel_failed = False
         self._retired_flows = 0  # new-connection counts of tables we replaced
         self._live_flows: dict[str, int] = {}
+        self._accounting = False  # conntrack counts packets per connection
+        self._flow_packets: dict[str, int] = {}  # conntrack id -> packets at the last round
         self._stats = {
             "kernel_applies": 0,
             "kernel_apply_errors": 0,
             "kernel_used_reports": 0,
             "kernel_flows_forgotten": 0,  # (service IP, departed instance) pairs flushed
             "kernel_tunnel_errors": 0,
+            "kernel_use_read_errors": 0,
         }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -164,7 +170,7 @@ class KernelBackend:
 
     def _run_once(self) -> None:
         """One round: retry or refresh the rules, read the counters, report use. The
-        counters are read outside the lock, so a new table never waits for them."""
+        counters and conntrack are read outside the lock, so a new table never waits."""
         with self._lock:
             self._sync_locked()
             generation = self._stats["kernel_applies"] if self._applied else None
@@ -176,7 +182,7 @@ class KernelBackend:
         with self._lock:
             if generation == self._stats["kernel_applies"]:
                 self._live_flows = _service_flows(table)
-        self._report_used(table)
+        self._report_used()
 
     def _sync_locked(self) -> None:
         """Apply the plan of the latest table when its rules differ from those in force."""
@@ -220,6 +226,7 @@ class KernelBackend:
         self._retired_flows += sum(self._live_flows.values())
         self._live_flows = {}
         self._applied = script
+        self._enable_accounting_locked()
         if self.plan is not None:
             self._forget_locked(departed(self.plan, services))
         self.plan = new_plan
@@ -292,15 +299,35 @@ class KernelBackend:
             log.warning("cannot read the kernel counters: %s", err)
             return None
 
-    def _report_used(self, table: list[dict[str, Any]]) -> None:
+    def _enable_accounting_locked(self) -> None:
+        # After an apply: conntrack's setting exists once its module is loaded, which
+        # our table's ct expressions make sure of.
+        if self._accounting or self._conntrack is None:
+            return
+        try:
+            self._conntrack.enable_accounting()
+        except NftError as err:
+            log.error("conntrack cannot count packets, kernel flows are not seen as use: %s", err)
+            return
+        self._accounting = True
+
+    def _report_used(self) -> None:
         with self._lock:
             current = self.plan if self._applied else None
-        if current is None or not current.services:
+        if current is None or not current.services or self._conntrack is None:
             return
+        try:
+            listing = self._conntrack.listing()
+        except NftError as err:
+            self._stats["kernel_use_read_errors"] += 1
+            log.warning("cannot read which kernel flows carried packets: %s", err)
+            return
+        service_ips, self._flow_packets = used_destinations(
+            self._flow_packets, parse_listing(listing), current.service_ips()
+        )
         jobs: set[str] = set()
-        for name in ("used_v4", "used_v6"):
-            for service_ip in set_elements(table, name):
-                jobs.update(current.jobs_of(service_ip))
+        for service_ip in service_ips:
+            jobs.update(current.jobs_of(service_ip))
         if jobs:
             self._stats["kernel_used_reports"] += 1
             self._on_used(sorted(jobs))

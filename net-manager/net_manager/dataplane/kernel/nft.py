@@ -18,9 +18,8 @@ from net_manager.dataplane.kernel.ruleset import FAMILY, TABLE, render_delete
 TIMEOUT = 10.0
 
 # The smallest ruleset using everything the kernel path needs (inet nat, numgen, maps,
-# dynamic sets, ct expressions), checked by the kernel and never committed (`nft -c`).
+# ct expressions), checked by the kernel and never committed (`nft -c`).
 _PROBE = f"""table {FAMILY} {TABLE}_probe {{
-  set used {{ type ipv4_addr; flags dynamic,timeout; timeout 5s; }}
   map to {{ type ipv4_addr : ipv4_addr; }}
   chain pre {{
     type nat hook prerouting priority dstnat - 10; policy accept;
@@ -31,12 +30,12 @@ _PROBE = f"""table {FAMILY} {TABLE}_probe {{
     type nat hook postrouting priority srcnat - 10; policy accept;
     ct status dnat ct original ip daddr 10.30.0.1 snat ip to ip saddr map @to
   }}
-  chain used {{
-    type filter hook prerouting priority dstnat + 10; policy accept;
-    ct original ip daddr 10.30.0.1 update @used {{ ct original ip daddr }}
-  }}
 }}
 """
+
+
+_ACCOUNTING = "/proc/sys/net/netfilter/nf_conntrack_acct"
+_ACCOUNTING_ON = f'[ "$(cat {_ACCOUNTING})" = 1 ] || echo 1 > {_ACCOUNTING}'
 
 
 class NftError(RuntimeError):
@@ -94,12 +93,41 @@ class Nft:
 
 
 class Conntrack:
-    """`conntrack` in one namespace: forgets the connections NATed to an instance that
-    left. Without the tool, such connections just run into the void until they end."""
+    """`conntrack` in one namespace: lists the DNATed connections with their packet
+    counts (which services are used) and forgets the connections NATed to an instance
+    that left. Without the tool, no use is seen and such connections run into the void
+    until they end."""
 
     def __init__(self, netns_exec: Sequence[str] | None = None, binary: str = "conntrack"):
-        self._prefix = [*(netns_exec or ()), binary]
+        self._netns_exec = list(netns_exec or ())
+        self._prefix = [*self._netns_exec, binary]
         self._binary = binary
+
+    def enable_accounting(self) -> None:
+        """Have conntrack count packets per connection (`nf_conntrack_acct`, a setting of
+        the namespace; connections that exist already stay uncounted)."""
+        argv = [*self._netns_exec, "sh", "-c", _ACCOUNTING_ON]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise NftError(f"conntrack accounting: {err}") from None
+        if done.returncode != 0:
+            raise NftError(f"conntrack accounting: {done.stderr.strip()[:500]}")
+
+    def listing(self) -> str:
+        """`conntrack -L -g -o id`: the DNATed connections of both families, one a line."""
+        if shutil.which(self._binary) is None:
+            raise NftError(f"{self._binary} is not installed")
+        argv = ["-L", "-g", "-o", "id"]
+        try:
+            done = subprocess.run(
+                [*self._prefix, *argv], capture_output=True, text=True, timeout=TIMEOUT
+            )
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise NftError(f"conntrack {' '.join(argv)}: {err}") from None
+        if done.returncode != 0:
+            raise NftError(f"conntrack {' '.join(argv)}: {done.stderr.strip()[:500]}")
+        return done.stdout
 
     def forget(self, version: int, service_ip: str, namespace_ip: str) -> None:
         """Delete the entries of connections to service_ip that went to namespace_ip."""
@@ -124,21 +152,6 @@ def _objects(listing: str) -> list[dict[str, Any]]:
     except json.JSONDecodeError as err:
         raise NftError(f"nft printed no JSON: {err}") from None
     return [o for o in data.get("nftables", []) if isinstance(o, dict)]
-
-
-def set_elements(objects: list[dict[str, Any]], name: str) -> list[str]:
-    """The addresses in one of our sets (dynamic ones included) in a table listing."""
-    elements: list[str] = []
-    for obj in objects:
-        found = obj.get("set")
-        if not isinstance(found, dict) or found.get("name") != name:
-            continue
-        for element in found.get("elem", []):
-            if isinstance(element, dict):  # {"elem": {"val": ..., "expires": ...}}
-                element = element.get("elem", {}).get("val", "")
-            if isinstance(element, str):
-                elements.append(element)
-    return elements
 
 
 def chain_packets(objects: list[dict[str, Any]]) -> dict[str, int]:

@@ -29,9 +29,9 @@ the VXLAN device (`node/tunnel.py`).
 - `postrouting` (nat, before the iptables nat chains): connections we DNATed get the
   caller's instance IP as source, so the server sees the caller's instance IP and,
   through conntrack, the caller sees replies from the service IP;
-- `used` (filter, after the DNAT): every packet of a connection to a served service IP
-  (either direction, so established flows count) refreshes that service IP in a set
-  with a timeout, which the backend reads to report used services.
+
+No rule walks every packet to learn which services are used: the backend reads that
+from conntrack's packet counts (`flows.py`).
 
 With a kernel tunnel (`tunnel`), four more chains guard and route it:
 
@@ -43,10 +43,11 @@ With a kernel tunnel (`tunnel`), four more chains guard and route it:
   connection gets that mark as packet mark, so the peer's fwmark rule routes it back
   over the device (its destination, the caller's instance IP, says nothing about the
   caller's node);
-- `tunnel_forward` (filter forward): from the device only replies, or new connections
-  from a peer (marked) with an instance IP as source to a namespace IP here; to the
-  device only our DNATed connections and replies of marked ones. A container sending
-  straight to a remote namespace IP is dropped, as the TUN drops it (`not_service`);
+- `tunnel_forward` (filter forward, jumping to `from_tunnel` / `to_tunnel` only for
+  packets of the device): from the device only replies, or new connections from a peer
+  (marked) with an instance IP as source to a namespace IP here; to the device only our
+  DNATed connections and replies of marked ones. A container sending straight to a
+  remote namespace IP is dropped, as the TUN drops it (`not_service`);
 - `tunnel_out` (filter output): the node's own packets never leave through the device.
 
 Connections that existed before a rule (e.g. the table miss that went to the TUN) keep
@@ -69,7 +70,6 @@ from oakestra_net.services import CLOSEST, INSTANCE_IP
 
 TABLE = "oakestra_net"
 FAMILY = "inet"
-USED_TIMEOUT_SECONDS = 2  # a service counts as used this long after its last packet
 _VERSIONS = (4, 6)
 _INTERFACE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _NFT_FAMILY = {4: "ip", 6: "ip6"}
@@ -121,11 +121,6 @@ class KernelPlan:
             pairs = [f"{ns} : {callers[ns]}" for ns in sorted(callers, key=_sort_key)]
             lines += _set(f"instance_ip_v{version}", f"{kind} : {kind}", pairs, word="map")
             lines += _set(f"services_v{version}", kind, [s.service_ip for s in served[version]])
-            lines += [
-                f"  set used_v{version} {{",
-                f"    type {kind}; flags dynamic,timeout; timeout {USED_TIMEOUT_SECONDS}s;",
-                "  }",
-            ]
         for version in _VERSIONS:
             for index, service in enumerate(served[version]):
                 lines += [
@@ -154,14 +149,6 @@ class KernelPlan:
                 f"    ct status dnat ct original {ip} daddr @services_v{version}"
                 f" snat {ip} to {ip} saddr map @instance_ip_v{version}"
             )
-        lines += ["  }", "  chain used {"]
-        lines.append("    type filter hook prerouting priority dstnat + 10; policy accept;")
-        for version in _VERSIONS:
-            ip = _NFT_FAMILY[version]
-            lines.append(
-                f"    ct original {ip} daddr @services_v{version}"
-                f" update @used_v{version} {{ ct original {ip} daddr }}"
-            )
         lines += ["  }"]
         if self.tunnel is not None:
             lines += _tunnel_lines(self.tunnel, self.bridge)
@@ -188,19 +175,24 @@ def _tunnel_lines(tunnel: TunnelSpec, bridge: str) -> list[str]:
         f'    iifname "{device}" ct state new ct mark set ether saddr map @peer_marks',
         f'    iifname "{bridge}" ct direction reply ct mark @tunnel_marks meta mark set ct mark',
         "  }",
+        # Two interface tests per forwarded packet; the checks run only for the device.
         "  chain tunnel_forward {",
         "    type filter hook forward priority filter - 10; policy accept;",
-        f'    iifname "{device}" ct direction reply accept',
-        f'    iifname "{device}" oifname != "{bridge}" counter drop',
-        f'    iifname "{device}" ct mark != @tunnel_marks counter drop',
-        f'    iifname "{device}" ip saddr != {SERVICE_V4} counter drop',
-        f'    iifname "{device}" ip6 saddr != {SERVICE_V6} counter drop',
-        f'    oifname "{device}" ct direction original ct status dnat'
-        " ct original ip daddr @services_v4 accept",
-        f'    oifname "{device}" ct direction original ct status dnat'
-        " ct original ip6 daddr @services_v6 accept",
-        f'    oifname "{device}" ct direction reply ct mark @tunnel_marks accept',
-        f'    oifname "{device}" counter drop',
+        f'    iifname "{device}" jump from_tunnel',
+        f'    oifname "{device}" jump to_tunnel',
+        "  }",
+        "  chain from_tunnel {",
+        "    ct direction reply accept",
+        f'    oifname != "{bridge}" counter drop',
+        "    ct mark != @tunnel_marks counter drop",
+        f"    ip saddr != {SERVICE_V4} counter drop",
+        f"    ip6 saddr != {SERVICE_V6} counter drop",
+        "  }",
+        "  chain to_tunnel {",
+        "    ct direction original ct status dnat ct original ip daddr @services_v4 accept",
+        "    ct direction original ct status dnat ct original ip6 daddr @services_v6 accept",
+        "    ct direction reply ct mark @tunnel_marks accept",
+        "    counter drop",
         "  }",
         "  chain tunnel_out {",
         "    type filter hook output priority filter - 10; policy accept;",

@@ -19,7 +19,6 @@ class FakeNft:
         self.scripts: list[str] = []
         self.refuse = False
         self.packets: dict[str, int] = {}
-        self.used: dict[str, list[str]] = {"used_v4": [], "used_v6": []}
 
     def apply(self, script: str, *, check_only: bool = False) -> None:
         if self.refuse and script != render_delete():
@@ -30,15 +29,34 @@ class FakeNft:
         self.apply(render_delete())
 
     def table(self) -> list[dict]:
-        rules = [
+        return [
             {"rule": {"chain": chain, "expr": [{"counter": {"packets": n, "bytes": 0}}]}}
             for chain, n in self.packets.items()
         ]
-        sets = [
-            {"set": {"name": name, "elem": [{"elem": {"val": ip, "expires": 1}} for ip in ips]}}
-            for name, ips in self.used.items()
-        ]
-        return rules + sets
+
+
+class FakeConntrack:
+    """`conntrack -L -g -o id` lines: (id, original destination, packets)."""
+
+    def __init__(self) -> None:
+        self.flows: list[tuple[str, str, int]] = []
+        self.accounting = 0  # times it was switched on
+        self.broken = False
+
+    def enable_accounting(self) -> None:
+        self.accounting += 1
+
+    def listing(self) -> str:
+        if self.broken:
+            raise NftError("conntrack -L: Operation not permitted")
+        return "".join(
+            f"udp 17 29 src=10.16.0.2 dst={dst} sport=1 dport=2 packets={n} bytes=1 "
+            f"src=10.16.0.3 dst=10.30.0.2 sport=2 dport=1 packets=0 bytes=0 mark=0 use=1 id={i}\n"
+            for i, dst, n in self.flows
+        )
+
+    def forget(self, version: int, service_ip: str, namespace_ip: str) -> None:
+        pass
 
 
 class Inner:
@@ -60,9 +78,11 @@ class Inner:
         return {"flows_created": 7}
 
 
-def make() -> tuple[KernelBackend, FakeNft, Inner, list[list[str]]]:
+def make(conntrack: FakeConntrack | None = None):
     nft, inner, used = FakeNft(), Inner(), []
-    backend = KernelBackend(inner, nft, bridge="oak-br0", on_used=used.append, poll_interval=60)
+    backend = KernelBackend(
+        inner, nft, bridge="oak-br0", on_used=used.append, poll_interval=60, conntrack=conntrack
+    )
     return backend, nft, inner, used
 
 
@@ -100,14 +120,32 @@ def test_a_refused_table_leaves_everything_to_the_tun_and_is_retried():
     assert "10.30.1.30" in nft.scripts[-1] and backend.counters()["kernel_services"] == 2
 
 
-def test_used_service_ips_are_reported_as_their_jobs():
-    backend, nft, _, used = make()
+def test_service_ips_whose_flows_carried_packets_are_reported_as_their_jobs():
+    conntrack = FakeConntrack()
+    backend, _, _, used = make(conntrack)
     backend.push_snapshot([RR], [A, B], HERE)
+    assert conntrack.accounting == 1  # switched on with the first rules
     backend._run_once()
-    assert used == []  # nothing carried traffic
-    nft.used = {"used_v4": ["10.30.1.30"], "used_v6": ["fdff::9"]}  # the latter: not ours
+    assert used == []  # no flows
+    conntrack.flows = [("7", "10.30.1.30", 3), ("8", "fdff::9", 5)]  # the latter: not ours
     backend._run_once()
     assert used == [["X.d.b.d"]]
+    backend._run_once()  # the flow is still there but carried nothing since
+    assert used == [["X.d.b.d"]]
+    conntrack.flows = [("7", "10.30.1.30", 4)]  # an established flow sending again
+    backend._run_once()
+    assert used == [["X.d.b.d"], ["X.d.b.d"]]
+    backend.push_snapshot([], [A, B], HERE)
+    assert conntrack.accounting == 1  # once is enough
+
+
+def test_an_unreadable_conntrack_is_counted_and_reports_nothing():
+    conntrack = FakeConntrack()
+    backend, _, _, used = make(conntrack)
+    backend.push_snapshot([RR], [A, B], HERE)
+    conntrack.flows, conntrack.broken = [("7", "10.30.1.30", 3)], True
+    backend._run_once()
+    assert used == [] and backend.counters()["kernel_use_read_errors"] == 1
 
 
 def test_flow_counts_survive_a_new_table():

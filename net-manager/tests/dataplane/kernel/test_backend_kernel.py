@@ -250,6 +250,50 @@ def test_traffic_is_reported_as_use(node, backend):
     wait_until(lambda: ["X.d.server.d"] in backend.used, timeout=5)
 
 
+ONE_FLOW = r"""
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.settimeout(3)
+for _ in sys.stdin:  # one datagram and its answer per line, always over this one flow
+    sock.sendto(b"x", (sys.argv[1], int(sys.argv[2])))
+    print(sock.recv(100).split()[0].decode(), flush=True)
+"""
+
+
+def test_an_established_flow_counts_as_use_while_it_sends_and_not_when_quiet(node):
+    node_ns, containers = node
+    used: list[list[str]] = []
+    in_node = ["ip", "netns", "exec", node_ns]
+    kernel = KernelBackend(StandIn(), Nft(in_node), bridge="oak-br0", on_used=used.append,
+                           poll_interval=3600, conntrack=Conntrack(in_node))  # fmt: skip
+    argv = [sys.executable, "-c", ONE_FLOW, CLOSEST.service_ip, str(PORT)]
+    flow = nstools.popen_in(containers[A], argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    assert flow.stdin is not None and flow.stdout is not None
+
+    def exchange() -> str:
+        flow.stdin.write("\n")
+        flow.stdin.flush()
+        return flow.stdout.readline().strip()
+
+    kernel.start()
+    try:
+        kernel.push_snapshot(TABLE_ENTRIES, [A, B, C], NODE_IP)
+        kernel._run_once()  # what earlier tests left in conntrack is new to this backend
+        used.clear()
+        assert exchange() == "b"  # a new flow
+        kernel._run_once()
+        assert used == [["X.d.server.d"]]
+        kernel._run_once()  # the flow is established and sent nothing since
+        assert used == [["X.d.server.d"]]
+        assert exchange() == "b"  # the same flow again
+        kernel._run_once()
+        assert used == [["X.d.server.d"], ["X.d.server.d"]]
+    finally:
+        nstools.stop_process(flow)
+        kernel.stop()
+
+
 def test_stop_removes_our_table_and_nothing_else(node):
     node_ns, containers = node
     nstools.run_in(node_ns, ["nft", "add", "table", "inet", "someone_else"])

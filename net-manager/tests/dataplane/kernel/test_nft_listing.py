@@ -1,10 +1,10 @@
-"""Reading nft's JSON listing of our table: DNAT counters per chain and the `used` sets."""
+"""Reading nft's JSON listing of our table: DNAT counters per chain."""
 
 from __future__ import annotations
 
 import json
 
-from net_manager.dataplane.kernel.nft import _objects, chain_packets, set_elements
+from net_manager.dataplane.kernel.nft import _objects, chain_packets
 
 # `nft -j list table inet …` of nftables 1.0.6 (Debian 12), trimmed to what we read
 LISTING = json.dumps(
@@ -38,13 +38,6 @@ LISTING = json.dumps(
         ]
     }
 )
-
-
-def test_set_elements_reads_plain_and_timed_elements_of_the_named_set():
-    objects = _objects(LISTING)
-    assert set_elements(objects, "used_v4") == ["10.30.0.1", "10.30.0.9"]
-    assert set_elements(objects, "used_v6") == []
-    assert set_elements(objects, "absent") == []
 
 
 def test_chain_packets_sums_the_counters_of_each_chain():
