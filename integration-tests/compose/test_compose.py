@@ -189,6 +189,9 @@ def test_node_registers_through_the_socket_and_gets_a_subnet(stack, node_socket)
     status = wait_until(subnet, READY, "node subnet")
     assert status["node_id"] == NODE_ID and status["broker_connected"], status
     assert status["subnet"].startswith("10."), status["subnet"]
+    # the image has nft and conntrack: `auto` (the default) picks the kernel data plane
+    mode = wait_until(lambda: subnet()["dataplane_mode"], READY, "the data plane")
+    assert mode == "kernel", subnet()
     # logged in as its node id (the broker's only listener is TLS)
     logs = stack.run("logs", "--no-color", "mqtt", check=False)
     assert f"u'{NODE_ID}'" in logs.stdout + logs.stderr, logs.stdout + logs.stderr

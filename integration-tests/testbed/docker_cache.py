@@ -39,6 +39,8 @@ BASE_PACKAGES = (
     "python3-venv",
     "iproute2",
     "iptables",
+    "nftables",
+    "conntrack",
     "mosquitto",
     "mosquitto-clients",
     "ca-certificates",
