@@ -6,9 +6,11 @@ PIP := $(VENV)/bin/pip
 APT_PACKAGES := mosquitto mosquitto-clients iptables iproute2 iperf3 nftables conntrack
 COMPONENTS := shared root-service-manager cluster-service-manager net-manager
 PYTEST_ARGS ?=
-# Tiers whose tests mostly wait (sockets, brokers, kernel) run on two pytest-xdist workers;
-# the system tier runs alone (each test is a whole cluster of processes). XDIST= turns it off.
+# Tests mostly wait (sockets, brokers, kernel, clusters settling), so every tier but compose
+# runs on two pytest-xdist workers; the system tier hands out whole modules (one cluster per
+# module and data-plane mode lives in one worker). XDIST= turns it off.
 XDIST ?= -n 2
+SYSTEM_XDIST := $(if $(strip $(XDIST)),$(XDIST) --dist loadscope,)
 
 .PHONY: help setup apt venv lint format test test-pure test-process test-kernel test-system test-mongo test-compose test-chaos run bench bench-rules bench-control clean
 
@@ -73,11 +75,12 @@ test-process: venv
 test-kernel: venv
 	$(VENV)/bin/pytest $(XDIST) -m "kernel and not system and not compose" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
-# The chaos test runs here for 45 s with a fixed seed (the one that found the last bug it
-# found); `make test-chaos` runs it longer with a random seed.
+# Every system test runs against both data-plane backends (tun, kernel; integration-tests/
+# conftest.py). The chaos test runs here for 45 s per backend with a fixed seed (the one
+# that found the last bug it found); `make test-chaos` runs it longer with a random seed.
 test-system: venv
 	CHAOS_SEED=$${CHAOS_SEED:-525562697} CHAOS_SECONDS=$${CHAOS_SECONDS:-45} \
-	  $(VENV)/bin/pytest -m "system and not compose" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	  $(VENV)/bin/pytest $(SYSTEM_XDIST) -m "system and not compose" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # docker-compose.yml in a Docker engine of its own (in its own network namespace), with
 # stand-in images built offline; skips with the reason (-rs) when Docker cannot run here.

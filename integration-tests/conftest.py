@@ -1,6 +1,7 @@
 """Makes the namespace testbed importable as `testbed` for the tests under this folder,
 and gives the system tests their local cluster (one per module that asks for it)."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,16 +11,22 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
+from testbed.cluster import DATAPLANE_MODE_VARIABLE  # noqa: E402
 from testbed.orchestrator import oakestra_cluster  # noqa: E402
 from testbed.processes import Progress  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def dataplane_mode() -> str | None:
-    """The nodes' data-plane mode (None: LocalCluster's default, which
-    $OAKESTRA_TEST_DATAPLANE_MODE sets); a module overrides this fixture to run over
-    several."""
-    return None
+def _dataplane_modes() -> list[str]:
+    chosen = os.environ.get(DATAPLANE_MODE_VARIABLE, "")
+    return [chosen] if chosen else ["tun", "kernel"]
+
+
+@pytest.fixture(scope="module", params=_dataplane_modes())
+def dataplane_mode(request) -> str:
+    """The nodes' data-plane mode: every system test runs against both backends (one
+    cluster per module and mode), or only against $OAKESTRA_TEST_DATAPLANE_MODE when
+    it is set."""
+    return request.param
 
 
 @pytest.fixture(scope="module")

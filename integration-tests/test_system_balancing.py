@@ -26,12 +26,6 @@ pytestmark = [
 FAMILIES = ["IPv4", "IPv6"]
 
 
-@pytest.fixture(scope="module", params=["tun", "kernel"])
-def dataplane_mode(request) -> str:
-    """Every test here runs against both data-plane backends (one cluster each)."""
-    return request.param
-
-
 @pytest.fixture(scope="module")
 def app(local_cluster):
     cluster, orch = local_cluster

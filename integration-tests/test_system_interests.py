@@ -100,9 +100,10 @@ class Scene:
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory):
+def scene(tmp_path_factory, dataplane_mode):
     run_dir = tmp_path_factory.mktemp("interests")
-    with oakestra_cluster(run_dir=run_dir, progress=Progress(sys.stderr)) as (cluster, orch):
+    options = {"run_dir": run_dir, "progress": Progress(sys.stderr)}
+    with oakestra_cluster(dataplane_mode=dataplane_mode, **options) as (cluster, orch):
         with TopicWatcher(cluster, ["jobs/#", "nodes/+/net/interest/#"]) as watcher:
             yield Scene(cluster, orch, watcher)
 

@@ -166,10 +166,11 @@ class Scene:
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory) -> Iterator[Scene]:
+def scene(tmp_path_factory, dataplane_mode) -> Iterator[Scene]:
     run_dir = tmp_path_factory.mktemp("mixed")
     options = {"run_dir": run_dir, "progress": Progress(sys.stderr)}
-    with mixed_cluster(interest_seconds=PEER_INTEREST_SECONDS, **options) as started:
+    options |= {"dataplane_mode": dataplane_mode, "interest_seconds": PEER_INTEREST_SECONDS}
+    with mixed_cluster(**options) as started:
         scene = Scene(*started)
         try:
             yield scene

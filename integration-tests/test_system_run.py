@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from testbed.cluster import DATAPLANE_MODE_VARIABLE
 from testbed.run import preflight
 from testbed.sweep import our_namespaces
 from testbed.topology import RUN_PREFIX
@@ -28,8 +29,8 @@ pytestmark = [
 HERE = Path(__file__).resolve().parent
 
 
-def start_run(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(HERE)}
+def start_run(*args: str, dataplane_mode: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(HERE), DATAPLANE_MODE_VARIABLE: dataplane_mode}
     return subprocess.Popen(
         [sys.executable, "-m", "testbed.run", *args],
         cwd=HERE.parent,
@@ -110,8 +111,8 @@ def leftovers(prefix: str, run: RunWatch) -> tuple[list[str], set[int]]:
     return namespaces, our_programs(run.inodes)
 
 
-def test_make_run_shows_the_example_then_removes_everything() -> None:
-    run = RunWatch(start_run("--duration", "10"))
+def test_make_run_shows_the_example_then_removes_everything(dataplane_mode) -> None:
+    run = RunWatch(start_run("--duration", "10", dataplane_mode=dataplane_mode))
     run.read_until(lambda _line: False)
     assert run.proc.wait(timeout=100) == 0, run.output
     output = run.output
@@ -138,11 +139,13 @@ def test_make_run_shows_the_example_then_removes_everything() -> None:
         assert expected in output, f"{expected!r} missing from:\n{output}"
     assert "X2.1 x10" in output.split("Closest:")[2]  # from X1.1 on w2: its own node's X2
     assert output.count("Live status") >= 4  # refreshed every 2 s for 10 s
+    rows = [line.split() for line in output.splitlines() if line.startswith(("w1 ", "w2 "))]
+    assert rows and all(row[4] == dataplane_mode for row in rows), rows  # "data plane"
     assert leftovers(prefix, run) == ([], set())
 
 
-def test_ctrl_c_removes_everything() -> None:
-    proc = start_run()
+def test_ctrl_c_removes_everything(dataplane_mode) -> None:
+    proc = start_run(dataplane_mode=dataplane_mode)
     run = RunWatch(proc)
     run.read_until(lambda line: line.startswith("Live status"))
     lines = run.lines

@@ -28,12 +28,11 @@ pytestmark = [
 POISON = {"address": "10.18.255.192", "addressv6": "fc00::ff00"}
 
 
-def test_a_retained_poison_subnet_is_not_taken(tmp_path):
+def test_a_retained_poison_subnet_is_not_taken(tmp_path, dataplane_mode):
     """On upstream's anonymous broker, a subnet result left retained for a node before it
     registers is ignored: the node takes the one the cluster assigns."""
-    cluster = LocalCluster(
-        run_dir=tmp_path / "run", progress=Progress(sys.stderr), open_broker=True
-    )
+    options = {"progress": Progress(sys.stderr), "dataplane_mode": dataplane_mode}
+    cluster = LocalCluster(run_dir=tmp_path / "run", open_broker=True, **options)
     orchestrator = Orchestrator(cluster)
     try:
         cluster.start()

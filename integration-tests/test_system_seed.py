@@ -52,9 +52,10 @@ class Seed:
 
 
 @pytest.fixture(scope="module", params=["IPv4", "IPv6"])
-def seed(request, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp(f"seed-{request.param}")
-    with oakestra_cluster(run_dir=run_dir, progress=Progress(sys.stderr)) as (cluster, orch):
+def seed(request, tmp_path_factory, dataplane_mode):
+    run_dir = tmp_path_factory.mktemp(f"seed-{request.param}-{dataplane_mode}")
+    options = {"run_dir": run_dir, "progress": Progress(sys.stderr)}
+    with oakestra_cluster(dataplane_mode=dataplane_mode, **options) as (cluster, orch):
         with TopicWatcher(cluster, ["nodes/+/net/tablequery/#", "jobs/#"]) as watcher:
             yield deploy(request.param, cluster, orch, watcher)
 

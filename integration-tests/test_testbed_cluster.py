@@ -93,6 +93,7 @@ def _node_status() -> dict:
     return {
         "subnet": "10.16.0.0",
         "broker_connected": True,
+        "dataplane_mode": "kernel",
         "instances": [{"instance": "X.default.X1.default.0"}],
         "table": [{}, {}, {}],
         "interests": {
@@ -117,7 +118,7 @@ def test_status_table_shows_nodes_managers_and_a_node_that_is_down() -> None:
     )
     text = render(snapshot)
     w1 = next(line for line in text.splitlines() if line.startswith("w1"))
-    assert w1.split() == ["w1", "198.18.0.1", "10.16.0.0/26", "up", "X1.0", "3", "X1*",
+    assert w1.split() == ["w1", "198.18.0.1", "10.16.0.0/26", "up", "kernel", "X1.0", "3", "X1*",
                           "X3(4s)", "2", "10/12", "7/6", "1"]  # fmt: skip
     assert "DOWN: connection refused" in text
     assert "service IPs in use 11, node subnets 2, outbox 0" in text

@@ -80,8 +80,8 @@ def _manager(cluster: LocalCluster, port: int) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ rendering
 
-NODE_HEADER = ("node", "address", "subnet", "broker", "instances", "table", "interests",
-               "flows", "pkts in/out", "tunnel out/in", "misses")  # fmt: skip
+NODE_HEADER = ("node", "address", "subnet", "broker", "data plane", "instances", "table",
+               "interests", "flows", "pkts in/out", "tunnel out/in", "misses")  # fmt: skip
 
 
 def node_cells(row: dict[str, Any]) -> tuple[str, ...]:
@@ -102,6 +102,7 @@ def node_cells(row: dict[str, Any]) -> tuple[str, ...]:
         row["address"],
         f"{status['subnet']}/26" if status["subnet"] else "-",
         "up" if status["broker_connected"] else "DOWN",
+        status.get("dataplane_mode") or "-",
         " ".join(instances) or "-",
         str(len(status["table"])),
         " ".join(interests) or "-",

@@ -66,6 +66,8 @@ class Workload:
     resurrected: list[tuple[str, float]] = field(default_factory=list)
     removed: dict[str, tuple[Service, float]] = field(default_factory=dict)  # name -> (, when)
     _first_undeploy: dict[str, float] = field(default_factory=dict)  # job name -> log time
+    # (job name, instance number) -> log time its undeploy was acknowledged by the root
+    undeployed_at: dict[tuple[str, int], float] = field(default_factory=dict)
     last_done: float = 0.0  # log time the last step finished
     _count: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -209,6 +211,7 @@ class Workload:
                     done=(200, 404))  # fmt: skip
         self._first_undeploy.setdefault(service.job_name, self.log.now())
         with self._lock:
+            self.undeployed_at[(service.job_name, instance.number)] = self.log.now()
             service.instances.pop(instance.number, None)
         self.ledger.release(instance.name)
 
