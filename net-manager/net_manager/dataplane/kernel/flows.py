@@ -21,7 +21,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import ip_address
 
-_FIELD = re.compile(r"(\w+)=(\S+)")
+# One connection a line: the first dst= (original destination), the packets= of both
+# directions, and the id (one pass of the regex engine over the whole listing).
+_FLOW = re.compile(
+    r"^[^\n]*? dst=(\S+) [^\n]*?packets=(\d+) [^\n]*?packets=(\d+) [^\n]*?id=(\d+)",
+    re.MULTILINE,
+)
 
 
 @dataclass(frozen=True)
@@ -37,24 +42,15 @@ def parse_listing(text: str) -> list[FlowCount]:
     """The connections of a `conntrack -L -o id` listing; lines without an id, a valid
     destination or packet counts (accounting off when the connection began) are left out."""
     flows = []
-    for line in text.splitlines():
-        destination, packets, flow_id = "", 0, ""
-        counted = False
-        for key, value in _FIELD.findall(line):
-            if key == "dst" and not destination:
-                destination = value
-            elif key == "packets" and value.isdigit():
-                packets += int(value)
-                counted = True
-            elif key == "id":
-                flow_id = value
-        if not flow_id or not counted:
-            continue
-        try:
-            canonical = str(ip_address(destination))
-        except ValueError:
-            continue
-        flows.append(FlowCount(flow_id, canonical, packets))
+    canonical: dict[str, str] = {}  # a listing names few destinations, many times each
+    for destination, sent, received, flow_id in _FLOW.findall(text):
+        if destination not in canonical:
+            try:
+                canonical[destination] = str(ip_address(destination))
+            except ValueError:
+                canonical[destination] = ""
+        if canonical[destination]:
+            flows.append(FlowCount(flow_id, canonical[destination], int(sent) + int(received)))
     return flows
 
 

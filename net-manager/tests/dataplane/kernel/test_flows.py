@@ -32,8 +32,10 @@ def test_lines_without_counts_id_or_address_are_left_out() -> None:
             # accounting was off when this connection began: no packets=
             "udp 17 29 src=10.16.0.2 dst=10.30.1.30 sport=1 dport=2 src=10.16.0.3 "
             "dst=10.16.0.2 sport=2 dport=1 mark=0 use=1 id=1",
-            "udp 17 29 src=10.16.0.2 dst=10.30.1.30 sport=1 dport=2 packets=1 bytes=9",
-            "udp 17 29 src=10.16.0.2 dst=nonsense packets=1 bytes=9 id=3",
+            "udp 17 29 src=10.16.0.2 dst=10.30.1.30 sport=1 dport=2 packets=1 bytes=9 "
+            "src=10.16.0.3 dst=10.16.0.2 sport=2 dport=1 packets=1 bytes=9 mark=0 use=1",
+            "udp 17 29 src=10.16.0.2 dst=nonsense packets=1 bytes=9 src=10.16.0.3 dst=10.16.0.2 "
+            "packets=1 bytes=9 id=3",
             "conntrack v1.4.7 (conntrack-tools): 3 flow entries have been shown.",
             "",
         ]
@@ -42,8 +44,11 @@ def test_lines_without_counts_id_or_address_are_left_out() -> None:
 
 
 def test_addresses_are_canonical() -> None:
-    line = "udp 17 29 src=fd00::1 dst=FDFF:0::7 packets=2 bytes=9 id=5"
-    assert parse_listing(line) == [FlowCount("5", "fdff::7", 2)]
+    line = (
+        "udp 17 29 src=fd00::1 dst=FDFF:0::7 sport=1 dport=2 packets=2 bytes=9 src=fc00::3 "
+        "dst=fd00::1 sport=2 dport=1 packets=1 bytes=9 mark=0 use=1 id=5"
+    )
+    assert parse_listing(line) == [FlowCount("5", "fdff::7", 3)]
 
 
 def test_new_and_changed_connections_count_as_use_and_quiet_ones_do_not() -> None:
