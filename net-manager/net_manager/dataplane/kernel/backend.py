@@ -4,9 +4,13 @@
 proxy's supervisor), so misses, first packets, callers and services the kernel does not
 serve behave exactly as with the TUN alone. Each table (`push_snapshot`) is planned for
 the kernel (`ruleset.plan`) and, when the rules change, applied in the node's namespace
-as one transaction *before* the proxy gets the table: a kernel rule never outlives the
-table that made it (e.g. an RR service IP whose instances were all local keeps no DNAT
-to them once the proxy knows an instance elsewhere). A background thread, every
+as one transaction. A table that takes a service IP or a target away from the kernel is
+applied *before* the proxy gets it: a kernel rule never outlives the table that made it
+(e.g. an RR service IP whose instances were all local keeps no DNAT to them once the
+proxy knows an instance elsewhere). With `defer_additions` (what the daemon uses), a
+table that only adds goes to the proxy at once and the background thread applies it
+right after, so a table miss's first packet never waits for `nft` (the daemon answers
+the miss when `push_snapshot` returns). A background thread, every
 `poll_interval` seconds, re-applies after a failure and reports the services whose
 kernel flows carried packets since the last round (`on_used`, like the proxy's Used
 reports), from conntrack's per-connection packet counts (`flows.py`), which it switches
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,9 +78,10 @@ class KernelBackend:
         tunnel_port: int = 0,
         tunnel_mtu: int = 1450,
         on_tunnel: TunnelCallback | None = None,
+        defer_additions: bool = False,
     ) -> None:
         """`tunnel_port` 0 or no `on_tunnel`: no kernel tunnel (stage 1: local
-        instances only)."""
+        instances only). `defer_additions`: see the module doc (only once started)."""
         self.inner = inner
         self._nft = nft
         self._conntrack = conntrack
@@ -103,7 +109,9 @@ class KernelBackend:
             "kernel_tunnel_errors": 0,
             "kernel_use_read_errors": 0,
         }
+        self._defer_additions = defer_additions
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a deferred table waits for the thread
         self._thread: threading.Thread | None = None
 
     @property
@@ -129,6 +137,7 @@ class KernelBackend:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(10)
             self._thread = None
@@ -147,6 +156,10 @@ class KernelBackend:
     ) -> None:
         with self._lock:  # also keeps concurrent tables in the same order in both
             self._table = (list(services), list(local_instances), node_ip)
+            if self._thread is not None and self._defer_additions and self._only_adds_locked():
+                self.inner.push_snapshot(services, local_instances, node_ip)
+                self._wake.set()
+                return
             self._sync_locked()
             self.inner.push_snapshot(services, local_instances, node_ip)
 
@@ -162,8 +175,18 @@ class KernelBackend:
     # ------------------------------------------------------------ internals
 
     def _run(self) -> None:
-        while not self._stop.wait(self._poll_interval):
+        next_round = time.monotonic() + self._poll_interval
+        while not self._stop.is_set():
+            self._wake.wait(max(0.0, next_round - time.monotonic()))
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
+                if time.monotonic() < next_round:  # woken: a deferred table
+                    with self._lock:
+                        self._sync_locked()
+                    continue
+                next_round = time.monotonic() + self._poll_interval
                 self._run_once()
             except Exception:  # noqa: BLE001 - the loop must go on
                 log.exception("kernel data plane round failed")
@@ -183,6 +206,26 @@ class KernelBackend:
             if generation == self._stats["kernel_applies"]:
                 self._live_flows = _service_flows(table)
         self._report_used()
+
+    def _only_adds_locked(self) -> bool:
+        """Whether the latest table's rules only add to those in force (and need no tunnel
+        change first), so the proxy may have the table before they are applied."""
+        if self._table is None or self.plan is None:
+            return self._table is not None and not self._applied
+        services, local_instances, node_ip = self._table
+        tunnel, kernel_peers = self._tunnel_wanted(services, node_ip)
+        if tunnel != self.tunnel or self._tunnel_failed:
+            return False
+        wanted = plan(
+            services,
+            local_instances,
+            node_ip,
+            bridge=self._bridge,
+            kernel_peers=kernel_peers,
+            rtt=dict(self.inner.rtt),
+            tunnel=tunnel,
+        )
+        return not _takes_away(self.plan, wanted)
 
     def _sync_locked(self) -> None:
         """Apply the plan of the latest table when its rules differ from those in force."""
@@ -403,6 +446,7 @@ def kernel_factory(inner_factory: DataPlaneFactory, bridge: str) -> DataPlaneFac
             tunnel_port=tunnel_port,
             tunnel_mtu=mtu,
             on_tunnel=on_tunnel,
+            defer_additions=True,
         )
 
     return build

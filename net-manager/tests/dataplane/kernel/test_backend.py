@@ -7,6 +7,7 @@ from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
 from net_manager.dataplane.kernel.backend import KernelBackend
 from net_manager.dataplane.kernel.nft import NftError
 from net_manager.dataplane.kernel.ruleset import render_delete
+from testsupport import wait_until
 
 HERE = "198.18.0.1"
 A = Endpoint("X.d.a.d", 0, "10.16.0.2", "fc00::2", "10.30.0.2", "fdff::2", HERE, 50103)
@@ -159,3 +160,84 @@ def test_flow_counts_survive_a_new_table():
     backend._run_once()
     counters = backend.counters()
     assert counters["kernel_flows_created"] == 3 and counters["flows_created"] == 7
+
+
+class OrderedInner(Inner):
+    def __init__(self, events: list[str]) -> None:
+        super().__init__()
+        self.events = events
+
+    def push_snapshot(self, services, local_instances, node_ip) -> None:
+        super().push_snapshot(services, local_instances, node_ip)
+        self.events.append("proxy")
+
+
+class OrderedNft(FakeNft):
+    def __init__(self, events: list[str]) -> None:
+        super().__init__()
+        self.events = events
+
+    def apply(self, script: str, *, check_only: bool = False) -> None:
+        super().apply(script, check_only=check_only)
+        self.events.append("nft" if script != render_delete() else "delete")
+
+
+def started(*, defer_additions: bool) -> tuple[KernelBackend, list[str]]:
+    events: list[str] = []
+    inner, nft = OrderedInner(events), OrderedNft(events)
+    backend = KernelBackend(
+        inner,
+        nft,
+        bridge="oak-br0",
+        on_used=print,
+        poll_interval=3600,
+        defer_additions=defer_additions,
+    )
+    backend.start()
+    events.clear()
+    return backend, events
+
+
+REMOTE = Endpoint("X.d.b.d", 1, "10.16.0.66", "fc00::66", "10.30.0.9", "fdff::9",
+                  "198.18.0.2", 50103)  # fmt: skip
+
+
+def test_a_table_that_only_adds_reaches_the_proxy_at_once_and_the_kernel_right_after():
+    """The daemon answers a table miss when push_snapshot returns: the first packet then
+    goes through the proxy without waiting for `nft`."""
+    backend, events = started(defer_additions=True)
+    try:
+        backend.push_snapshot([RR], [A, B], HERE)
+        assert events[0] == "proxy"
+        wait_until(lambda: events == ["proxy", "nft"])
+        assert backend.counters()["kernel_services"] == 2
+        events.clear()
+        more = ServiceEntry("10.30.1.31", "", "RR", (A, B))  # a new service IP
+        backend.push_snapshot([RR, more], [A, B], HERE)
+        wait_until(lambda: events == ["proxy", "nft"])
+        assert backend.counters()["kernel_services"] == 3
+    finally:
+        backend.stop()
+
+
+def test_a_table_that_takes_a_service_ip_away_is_applied_before_the_proxy_gets_it():
+    backend, events = started(defer_additions=True)
+    try:
+        backend.push_snapshot([RR], [A, B], HERE)
+        wait_until(lambda: "nft" in events)
+        events.clear()
+        gained_remote = ServiceEntry(RR.service_ip, RR.service_ip_v6, "RR", (B, REMOTE))
+        backend.push_snapshot([gained_remote], [A, B], HERE)
+        assert events == ["nft", "proxy"]  # synchronous: no stale DNAT after the proxy switched
+        assert backend.counters()["kernel_services"] == 0
+    finally:
+        backend.stop()
+
+
+def test_without_deferral_every_table_is_applied_before_the_proxy_gets_it():
+    backend, events = started(defer_additions=False)
+    try:
+        backend.push_snapshot([RR], [A, B], HERE)
+        assert events == ["nft", "proxy"]
+    finally:
+        backend.stop()
