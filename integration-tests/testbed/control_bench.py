@@ -21,6 +21,8 @@ aiomqtt). Phases, each printed as a row of one table:
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import os
 import resource
 import shutil
@@ -29,6 +31,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -234,16 +237,56 @@ def job_id(index: int) -> str:
     return f"6630{index:020x}"
 
 
-def _parallel(count: int, work: Callable[[requests.Session, int], None]) -> list[float]:
-    """Run work(session, i) for i in range(count) from CLIENTS threads; completion times."""
+class Http:
+    """One keep-alive HTTP/1.1 connection to 127.0.0.1 (`http.client`).
+
+    The benchmark's client threads share one interpreter (and the cores) with the
+    servers they measure: requests' per-call work cost them about as much CPU as the
+    root spent answering.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._conn: http.client.HTTPConnection | None = None
+
+    def get(self, path: str) -> dict:
+        return self.call("GET", path)
+
+    def post(self, path: str, body: dict) -> dict:
+        return self.call("POST", path, body)
+
+    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        for attempt in range(2):
+            reused = self._conn is not None
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            try:
+                self._conn.request(method, path, data, headers)
+                reply = self._conn.getresponse()
+                text = reply.read()
+            except (http.client.HTTPException, OSError):
+                self._conn.close()
+                self._conn = None
+                if attempt or not reused:  # only a kept-alive connection the server closed
+                    raise
+                continue
+            if reply.status != 200:
+                raise RuntimeError(f"{method} :{self.port}{path}: {reply.status} {text[:200]!r}")
+            return json.loads(text)
+        raise AssertionError("unreachable")
+
+
+def _parallel(count: int, port: int, work: Callable[[Http, int], None]) -> list[float]:
+    """Run work(http, i) for i in range(count) from CLIENTS threads; completion times."""
     done: list[float] = []
-    sessions: dict[int, requests.Session] = {}
+    local = threading.local()
 
     def run(index: int) -> None:
-        import threading
-
-        session = sessions.setdefault(threading.get_ident(), requests.Session())
-        work(session, index)
+        if not hasattr(local, "http"):
+            local.http = Http(port)
+        work(local.http, index)
         done.append(time.monotonic())
 
     with ThreadPoolExecutor(CLIENTS) as pool:
@@ -274,7 +317,7 @@ class Bench:
     def root_deploys(self) -> None:
         start = time.monotonic()
 
-        def deploy(session: requests.Session, i: int) -> None:
+        def deploy(http: Http, i: int) -> None:
             descriptor = {
                 "app_name": "bench",
                 "app_ns": "default",
@@ -282,12 +325,12 @@ class Bench:
                 "service_ns": "default",
             }
             body = {"_id": job_id(i), "deployment_descriptor": descriptor}
-            answer = _ok(session.post(self.stack.root("/api/net/service/deploy"), json=body))
+            answer = http.post("/api/net/service/deploy", body)
             self.service_ips[i] = answer["service_ip_list"][0]["Address"]
             instance = {"_id": job_id(i), "instance_number": 0, "cluster_id": CLUSTER_ID}
-            _ok(session.post(self.stack.root("/api/net/instance/deploy"), json=instance))
+            http.post("/api/net/instance/deploy", instance)
 
-        done = _parallel(self.scale.root_services, deploy)
+        done = _parallel(self.scale.root_services, self.stack.root_port, deploy)
         total = done[-1] - start
         ops = 2 * len(done)
         window = min(1000, len(done) // 4)
@@ -301,8 +344,7 @@ class Bench:
     def subnets(self) -> None:
         start = time.monotonic()
         done = _parallel(
-            self.scale.subnets,
-            lambda s, i: _ok(s.get(self.stack.root("/api/net/subnet"))),
+            self.scale.subnets, self.stack.root_port, lambda http, i: http.get("/api/net/subnet")
         )
         self.row("subnet allocations", f"{len(done) / (done[-1] - start):.0f}/s")
 
@@ -311,13 +353,27 @@ class Bench:
     def cache_jobs(self, first: int, last: int, nodes: loadgen.Nodes) -> None:
         """Cache jobs [first, last) in the cluster, each with its instance located."""
 
-        def deploy(session: requests.Session, i: int) -> None:
-            index = first + i
-            body = {"job_name": job_name(index)}
-            _ok(session.post(self.stack.cluster_url("/api/net/deployment"), json=body))
+        def deploy(http: Http, i: int) -> None:
+            http.post("/api/net/deployment", {"job_name": job_name(first + i)})
 
-        _parallel(last - first, deploy)
+        _parallel(last - first, self.stack.cluster_port, deploy)
         nodes.run(nodes.report_deployed([job_name(i) for i in range(first, last)]))
+        self.settle()
+
+    def settle(self, timeout: float = 300) -> None:
+        """Wait until the root has no push left to deliver and the cluster no root work.
+
+        Every location report comes back from the root as a push the cluster answers
+        with a fetch (~10 s of work after caching 2,000 jobs); the measured queries
+        should not share the cores with that.
+        """
+
+        def quiet() -> bool:
+            root = requests.get(self.stack.root("/healthz"), timeout=5).json()
+            cluster = requests.get(self.stack.cluster_url("/healthz"), timeout=5).json()
+            return root.get("outbox_depth") == 0 and cluster.get("pending_root_work") == 0
+
+        wait_for(quiet, timeout, "root pushes and the cluster's root work")
 
     def cpu_per_1000(self, nodes: loadgen.Nodes, cached: int, label: str) -> None:
         keys = [("sname", job_name(i)) for i in range(cached)]
