@@ -28,6 +28,17 @@ class Replies:
     def __init__(self, publish: Publish) -> None:
         self._publish = publish
         self._tables = TableAnswers()
+        self._table_topics: dict[str, str] = {}
+
+    def _table_topic(self, node_id: str) -> str:
+        """The node's `tablequery/result` topic, checked and built once per node."""
+        topic = self._table_topics.get(node_id)
+        if topic is None:
+            topic = topics.node_topic(node_id, topics.TABLEQUERY_RESULT)
+            if len(self._table_topics) >= MAX_REMEMBERED_TABLES:
+                self._table_topics = {}
+            self._table_topics[node_id] = topic
+        return topic
 
     def subnet(self, node_id: str, subnet: tuple[str, str]) -> None:
         answer = SubnetResult(address=subnet[0], addressv6=subnet[1])
@@ -39,7 +50,7 @@ class Replies:
             answer: str = jobs.table_result(None, query_key).to_json()
         else:
             answer = self._tables.answer(job, query_key)
-        self._publish(topics.node_topic(node_id, topics.TABLEQUERY_RESULT), answer)
+        self._publish(self._table_topic(node_id), answer)
         log.debug(
             "table query answered",
             node_id=node_id,
