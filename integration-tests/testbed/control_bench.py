@@ -112,15 +112,19 @@ class Proc:
 
     def cpu_seconds(self) -> float:
         """utime + stime of the process and its gunicorn workers."""
-        total = 0.0
+        return sum(self.cpu_by_process().values())
+
+    def cpu_by_process(self) -> dict[int, float]:
+        """utime + stime of the process and of each gunicorn worker, by PID."""
+        used = {}
         tick = os.sysconf("SC_CLK_TCK")
         for pid in [self.popen.pid, *_children(self.popen.pid)]:
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            total += (int(fields[11]) + int(fields[12])) / tick
-        return total
+            used[pid] = (int(fields[11]) + int(fields[12])) / tick
+        return used
 
     def stop(self) -> None:
         if self.popen.poll() is None:
@@ -488,7 +492,15 @@ class Bench:
         self.stack.restart_cluster(2)
         keys = [("sname", job_name(i)) for i in range(cached)]
         nodes.run(nodes.closed_loop(keys, count=4 * len(nodes.ids)))  # both up and answering
+        before = self.stack.cluster.cpu_by_process()
         self.query_rates(nodes, "sname", cached, ", 2 cluster processes")
+        after = self.stack.cluster.cpu_by_process()
+        workers = [
+            after[p] - before.get(p, 0.0) for p in after if p != self.stack.cluster.popen.pid
+        ]
+        split = " / ".join(f"{100 * w / max(sum(workers), 1e-9):.0f}" for w in workers)
+        name, value = self.rows[-1]
+        self.rows[-1] = (name, f"{value}; CPU split between the processes {split} %")
 
     def run(self) -> list[tuple[str, str]]:
         scale = self.scale
