@@ -319,11 +319,10 @@ def _parallel(count: int, port: int, work: Callable[[Http, int], None]) -> list[
 
 
 def _within(rate: int, p99: float) -> str:
-    """The highest offered rate served with the target's p99 (steps of `Scale.rates`)."""
+    """The highest offered rate (a step of the ladder) served with the target's p99."""
+    target = f"p99 <= {p99 * 1000:.0f} ms"
     return (
-        f"; p99 <= {p99 * 1000:.0f} ms up to {rate}/s offered"
-        if rate
-        else f"; p99 > {p99 * 1000:.0f} ms"
+        f"; {target} at {rate}/s offered (highest such step)" if rate else f"; {target} at no step"
     )
 
 
