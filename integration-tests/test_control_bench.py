@@ -30,3 +30,5 @@ def test_quick_bench_prints_every_row_for_both_stores(capsys):
             assert any(line.startswith(row) for line in lines), (store, row, section)
         fan_out = next(line for line in lines if line.startswith("scale change fan-out"))
         assert "1.0 announcements per change" in fan_out, fan_out
+    shared = "cached table queries by name (30 services, 20 nodes, 2 cluster processes)"
+    assert shared in table.split("store: SecantusDB")[1], table

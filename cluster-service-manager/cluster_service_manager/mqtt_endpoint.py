@@ -9,7 +9,8 @@ are handled in order, different nodes in parallel. Every message is parsed into 
 dataclass here; an invalid one is counted, logged (topic, reason, start of the
 payload) and dropped; the log lines are rate-limited per topic kind, so a junk flood
 writes a few lines and a summary. Topics repeat (a few kinds per node), so each one is
-parsed and checked once and remembered (`TopicCache`).
+parsed and checked once and remembered (`TopicCache`), and so is each table query
+payload (`QueryCache`): nodes repeat their queries byte for byte.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ REQUEST_KINDS = (
 )
 SHARED_PREFIX = "$share/cluster-sm/"
 MAX_CACHED_TOPICS = 50_000
+MAX_CACHED_QUERIES = 50_000
+MAX_CACHED_QUERY_BYTES = 1024
 
 
 class TopicCache:
@@ -56,6 +59,27 @@ class TopicCache:
             self._parsed = {}
         self._parsed[topic] = parsed
         return parsed
+
+
+class QueryCache:
+    """Table query payloads, parsed and checked once and remembered (bounded: emptied
+    when full). Nodes send the same bytes again for the same name or IP; messages are
+    immutable, so one parsed query serves every repetition."""
+
+    def __init__(self, size: int = MAX_CACHED_QUERIES) -> None:
+        self.size = size
+        self._parsed: dict[bytes, Message] = {}
+
+    def parse(self, message_class: type[Message], payload: bytes) -> Message:
+        if type(payload) is not bytes or len(payload) > MAX_CACHED_QUERY_BYTES:
+            return message_class.from_json(payload)
+        message = self._parsed.get(payload)
+        if message is None or type(message) is not message_class:
+            message = message_class.from_json(payload)  # InvalidMessage: not remembered
+            if len(self._parsed) >= self.size:
+                self._parsed = {}
+            self._parsed[payload] = message
+        return message
 
 
 def subscriptions(shared: bool) -> tuple[str, ...]:
@@ -85,6 +109,7 @@ class MqttEndpoint:
         self.metrics = metrics or Metrics()
         self.rejections = RateLimitedLog(log)
         self._topics = TopicCache()
+        self._queries = QueryCache()
         self._handlers: dict[str, Callable[[str, Message], None]] = {
             topics.SUBNET: handlers.subnet,
             topics.TABLEQUERY_REQUEST: handlers.table_query,
@@ -122,7 +147,10 @@ class MqttEndpoint:
             self.metrics.message(parsed.kind, "ignored")
             return
         try:
-            message = parsed.message_class.from_json(payload)
+            if parsed.kind == topics.TABLEQUERY_REQUEST:
+                message = self._queries.parse(parsed.message_class, payload)
+            else:
+                message = parsed.message_class.from_json(payload)
         except InvalidMessage as err:
             self.metrics.message(parsed.kind, "invalid")
             self.rejections.warning(

@@ -14,6 +14,7 @@ matched to its answer by (node, query key), first in first out. The load shapes:
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import statistics
@@ -69,7 +70,6 @@ class Nodes:
         self.clients: dict[str, aiomqtt.Client] = {}
         self._pending: dict[tuple[str, str], deque[asyncio.Future]] = defaultdict(deque)
         self._on_update: dict[str, Callable[[str, str], None]] = {}
-        self._tasks: list[asyncio.Task] = []
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -88,15 +88,16 @@ class Nodes:
                     self.host, self.port, identifier=node, keepalive=120, timeout=30
                 )
                 await client.__aenter__()
+                # Answers go straight from paho's callback (on this loop's thread) to the
+                # waiting futures: aiomqtt's message queue and a reader task per node
+                # cost the load generator a task switch per answer.
+                client._client.on_message = lambda _c, _u, m, node=node: self._on_message(node, m)
                 await client.subscribe(f"nodes/{node}/net/#", qos=1)
                 self.clients[node] = client
-                self._tasks.append(asyncio.create_task(self._read(node, client)))
 
         await asyncio.gather(*(one(node) for node in self.ids))
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
         for client in self.clients.values():
             try:
                 await client.__aexit__(None, None, None)
@@ -108,21 +109,19 @@ class Nodes:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
 
-    async def _read(self, node: str, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            topic = str(message.topic)
-            payload = bytes(message.payload)  # type: ignore[arg-type]
-            if topic.endswith("/tablequery/result"):
-                answer = json.loads(payload)
-                queue = self._pending.get((node, answer.get("query_key", "")))
-                if queue:
-                    future = queue.popleft()
-                    if not future.done():
-                        future.set_result(answer)
-            elif topic.endswith("/updates_available"):
-                callback = self._on_update.get(node)
-                if callback is not None:
-                    callback(topic, json.loads(payload).get("type", ""))
+    def _on_message(self, node: str, message: Any) -> None:
+        topic = message.topic
+        if topic.endswith("/tablequery/result"):
+            answer = json.loads(message.payload)
+            queue = self._pending.get((node, answer.get("query_key", "")))
+            if queue:
+                future = queue.popleft()
+                if not future.done():
+                    future.set_result(answer)
+        elif topic.endswith("/updates_available"):
+            callback = self._on_update.get(node)
+            if callback is not None:
+                callback(topic, json.loads(message.payload).get("type", ""))
 
     # -- requests ---------------------------------------------------------------------
 
@@ -198,13 +197,12 @@ class Nodes:
     ) -> Result:
         total = len(keys) if once else int(rate * seconds)
         latencies: list[float] = []
-        waits: list[asyncio.Task] = []
+        futures: list[asyncio.Future] = []
         last_answer = [0.0]
 
-        async def wait(future: asyncio.Future, sent_at: float) -> None:
-            try:
-                await asyncio.wait_for(future, ANSWER_TIMEOUT)
-            except TimeoutError:
+        def answered(sent_at: float, future: asyncio.Future) -> None:
+            # a callback, not a task per query: the load generator shares the cores
+            if future.cancelled():
                 return
             now = time.monotonic()
             latencies.append(now - sent_at)
@@ -217,11 +215,16 @@ class Nodes:
             while sent < due:
                 node = self.ids[sent % len(self.ids)]
                 key = keys[sent % len(keys)]
-                now = time.monotonic()
-                waits.append(asyncio.create_task(wait(self.query(node, key), now)))
+                future = self.query(node, key)
+                future.add_done_callback(functools.partial(answered, time.monotonic()))
+                futures.append(future)
                 sent += 1
             await asyncio.sleep(0.001)
-        await asyncio.gather(*waits)
+        if futures:
+            # every query gets ANSWER_TIMEOUT after the last one was sent (or more)
+            _done, late = await asyncio.wait(futures, timeout=ANSWER_TIMEOUT)
+            for future in late:
+                future.cancel()
         end = last_answer[0] if latencies else time.monotonic()
         return Result(sent, len(latencies), end - start, latencies)
 

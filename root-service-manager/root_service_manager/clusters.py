@@ -71,7 +71,8 @@ class Clusters:
         self.clusters.update_many({"interests": job_name}, {"$pull": {"interests": job_name}})
 
     def interested_in(self, job_name: str) -> list[dict]:
-        return list(self.clusters.find({"interests": job_name}))
+        """The clusters following the job, without their (long) interest lists."""
+        return list(self.clusters.find({"interests": job_name}, WITHOUT_INTERESTS))
 
     def set_status(self, cluster_id: str, status: str) -> None:
         self.clusters.update_one(

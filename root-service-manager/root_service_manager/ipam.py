@@ -130,7 +130,9 @@ class Allocator:
 
     def owned_by_cluster(self, pool: Pool, cluster_id: str) -> list[str]:
         """Addresses of `pool` reserved for the cluster `cluster_id` (its nodes' subnets)."""
-        found = self._reservations.find({"pool": str(pool), "owner.cluster_id": cluster_id})
+        found = self._reservations.find(
+            {"pool": str(pool), "owner.cluster_id": cluster_id}, {"_id": 1}
+        )
         return sorted(doc["_id"].split("/", 1)[1] for doc in found)
 
     def used(self, pool: Pool) -> int:

@@ -37,9 +37,11 @@ log = get_logger(__name__)
 Handler = Callable[[str, bytes], None]
 OrderKey = Callable[[str], Hashable]
 MAX_QUEUED_PUBLISHES = 10000
-# QoS 1 publishes in flight (sent, PUBACK not yet back); paho's default of 20 made
-# answers wait for acknowledgements of earlier ones under load.
-MAX_INFLIGHT_PUBLISHES = 1000
+# QoS 1 publishes in flight (sent, PUBACK not yet back): 0 = no limit (MAX_QUEUED_PUBLISHES
+# still bounds them). paho's default of 20 made answers wait for acknowledgements of
+# earlier ones under load, and with any limit paho walks every unacknowledged message
+# on each PUBACK (to find queued ones to send), which grows with the backlog.
+MAX_INFLIGHT_PUBLISHES = 0
 MAX_ROUTES = 20000  # topics whose matching subscriptions are remembered
 PAYLOAD_PREVIEW_CHARS = 200
 _STOP = object()

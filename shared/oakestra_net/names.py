@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 NAME_PART_RE = re.compile(r"^[a-zA-Z0-9]{1,30}$")
 
 _JOB_NAME_FORMAT = "app_name.app_ns.service_name.service_ns"
+MAX_REMEMBERED_NAMES = 100_000
+_VALID_NAMES: set[str] = set()  # names is_valid_job_name accepted
 
 
 class InvalidName(ValueError):
@@ -74,11 +76,21 @@ def format_job_name(app_name: str, app_ns: str, service_name: str, service_ns: s
 
 
 def is_valid_job_name(value: object) -> bool:
-    """True if `value` is a job name string that parse_job_name accepts."""
+    """True if `value` is a job name string that parse_job_name accepts.
+
+    Valid names are remembered (bounded): the cluster checks the name of every table
+    query, and nodes ask for the same few names again and again.
+    """
+    if type(value) is str and value in _VALID_NAMES:
+        return True
     try:
         parse_job_name(value)
     except InvalidName:
         return False
+    if type(value) is str:
+        if len(_VALID_NAMES) >= MAX_REMEMBERED_NAMES:
+            _VALID_NAMES.clear()
+        _VALID_NAMES.add(value)
     return True
 
 

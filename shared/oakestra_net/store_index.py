@@ -96,15 +96,30 @@ class CollectionIndex:
                 self._add(doc_id, doc)
         self._dirty.clear()
 
-    def _keys_of(self, doc: dict) -> tuple[dict[str, list[Hashable]], set[str]]:
-        """The hashable values of `doc` per indexed field, and the fields with others."""
+    def _keys_of(
+        self, doc: dict, doc_id: Hashable = _MISSING
+    ) -> tuple[dict[str, list[Hashable]], set[str]]:
+        """The hashable values of `doc` per indexed field, and the fields with others.
+
+        With `doc_id` (the document is indexed already), an array that only grew at its
+        end has just its new values checked: `$addToSet` on a 10,000-value array.
+        """
         keys: dict[str, list[Hashable]] = {}
         unhashable: set[str] = set()
+        old = self._keys.get(doc_id) if doc_id is not _MISSING else None
         for name in self._fields:
             plain = doc.get(name) if "." not in name else None
-            if type(plain) is list and set(map(type, plain)) <= _SCALARS:
-                keys[name] = list(plain)  # a snapshot: mongomock changes arrays in place
-                continue
+            if type(plain) is list:
+                before = old.get(name) if old is not None else None
+                if (
+                    before is not None
+                    and len(plain) >= len(before)
+                    and doc_id not in self._unhashable[name]
+                    and plain[: len(before)] == before
+                    and set(map(type, plain[len(before) :])) <= _SCALARS
+                ) or set(map(type, plain)) <= _SCALARS:
+                    keys[name] = list(plain)  # a snapshot: mongomock changes arrays in place
+                    continue
             values: list[Hashable] = []
             for value in _values(doc, name.split(".")):
                 if isinstance(value, dict | list):
@@ -139,25 +154,35 @@ class CollectionIndex:
         adding every value again made each such write cost milliseconds.
         """
         old = self._keys[doc_id]
-        keys, unhashable = self._keys_of(doc)
+        keys, unhashable = self._keys_of(doc, doc_id)
         for name, values in keys.items():
             before = old.get(name, [])
             if values != before:
                 index = self._maps[name]
-                kept = set(values)
-                for value in set(before) - kept:
-                    ids = index.get(value)
-                    if ids is not None:
-                        ids.discard(doc_id)
-                        if not ids:
-                            del index[value]
-                for value in kept.difference(before):
-                    index.setdefault(value, set()).add(doc_id)
+                if len(values) > len(before) and values[: len(before)] == before:
+                    for value in values[len(before) :]:  # appended: nothing left the index
+                        index.setdefault(value, set()).add(doc_id)
+                else:
+                    self._replace(index, doc_id, before, values)
             if name in unhashable:
                 self._unhashable[name].add(doc_id)
             else:
                 self._unhashable[name].discard(doc_id)
         self._keys[doc_id] = keys
+
+    @staticmethod
+    def _replace(
+        index: dict[Hashable, set], doc_id: Hashable, before: list[Hashable], values: list[Hashable]
+    ) -> None:
+        kept = set(values)
+        for value in set(before) - kept:
+            ids = index.get(value)
+            if ids is not None:
+                ids.discard(doc_id)
+                if not ids:
+                    del index[value]
+        for value in kept.difference(before):
+            index.setdefault(value, set()).add(doc_id)
 
     def _drop(self, doc_id: Hashable) -> None:
         keys = self._keys.pop(doc_id, None)

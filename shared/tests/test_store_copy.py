@@ -71,6 +71,10 @@ def test_copies_equal_mongomocks_and_share_nothing_mutable(seed: int) -> None:
     deep = store_copy.deep_copy(doc)
     assert deep == copy.deepcopy(doc)
     assert not _shares_a_mutable_part(doc, deep)
+    stored = OrderedDict(doc)  # how mongomock keeps documents
+    deep = store_copy.deep_copy(stored)
+    assert type(deep) is OrderedDict and deep == copy.deepcopy(stored)
+    assert not _shares_a_mutable_part(stored, deep)
     for container in (dict, OrderedDict):
         fields = store_copy.field_copy(doc, container)
         theirs = store_copy.MONGOMOCK_FIELD_COPY(doc, container)

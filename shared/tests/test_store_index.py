@@ -140,3 +140,30 @@ def test_a_changed_document_is_found_by_its_new_values_only() -> None:
         write(plain)
         for query in queries:
             assert list(indexed.find(query)) == list(plain.find(query)), query
+
+
+def test_an_array_growing_at_its_end_is_found_by_every_value() -> None:
+    """Appends take the short way (only the new values are indexed); so must other
+    changes between them: a document in the array, the array replaced or shortened."""
+    indexed, plain = _pair()
+    steps = [
+        {"$push": {"nodes": "b"}},
+        {"$push": {"nodes": "a"}},  # a value it already holds
+        {"$addToSet": {"nodes": "c"}},
+        {"$push": {"nodes": {"doc": 1}}},  # not hashable
+        {"$push": {"nodes": "d"}},
+        {"$pull": {"nodes": {"doc": 1}}},
+        {"$push": {"nodes": "e"}},
+        {"$set": {"nodes": ["x", "a"]}},
+        {"$push": {"nodes": "f"}},
+        {"$pull": {"nodes": "a"}},
+        {"$push": {"nodes": "a"}},
+    ]
+    for collection in (indexed, plain):
+        collection.insert_one({"_id": 1, "name": "job1", "nodes": ["a"]})
+    for step in steps:
+        for collection in (indexed, plain):
+            collection.update_one({"_id": 1}, step)
+        for value in ("a", "b", "c", "d", "e", "f", "x", {"doc": 1}):
+            query = {"nodes": value}
+            assert list(indexed.find(query)) == list(plain.find(query)), (step, value)
