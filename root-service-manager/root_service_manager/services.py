@@ -18,7 +18,6 @@ from typing import Any
 
 from bson import ObjectId
 from bson.errors import InvalidId
-from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from oakestra_net.addressing import Pool, PoolExhausted, index_of
@@ -107,11 +106,13 @@ class Services:
         except BaseException:
             self.jobs.delete_one({"_id": job_id, "state": ALLOCATING})
             raise
-        job = self.jobs.find_one_and_update(
-            {"_id": job_id},
-            {"$set": {"service_ip_list": service_ips}, "$unset": {"state": ""}},
-            return_document=ReturnDocument.AFTER,
+        # update_one + find_one by _id, not find_one_and_update: both are served from
+        # the _id index everywhere, while some MongoDB-wire servers (SecantusDB) scan the
+        # collection for every findAndModify. Nobody else completes a claim.
+        self.jobs.update_one(
+            {"_id": job_id}, {"$set": {"service_ip_list": service_ips}, "$unset": {"state": ""}}
         )
+        job = self.jobs.find_one({"_id": job_id})
         log.info("service deployed", job_name=request.job_name, service_ips=service_ips)
         return job
 
