@@ -90,6 +90,8 @@ class KernelBackend:
         self._poll_interval = poll_interval
         self._lock = threading.Lock()  # one apply at a time; guards the fields below
         self._table: tuple[list[ServiceEntry], list[Endpoint], str] | None = None
+        self._table_version = 0  # bumped by every table: the key of the plan below
+        self._planned: tuple[tuple[object, ...], KernelPlan] | None = None
         self._applied = ""  # the script in force ("" = none or unknown)
         self.plan: KernelPlan | None = None
         self._tunnel_port = tunnel_port if on_tunnel is not None else 0
@@ -156,6 +158,7 @@ class KernelBackend:
     ) -> None:
         with self._lock:  # also keeps concurrent tables in the same order in both
             self._table = (list(services), list(local_instances), node_ip)
+            self._table_version += 1
             if self._thread is not None and self._defer_additions and self._only_adds_locked():
                 self.inner.push_snapshot(services, local_instances, node_ip)
                 self._wake.set()
@@ -212,26 +215,17 @@ class KernelBackend:
         change first), so the proxy may have the table before they are applied."""
         if self._table is None or self.plan is None:
             return self._table is not None and not self._applied
-        services, local_instances, node_ip = self._table
+        services, _, node_ip = self._table
         tunnel, kernel_peers = self._tunnel_wanted(services, node_ip)
         if tunnel != self.tunnel or self._tunnel_failed:
             return False
-        wanted = plan(
-            services,
-            local_instances,
-            node_ip,
-            bridge=self._bridge,
-            kernel_peers=kernel_peers,
-            rtt=dict(self.inner.rtt),
-            tunnel=tunnel,
-        )
-        return not _takes_away(self.plan, wanted)
+        return not _takes_away(self.plan, self._plan_locked(tunnel, kernel_peers))
 
     def _sync_locked(self) -> None:
         """Apply the plan of the latest table when its rules differ from those in force."""
         if self._table is None or self._stop.is_set():
             return
-        services, local_instances, node_ip = self._table
+        services, _, node_ip = self._table
         tunnel, kernel_peers = self._tunnel_wanted(services, node_ip)
         if tunnel is not None and tunnel != self.tunnel:
             # Everything the old and the new rules may send through the device is there
@@ -239,15 +233,7 @@ class KernelBackend:
             self._set_tunnel_locked(_union(self.tunnel, tunnel))
         if tunnel is not None and self._tunnel_failed:
             tunnel, kernel_peers = None, set()
-        new_plan = plan(
-            services,
-            local_instances,
-            node_ip,
-            bridge=self._bridge,
-            kernel_peers=kernel_peers,
-            rtt=dict(self.inner.rtt),
-            tunnel=tunnel,
-        )
+        new_plan = self._plan_locked(tunnel, kernel_peers)
         script = new_plan.render()
         if script == self._applied:
             self.plan = new_plan
@@ -281,6 +267,26 @@ class KernelBackend:
             len(new_plan.services),
             len(new_plan.skipped),
         )
+
+    def _plan_locked(self, tunnel: TunnelSpec | None, kernel_peers: set[str]) -> KernelPlan:
+        """The plan of the latest table; computed once for a table, tunnel, set of peers
+        and RTTs (a deferred table is planned by push_snapshot and applied by the thread)."""
+        assert self._table is not None
+        services, local_instances, node_ip = self._table
+        rtt = dict(self.inner.rtt)
+        key = (self._table_version, tunnel, frozenset(kernel_peers), frozenset(rtt.items()))
+        if self._planned is None or self._planned[0] != key:
+            wanted = plan(
+                services,
+                local_instances,
+                node_ip,
+                bridge=self._bridge,
+                kernel_peers=kernel_peers,
+                rtt=rtt,
+                tunnel=tunnel,
+            )
+            self._planned = (key, wanted)
+        return self._planned[1]
 
     def _tunnel_wanted(
         self, services: list[ServiceEntry], node_ip: str

@@ -241,3 +241,25 @@ def test_without_deferral_every_table_is_applied_before_the_proxy_gets_it():
         assert events == ["nft", "proxy"]
     finally:
         backend.stop()
+
+
+def test_a_table_is_planned_once_whether_applied_at_once_or_deferred(monkeypatch):
+    from net_manager.dataplane.kernel import backend as module
+
+    real, calls = module.plan, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "plan", counted)
+    backend, events = started(defer_additions=True)
+    try:
+        backend.push_snapshot([RR], [A, B], HERE)  # only adds: planned here, applied by the thread
+        wait_until(lambda: "nft" in events)
+        assert len(calls) == 1
+        gained_remote = ServiceEntry(RR.service_ip, RR.service_ip_v6, "RR", (B, REMOTE))
+        backend.push_snapshot([gained_remote], [A, B], HERE)  # takes away: applied at once
+        assert len(calls) == 2 and backend.counters()["kernel_services"] == 0
+    finally:
+        backend.stop()
