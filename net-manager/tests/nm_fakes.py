@@ -239,6 +239,7 @@ class FakeDataPlane:
         self.snapshots: list[tuple[list, list, str]] = []
         self.events: list[str] = []
         self.rtt: dict[str, float] = {}
+        self.lag = 0.0
         self.started = self.stopped = False
 
     def start(self):
@@ -253,6 +254,9 @@ class FakeDataPlane:
 
     def counters(self):
         return {"packets_out": 0}
+
+    def use_lag(self):
+        return self.lag
 
 
 if TYPE_CHECKING:  # mypy (make lint): the real kernel and the fake offer the same interface

@@ -53,6 +53,10 @@ class DataPlaneBackend(Protocol):
     def counters(self) -> dict[str, int | float]:
         """Packet and error counters for status and metrics; they only grow."""
 
+    def use_lag(self) -> float:
+        """Seconds by which `on_used` may lag behind the traffic beyond its usual second
+        (0: none); the idle rule looks back that far (`Interests.expired`)."""
+
 
 class DataPlaneFactory(Protocol):
     """Builds a backend; `tun_name` None: no TUN device (tests)."""

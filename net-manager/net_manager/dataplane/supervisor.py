@@ -150,6 +150,10 @@ class DataPlaneSupervisor:
         values["running"] = int(self.running)
         return values
 
+    def use_lag(self) -> float:
+        """The loop reports use every second (`report_interval`): no lag beyond it."""
+        return 0.0
+
     def stop(self) -> None:
         """Stop the process (Stop, then SIGTERM, then SIGKILL) and the thread."""
         self._stop_time = time.monotonic()

@@ -14,7 +14,9 @@ the miss when `push_snapshot` returns). A background thread, every
 `poll_interval` seconds, re-applies after a failure and reports the services whose
 kernel flows carried packets since the last round (`on_used`, like the proxy's Used
 reports), from conntrack's per-connection packet counts (`flows.py`), which it switches
-on in the node's namespace after the first apply.
+on in the node's namespace after the first apply. Listing conntrack costs time in
+proportion to the connections a tenant opens, so it is paced to a share of one core
+(`pace.py`); `use_lag()` tells the idle rule how late use may be seen then.
 
 An apply that fails removes our table: the TUN proxy then serves everything, which is
 slower but never wrong (stale rules could send traffic to an instance that left).
@@ -34,7 +36,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from net_manager.dataplane.backend import (
@@ -48,6 +50,7 @@ from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
 from net_manager.dataplane.io.probes import CAP_VXLAN, CAP_VXLAN_PEER
 from net_manager.dataplane.kernel.flows import parse_listing, used_destinations
 from net_manager.dataplane.kernel.nft import Conntrack, Nft, NftError, chain_packets
+from net_manager.dataplane.kernel.pace import ListingPace
 from net_manager.dataplane.kernel.ruleset import KernelPlan, departed, plan, tunnel_spec
 from net_manager.node.errors import KernelError
 from net_manager.node.tunnel import (
@@ -79,9 +82,11 @@ class KernelBackend:
         tunnel_mtu: int = 1450,
         on_tunnel: TunnelCallback | None = None,
         defer_additions: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`tunnel_port` 0 or no `on_tunnel`: no kernel tunnel (stage 1: local
-        instances only). `defer_additions`: see the module doc (only once started)."""
+        instances only). `defer_additions`: see the module doc (only once started).
+        `clock` times the conntrack listings (their cost paces them)."""
         self.inner = inner
         self._nft = nft
         self._conntrack = conntrack
@@ -103,6 +108,8 @@ class KernelBackend:
         self._live_flows: dict[str, int] = {}
         self._accounting = False  # conntrack counts packets per connection
         self._flow_packets: dict[str, int] = {}  # conntrack id -> packets at the last round
+        self._clock = clock
+        self._pace = ListingPace(poll_interval)  # the poll thread's; others only read it
         self._stats = {
             "kernel_applies": 0,
             "kernel_apply_errors": 0,
@@ -173,7 +180,15 @@ class KernelBackend:
             values["kernel_services"] = len(self.plan.services) if self.plan else 0
             values["kernel_tunnel_peers"] = len(self.tunnel.peers) if self.tunnel else 0
             values["kernel_flows_created"] = self._retired_flows + sum(self._live_flows.values())
+        values["kernel_use_listings"] = self._pace.listings
+        values["kernel_use_rounds_skipped"] = self._pace.rounds_skipped
+        values["kernel_use_interval_seconds"] = round(self._pace.interval, 3)
+        values["kernel_use_listing_seconds"] = round(self._pace.cost, 3)
         return values
+
+    def use_lag(self) -> float:
+        """Seconds of kernel flows' use not looked at yet, beyond the poll pace."""
+        return self._pace.lag(self._clock())
 
     # ------------------------------------------------------------ internals
 
@@ -201,6 +216,7 @@ class KernelBackend:
             self._sync_locked()
             generation = self._stats["kernel_applies"] if self._applied else None
         if generation is None:
+            self._pace.nothing_to_list()
             return
         table = self._read_table()  # one listing: the counters and the `used` sets
         if table is None:
@@ -364,22 +380,30 @@ class KernelBackend:
         with self._lock:
             current = self.plan if self._applied else None
         if current is None or not current.services or self._conntrack is None:
+            self._pace.nothing_to_list()
             return
+        if not self._pace.due():
+            return
+        started = self._clock()
         try:
             listing = self._conntrack.listing()
         except NftError as err:
+            self._pace.listed(started, self._clock() - started)
             self._stats["kernel_use_read_errors"] += 1
             log.warning("cannot read which kernel flows carried packets: %s", err)
             return
         service_ips, self._flow_packets = used_destinations(
             self._flow_packets, parse_listing(listing), current.service_ips()
         )
+        cost = self._clock() - started
         jobs: set[str] = set()
         for service_ip in service_ips:
             jobs.update(current.jobs_of(service_ip))
         if jobs:
             self._stats["kernel_used_reports"] += 1
             self._on_used(sorted(jobs))
+        # Only now: until the use is reported, the idle rule must look back to the last listing.
+        self._pace.listed(started, cost)
 
 
 def _service_flows(table: list[dict[str, Any]]) -> dict[str, int]:
