@@ -36,13 +36,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from net_manager.dataplane.backend import (
     DataPlaneBackend,
     DataPlaneFactory,
-    ResolveCallback,
+    DataPlaneOptions,
     TunnelCallback,
     UsedCallback,
 )
@@ -436,46 +437,21 @@ def kernel_factory(inner_factory: DataPlaneFactory, bridge: str) -> DataPlaneFac
     runs behind the same `netns_exec` as the data-plane process; with `on_tunnel` it
     runs the kernel tunnel on the port after the tunnel port."""
 
-    def build(
-        tun_name: str | None,
-        tun_v4_cidr: str,
-        tun_v6_cidr: str,
-        mtu: int,
-        port: int,
-        *,
-        on_resolve: ResolveCallback,
-        on_used: UsedCallback,
-        netns_exec: Sequence[str] | None = None,
-        flow_quota: float = 0.25,
-        tunnel_key: str = "",
-        vxlan: bool = False,
-        on_tunnel: TunnelCallback | None = None,
-    ) -> DataPlaneBackend:
+    def build(options: DataPlaneOptions) -> DataPlaneBackend:
         # The VXLAN device cannot seal: with a tunnel key everything stays on the TUN.
-        usable = on_tunnel is not None and not tunnel_key and 0 < port < 65535
-        tunnel_port = port_of(port) if usable else 0
-        inner = inner_factory(
-            tun_name,
-            tun_v4_cidr,
-            tun_v6_cidr,
-            mtu,
-            port,
-            on_resolve=on_resolve,
-            on_used=on_used,
-            netns_exec=netns_exec,
-            flow_quota=flow_quota,
-            tunnel_key=tunnel_key,
-            vxlan=bool(tunnel_port),
-        )
+        o = options
+        usable = o.on_tunnel is not None and not o.tunnel_key and 0 < o.port < 65535
+        tunnel_port = port_of(o.port) if usable else 0
+        inner = inner_factory(replace(o, vxlan=bool(tunnel_port), on_tunnel=None))
         return KernelBackend(
             inner,
-            Nft(netns_exec),
+            Nft(o.netns_exec),
             bridge=bridge,
-            on_used=on_used,
-            conntrack=Conntrack(netns_exec),
+            on_used=o.on_used,
+            conntrack=Conntrack(o.netns_exec),
             tunnel_port=tunnel_port,
-            tunnel_mtu=mtu,
-            on_tunnel=on_tunnel,
+            tunnel_mtu=o.mtu,
+            on_tunnel=o.on_tunnel,
             defer_additions=True,
         )
 
