@@ -17,12 +17,14 @@ the TUN data planes. Each variant is a text edit of the rendered script of both 
 The direct paths run without any table and with a table that only switches conntrack
 on ("+ct"), to show what conntrack costs by itself.
 
-    python -m testbed.bench_rules --listing 2000,20000,100000 [--repeat 3]
+    python -m testbed.bench_rules --listing 2000,20000,100000 [--repeat 3] [--poll 20]
 
 measures instead what reading use from conntrack costs the kernel backend each time
 (`conntrack -L -g -o id`, the parse, the comparison) with that many DNATed connections
 (inserted with `conntrack -I --dst-nat` in a namespace of their own), and the interval
-its pace (`dataplane/kernel/pace.py`) then keeps between two listings.
+its pace (`dataplane/kernel/pace.py`) then keeps between two listings; with `--poll`,
+also the CPU (process and children) of a KernelBackend serving those connections'
+service IP while its poll thread runs that many seconds.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ import tempfile
 import time
 from collections.abc import Callable
 
+from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
+from net_manager.dataplane.kernel.backend import KernelBackend
 from net_manager.dataplane.kernel.flows import parse_listing, used_destinations
 from net_manager.dataplane.kernel.nft import Conntrack, Nft
 from net_manager.dataplane.kernel.pace import ListingPace
@@ -216,7 +220,7 @@ def _dnat_entries(count: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def listing_cost(counts: list[int], repeat: int) -> None:
+def listing_cost(counts: list[int], repeat: int, poll: float) -> None:
     """Per count: conntrack's CPU and wall time, the parse, and the pace that follows."""
     netns = f"{unique_prefix(BENCH_PREFIX)}ct"
     subprocess.run(["ip", "netns", "add", netns], check=True)
@@ -240,9 +244,58 @@ def listing_cost(counts: list[int], repeat: int) -> None:
                 f"{count:>11,}  {cpu:>11.3f} s  {wall:.3f} s  {parse:.3f} s  {interval:>6.1f} s"
                 f"  {busy:>11.1%}  {busy / interval:>5.1%}"
             )
+            if poll:
+                share, listings, paced = _poll_share(prefix, poll)
+                print(
+                    f"{'':11}  poll thread: {share:.1%} of a core, {listings} listings in"
+                    f" {poll} s, last interval {paced:.1f} s"
+                )
     finally:
         subprocess.run([*prefix, "conntrack", "-F"], capture_output=True)
         subprocess.run(["ip", "netns", "del", netns], check=True)
+
+
+class _NoProxy:
+    rtt: dict[str, float] = {}
+    peer_capabilities: dict[str, int] = {}
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def push_snapshot(self, *table: object) -> None: ...
+    def counters(self) -> dict[str, int | float]:
+        return {}
+
+    def use_lag(self) -> float:
+        return 0.0
+
+
+def _poll_share(prefix: list[str], seconds: float) -> tuple[float, int, float]:
+    """(CPU seconds per second of this process and its children, listings, the last
+    interval) while a KernelBackend whose rules DNAT 10.30.1.30 to 10.16.0.3 polls for
+    `seconds`."""
+    here = "198.18.0.1"
+    caller = Endpoint("X.d.a.d", 0, "10.16.0.2", "", "10.30.0.2", "", here, PORT)
+    server = Endpoint("X.d.b.d", 0, "10.16.0.3", "", "10.30.0.3", "", here, PORT)
+    service = ServiceEntry("10.30.1.30", "", "RR", (server,))
+    backend = KernelBackend(_NoProxy(), Nft(prefix), bridge=BRIDGE, on_used=lambda jobs: None,
+                            conntrack=Conntrack(prefix))  # fmt: skip
+    backend.start()
+    try:
+        backend.push_snapshot([service], [caller, server], here)
+        time.sleep(2)  # a measuring tool: the first listings, then a fixed window
+        cpu, started = _process_cpu(), time.monotonic()
+        time.sleep(seconds)
+        share = (_process_cpu() - cpu) / (time.monotonic() - started)
+        counters = backend.counters()
+        listings = int(counters["kernel_use_listings"])
+        return share, listings, float(counters["kernel_use_interval_seconds"])
+    finally:
+        backend.stop()
+
+
+def _process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime + _children_cpu()
 
 
 def _one_listing(conntrack: Conntrack, count: int) -> tuple[float, float, float]:
@@ -269,9 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--listing", metavar="COUNTS", help="cost of reading use with these DNATed connections"
     )
+    parser.add_argument(
+        "--poll", type=float, default=0, metavar="SECONDS", help="with --listing: poll thread CPU"
+    )
     args = parser.parse_args(argv)
     if args.listing:
-        listing_cost([int(c) for c in args.listing.split(",")], args.repeat)
+        listing_cost([int(c) for c in args.listing.split(",")], args.repeat, args.poll)
         return 0
     variants = args.variants.split(",")
     rows: dict[str, list[float]] = {}
