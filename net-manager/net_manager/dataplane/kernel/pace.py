@@ -1,4 +1,4 @@
-"""How often the kernel backend lists conntrack to see use (pure, no I/O, no clock).
+"""How often the kernel backend lists conntrack to see use (pure: the caller gives the times).
 
 A tenant decides how many DNATed connections exist (up to `nf_conntrack_max`), and a
 listing plus its parse costs time in proportion to them (about 0.18 s for 20,000). So
