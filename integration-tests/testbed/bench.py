@@ -57,6 +57,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from net_manager.dataplane.backend import DataPlaneOptions
 from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
 from net_manager.dataplane.io.seal import Sealer
 from net_manager.dataplane.kernel.backend import KernelBackend
@@ -197,18 +198,18 @@ def start_plane(bed: Testbed, node: str, extra_args: list[str], tunnel_key: str 
         (plane.kernel or plane.supervisor).push_snapshot([*N1_TABLE, *plane.extra], N1_LOCAL, N1)
         reply(True)
 
-    supervisor = DataPlaneSupervisor(
-        "oaktun0",
-        "10.19.1.254/12",
-        "fcef::dead:beef/7",
-        1450,
-        PORT,
+    options = DataPlaneOptions(
+        tun_name="oaktun0",
+        tun_v4_cidr="10.19.1.254/12",
+        tun_v6_cidr="fcef::dead:beef/7",
+        mtu=1450,
+        port=PORT,
         on_resolve=on_resolve,
         on_used=lambda jobs: None,
         netns_exec=bed.netns_exec(node),
         tunnel_key=tunnel_key,
-        extra_args=extra_args,
     )
+    supervisor = DataPlaneSupervisor(options, extra_args=extra_args)
     plane = Plane(supervisor)
     supervisor.start()
     if not supervisor.wait_ready(15):

@@ -16,17 +16,34 @@ the TUN data planes. Each variant is a text edit of the rendered script of both 
 
 The direct paths run without any table and with a table that only switches conntrack
 on ("+ct"), to show what conntrack costs by itself.
+
+    python -m testbed.bench_rules --listing 2000,20000,100000 [--repeat 3] [--poll 20]
+
+measures instead what reading use from conntrack costs the kernel backend each time
+(`conntrack -L -g -o id`, the parse, the comparison) with that many DNATed connections
+(inserted with `conntrack -I --dst-nat` in a namespace of their own), and the interval
+its pace (`dataplane/kernel/pace.py`) then keeps between two listings; with `--poll`,
+also the CPU (process and children) of a KernelBackend serving those connections'
+service IP while its poll thread runs that many seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import resource
 import statistics
+import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Callable
 
-from net_manager.dataplane.kernel.nft import Nft
+from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
+from net_manager.dataplane.kernel.backend import KernelBackend
+from net_manager.dataplane.kernel.flows import parse_listing, used_destinations
+from net_manager.dataplane.kernel.nft import Conntrack, Nft
+from net_manager.dataplane.kernel.pace import ListingPace
 from net_manager.dataplane.kernel.ruleset import plan, tunnel_spec
 from net_manager.node.kernel import Kernel
 from net_manager.node.tunnel import DEVICE, port_of
@@ -185,6 +202,113 @@ class Rules:
         self.state = state
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _dnat_entries(count: int) -> str:
+    """`conntrack -R` lines: `count` UDP connections to one service IP, DNATed."""
+    lines = []
+    for n in range(count):
+        caller, sport = f"10.16.{n // 60000 % 256}.{2 + n // 60000 // 256}", 1024 + n % 60000
+        lines.append(
+            f"-I -p udp -s {caller} -d 10.30.1.30 --sport {sport} --dport 80 -r 10.16.0.3 "
+            f"-q {caller} --reply-port-src 80 --reply-port-dst {sport} -t 600 "
+            "--dst-nat 10.16.0.3"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def listing_cost(counts: list[int], repeat: int, poll: float) -> None:
+    """Per count: conntrack's CPU and wall time, the parse, and the pace that follows."""
+    netns = f"{unique_prefix(BENCH_PREFIX)}ct"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    prefix = ["ip", "netns", "exec", netns]
+    try:
+        subprocess.run([*prefix, "sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1"], check=True)
+        print("connections  conntrack CPU  wall    parse   interval  share at 1 s  paced")
+        for count in counts:
+            subprocess.run([*prefix, "conntrack", "-F"], capture_output=True)
+            with tempfile.NamedTemporaryFile("w", suffix=".ct") as entries:
+                entries.write(_dnat_entries(count))
+                entries.flush()
+                subprocess.run([*prefix, "conntrack", "-R", entries.name], check=True,
+                               capture_output=True)  # fmt: skip
+            rows = [_one_listing(Conntrack(prefix), count) for _ in range(repeat)]
+            cpu, wall, parse = (statistics.median(r[i] for r in rows) for i in range(3))
+            pace = ListingPace(1.0)
+            pace.listed(0.0, wall + parse)
+            busy, interval = cpu + parse, pace.interval  # CPU seconds a listing, seconds apart
+            print(
+                f"{count:>11,}  {cpu:>11.3f} s  {wall:.3f} s  {parse:.3f} s  {interval:>6.1f} s"
+                f"  {busy:>11.1%}  {busy / interval:>5.1%}"
+            )
+            if poll:
+                share, listings, paced = _poll_share(prefix, poll)
+                print(
+                    f"{'':11}  poll thread: {share:.1%} of a core, {listings} listings in"
+                    f" {poll} s, last interval {paced:.1f} s"
+                )
+    finally:
+        subprocess.run([*prefix, "conntrack", "-F"], capture_output=True)
+        subprocess.run(["ip", "netns", "del", netns], check=True)
+
+
+class _NoProxy:
+    rtt: dict[str, float] = {}
+    peer_capabilities: dict[str, int] = {}
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def push_snapshot(self, *table: object) -> None: ...
+    def counters(self) -> dict[str, int | float]:
+        return {}
+
+    def use_lag(self) -> float:
+        return 0.0
+
+
+def _poll_share(prefix: list[str], seconds: float) -> tuple[float, int, float]:
+    """(CPU seconds per second of this process and its children, listings, the last
+    interval) while a KernelBackend whose rules DNAT 10.30.1.30 to 10.16.0.3 polls for
+    `seconds`."""
+    here = "198.18.0.1"
+    caller = Endpoint("X.d.a.d", 0, "10.16.0.2", "", "10.30.0.2", "", here, PORT)
+    server = Endpoint("X.d.b.d", 0, "10.16.0.3", "", "10.30.0.3", "", here, PORT)
+    service = ServiceEntry("10.30.1.30", "", "RR", (server,))
+    backend = KernelBackend(_NoProxy(), Nft(prefix), bridge=BRIDGE, on_used=lambda jobs: None,
+                            conntrack=Conntrack(prefix))  # fmt: skip
+    backend.start()
+    try:
+        backend.push_snapshot([service], [caller, server], here)
+        time.sleep(2)  # a measuring tool: the first listings, then a fixed window
+        cpu, started = _process_cpu(), time.monotonic()
+        time.sleep(seconds)
+        share = (_process_cpu() - cpu) / (time.monotonic() - started)
+        counters = backend.counters()
+        listings = int(counters["kernel_use_listings"])
+        return share, listings, float(counters["kernel_use_interval_seconds"])
+    finally:
+        backend.stop()
+
+
+def _process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime + _children_cpu()
+
+
+def _one_listing(conntrack: Conntrack, count: int) -> tuple[float, float, float]:
+    cpu, started = _children_cpu(), time.perf_counter()
+    listing = conntrack.listing()
+    listed = time.perf_counter()
+    cpu = _children_cpu() - cpu
+    used, _ = used_destinations({}, parse_listing(listing), {"10.30.1.30"})
+    if count and used != {"10.30.1.30"}:
+        raise SystemExit(f"the listing of {count} connections shows none: {listing[:200]!r}")
+    return cpu, listed - started, time.perf_counter() - listed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m testbed.bench_rules", description=__doc__)
     parser.add_argument("--repeat", type=int, default=3)
@@ -195,7 +319,16 @@ def main(argv: list[str] | None = None) -> int:
         "--saturate", action="store_true", help="received packets/s at an unlimited rate"
     )
     parser.add_argument("--check", action="store_true", help="apply each variant and exit")
+    parser.add_argument(
+        "--listing", metavar="COUNTS", help="cost of reading use with these DNATed connections"
+    )
+    parser.add_argument(
+        "--poll", type=float, default=0, metavar="SECONDS", help="with --listing: poll thread CPU"
+    )
     args = parser.parse_args(argv)
+    if args.listing:
+        listing_cost([int(c) for c in args.listing.split(",")], args.repeat, args.poll)
+        return 0
     variants = args.variants.split(",")
     rows: dict[str, list[float]] = {}
     with Testbed(two_nodes(unique_prefix(BENCH_PREFIX), extra_container_on_n1=True)) as bed:

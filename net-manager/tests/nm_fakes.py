@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from net_manager.dataplane.backend import DataPlaneOptions
 from net_manager.node.kernel import InterfaceNotFound, KernelError, NamespaceNotFound
 from net_manager.node.portmap import PortMapping
 
@@ -214,31 +215,19 @@ class FakeSession:
 class FakeDataPlane:
     """The data plane supervisor's interface: records snapshots, answers resolves later."""
 
-    def __init__(
-        self,
-        tun_name,
-        tun_v4,
-        tun_v6,
-        mtu,
-        port,
-        *,
-        on_resolve,
-        on_used,
-        netns_exec=None,
-        flow_quota=0.25,
-        tunnel_key="",
-        vxlan=False,
-        on_tunnel=None,
-    ):
-        self.args = (tun_name, tun_v4, tun_v6, mtu, port)
-        self.vxlan = vxlan
+    def __init__(self, options: DataPlaneOptions):
+        self.options = options
+        self.args = (options.tun_name, options.tun_v4_cidr, options.tun_v6_cidr, options.mtu,
+                     options.port)  # fmt: skip
+        self.vxlan = options.vxlan
         self.peer_capabilities: dict[str, int] = {}
-        self.flow_quota = flow_quota
-        self.on_resolve = on_resolve
-        self.on_used = on_used
+        self.flow_quota = options.flow_quota
+        self.on_resolve = options.on_resolve
+        self.on_used = options.on_used
         self.snapshots: list[tuple[list, list, str]] = []
         self.events: list[str] = []
         self.rtt: dict[str, float] = {}
+        self.lag = 0.0
         self.started = self.stopped = False
 
     def start(self):
@@ -253,6 +242,9 @@ class FakeDataPlane:
 
     def counters(self):
         return {"packets_out": 0}
+
+    def use_lag(self):
+        return self.lag
 
 
 if TYPE_CHECKING:  # mypy (make lint): the real kernel and the fake offer the same interface

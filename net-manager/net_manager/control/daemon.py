@@ -251,7 +251,8 @@ class NodeDaemon(Instances, ServiceFeed):
         now = self.clock()
         self.queries.expire(now)
         self.queries.retry(now)
-        for job_name in self.interests.expired(now):
+        lag = self.dataplane.use_lag() if self.dataplane is not None else 0.0
+        for job_name in self.interests.expired(now, lag=lag):
             self._drop_job(job_name)
         if now >= self._next_address_check:
             self._next_address_check = now + self.config.address_watch_interval

@@ -5,10 +5,10 @@ The TUN proxy (`supervisor.DataPlaneSupervisor`, which runs the `io` process and
 to it over `channel`) implements it today; a kernel fast path can implement it too and
 be chosen by configuration, without the control layer changing.
 
-A backend is built by a `DataPlaneFactory` with the TUN device, its addresses, MTU,
-tunnel port, the share of the flow table one local instance may hold, the tunnel key
-(empty: a plain tunnel, as upstream's), `vxlan` (the kernel backend's inner TUN proxy
-announces the kernel tunnel to its peers) and two callbacks:
+A backend is built by a `DataPlaneFactory` from one `DataPlaneOptions`: the TUN device,
+its addresses, MTU, tunnel port, the share of the flow table one local instance may
+hold, the tunnel key (empty: a plain tunnel, as upstream's), `vxlan` (the kernel
+backend's inner TUN proxy announces the kernel tunnel to its peers) and the callbacks:
 - `on_resolve(service_ip, reply)`: a packet went to a service IP the data plane has no
   entry for; the control layer asks the cluster and calls `reply(found)` once, from any
   thread; a backend replays what it queued for that service IP after the next table.
@@ -20,6 +20,7 @@ announces the kernel tunnel to its peers) and two callbacks:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
@@ -53,24 +54,33 @@ class DataPlaneBackend(Protocol):
     def counters(self) -> dict[str, int | float]:
         """Packet and error counters for status and metrics; they only grow."""
 
+    def use_lag(self) -> float:
+        """Seconds by which `on_used` may lag behind the traffic beyond its usual second
+        (0: none); the idle rule looks back that far (`Interests.expired`)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataPlaneOptions:
+    """What a backend is built from (see the module doc); `tun_name` None: no TUN
+    device (tests); `netns_exec`: the command prefix that runs a program in the node's
+    namespace (None: this one)."""
+
+    tun_name: str | None
+    tun_v4_cidr: str
+    tun_v6_cidr: str
+    mtu: int
+    port: int
+    on_resolve: ResolveCallback
+    on_used: UsedCallback
+    netns_exec: Sequence[str] | None = None
+    flow_quota: float = 0.25
+    tunnel_key: str = field(default="", repr=False)  # a secret: never in a log line
+    vxlan: bool = False
+    on_tunnel: TunnelCallback | None = None
+
 
 class DataPlaneFactory(Protocol):
-    """Builds a backend; `tun_name` None: no TUN device (tests)."""
+    """Builds a backend."""
 
-    def __call__(
-        self,
-        tun_name: str | None,
-        tun_v4_cidr: str,
-        tun_v6_cidr: str,
-        mtu: int,
-        port: int,
-        *,
-        on_resolve: ResolveCallback,
-        on_used: UsedCallback,
-        netns_exec: Sequence[str] | None = None,
-        flow_quota: float = 0.25,
-        tunnel_key: str = "",
-        vxlan: bool = False,
-        on_tunnel: TunnelCallback | None = None,
-    ) -> DataPlaneBackend:
+    def __call__(self, options: DataPlaneOptions) -> DataPlaneBackend:
         """A backend, not started yet."""

@@ -9,15 +9,9 @@ namespace), else tun. A backend's `mode` attribute (none: tun) is shown in statu
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from dataclasses import replace
 
-from net_manager.dataplane.backend import (
-    DataPlaneBackend,
-    DataPlaneFactory,
-    ResolveCallback,
-    TunnelCallback,
-    UsedCallback,
-)
+from net_manager.dataplane.backend import DataPlaneBackend, DataPlaneFactory, DataPlaneOptions
 from net_manager.dataplane.kernel.backend import kernel_factory
 from net_manager.dataplane.kernel.nft import Nft
 from net_manager.dataplane.supervisor import DataPlaneSupervisor
@@ -33,52 +27,15 @@ def factory_for(mode: str, inner: DataPlaneFactory = DataPlaneSupervisor) -> Dat
         raise ValueError(f"data-plane mode must be one of {', '.join(MODES)}, not {mode!r}")
     kernel = kernel_factory(inner, BRIDGE)
 
-    def build(
-        tun_name: str | None,
-        tun_v4_cidr: str,
-        tun_v6_cidr: str,
-        mtu: int,
-        port: int,
-        *,
-        on_resolve: ResolveCallback,
-        on_used: UsedCallback,
-        netns_exec: Sequence[str] | None = None,
-        flow_quota: float = 0.25,
-        tunnel_key: str = "",
-        vxlan: bool = False,
-        on_tunnel: TunnelCallback | None = None,
-    ) -> DataPlaneBackend:
+    def build(options: DataPlaneOptions) -> DataPlaneBackend:
         chosen = mode
         if mode == "auto":
-            ok, why = Nft(netns_exec).supported()
+            ok, why = Nft(options.netns_exec).supported()
             chosen = "kernel" if ok else "tun"
             if not ok:
                 log.warning("kernel data plane not available, using the TUN only: %s", why)
         if chosen != "kernel":
-            return inner(
-                tun_name,
-                tun_v4_cidr,
-                tun_v6_cidr,
-                mtu,
-                port,
-                on_resolve=on_resolve,
-                on_used=on_used,
-                netns_exec=netns_exec,
-                flow_quota=flow_quota,
-                tunnel_key=tunnel_key,
-            )
-        return kernel(
-            tun_name,
-            tun_v4_cidr,
-            tun_v6_cidr,
-            mtu,
-            port,
-            on_resolve=on_resolve,
-            on_used=on_used,
-            netns_exec=netns_exec,
-            flow_quota=flow_quota,
-            tunnel_key=tunnel_key,
-            on_tunnel=on_tunnel,
-        )
+            return inner(replace(options, vxlan=False, on_tunnel=None))
+        return kernel(options)
 
     return build

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from net_manager.dataplane.backend import DataPlaneOptions
 from net_manager.dataplane.channel import (
     GAUGES,
     ChannelError,
@@ -56,19 +57,8 @@ class DataPlaneSupervisor:
 
     def __init__(
         self,
-        tun_name: str | None,
-        tun_v4_cidr: str,
-        tun_v6_cidr: str,
-        mtu: int,
-        port: int,
+        options: DataPlaneOptions,
         *,
-        on_resolve: Callable[[str, Callable[[bool], None]], None],
-        on_used: Callable[[list[str]], None],
-        netns_exec: Sequence[str] | None = None,
-        flow_quota: float = 0.25,
-        tunnel_key: str = "",
-        vxlan: bool = False,
-        on_tunnel: object = None,  # the kernel backend's business; the proxy has no tunnel
         extra_args: Sequence[str] = (),
         pass_fds: Sequence[int] = (),
         backoff_min: float = 0.5,
@@ -76,23 +66,25 @@ class DataPlaneSupervisor:
         watchdog: float = 10.0,
         stop_timeout: float = 5.0,
     ) -> None:
+        """`options.on_tunnel` is the kernel backend's business: the proxy has no tunnel."""
+        o = options
         self._command = [
-            *(netns_exec or ()),
+            *(o.netns_exec or ()),
             sys.executable,
             "-m",
             "net_manager.dataplane.io.process",
-            *(["--no-tun"] if tun_name is None else ["--tun", tun_name]),
-            *["--tun-v4", tun_v4_cidr, "--tun-v6", tun_v6_cidr],
-            *["--mtu", str(mtu), "--port", str(port), "--flow-quota", str(flow_quota)],
-            *(["--seal"] if tunnel_key else []),
-            *(["--vxlan"] if vxlan else []),
+            *(["--no-tun"] if o.tun_name is None else ["--tun", o.tun_name]),
+            *["--tun-v4", o.tun_v4_cidr, "--tun-v6", o.tun_v6_cidr],
+            *["--mtu", str(o.mtu), "--port", str(o.port), "--flow-quota", str(o.flow_quota)],
+            *(["--seal"] if o.tunnel_key else []),
+            *(["--vxlan"] if o.vxlan else []),
             *extra_args,
         ]
         # The key goes in the environment, never on the command line (ps shows that).
-        self._env = {**os.environ, KEY_ENV: tunnel_key} if tunnel_key else None
+        self._env = {**os.environ, KEY_ENV: o.tunnel_key} if o.tunnel_key else None
         self._pass_fds = tuple(pass_fds)  # e.g. a stand-in TUN for --tun-fd (tests)
-        self._on_resolve = on_resolve
-        self._on_used = on_used
+        self._on_resolve = o.on_resolve
+        self._on_used = o.on_used
         self._backoff = (backoff_min, backoff_max)
         self._watchdog = watchdog
         self._stop_timeout = stop_timeout
@@ -149,6 +141,10 @@ class DataPlaneSupervisor:
         values["restarts"] = self.restarts
         values["running"] = int(self.running)
         return values
+
+    def use_lag(self) -> float:
+        """The loop reports use every second (`report_interval`): no lag beyond it."""
+        return 0.0
 
     def stop(self) -> None:
         """Stop the process (Stop, then SIGTERM, then SIGKILL) and the thread."""

@@ -87,6 +87,17 @@ def test_a_remote_job_is_kept_while_used_and_dropped_10_s_after(daemon, clock):
     assert daemon.table.by_service_ip("10.30.1.30") == ()
 
 
+def test_a_remote_job_outlives_10_s_while_the_data_plane_reports_use_late(daemon, clock):
+    daemon._on_table_result(X3_RESULT)
+    daemon.dataplane.lag = 4.0  # its kernel backend last listed conntrack 4 s ago
+    clock.advance(12)
+    daemon.tick()
+    assert topics.INTEREST_REMOVE not in daemon.session.kinds()
+    daemon.dataplane.lag = 1.0  # a listing ran: nothing used
+    daemon.tick()
+    assert daemon.session.published[-1][0] == topics.INTEREST_REMOVE
+
+
 def test_a_local_job_is_never_dropped_while_deployed(daemon, clock):
     daemon.deploy_container(os.getpid(), X1, 0, "")
     session = daemon.session

@@ -147,6 +147,28 @@ def test_snapshot_reports_local_count_and_idle_time(interests: Interests, clock:
     assert interests.jobs() == {JOB, OTHER}
 
 
+def test_a_lagging_use_report_is_waited_for(interests: Interests, clock: FakeClock) -> None:
+    """Use seen by a data plane that last looked 5 s ago: idleness counts up to then."""
+    interests.add_remote(JOB)
+    clock.advance(12)
+    assert interests.expired(lag=5) == []  # idle 7 s as far as anyone has seen
+    interests.mark_used(JOB)  # the late listing saw it used after all
+    clock.advance(14.99)
+    assert interests.expired(lag=5) == []
+    assert interests.expired(lag=4.99) == [JOB]
+
+
+@pytest.mark.parametrize(("lag", "expired_after"), [(0.0, 10.0), (-3.0, 10.0), (2.5, 12.5)])
+def test_a_lag_delays_expiry_by_itself_and_never_hastens_it(
+    clock: FakeClock, lag: float, expired_after: float
+) -> None:
+    interests = Interests(clock=clock)
+    interests.add_remote(JOB)
+    start = clock.now
+    assert interests.expired(now=start + expired_after - 0.01, lag=lag) == []
+    assert interests.expired(now=start + expired_after, lag=lag) == [JOB]
+
+
 def test_custom_idle_timeout(clock: FakeClock) -> None:
     interests = Interests(clock=clock, idle_timeout=2.0)
     interests.add_remote(JOB)

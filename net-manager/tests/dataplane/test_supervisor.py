@@ -18,6 +18,7 @@ from ipaddress import ip_address
 
 import pytest
 
+from net_manager.dataplane.backend import DataPlaneOptions
 from net_manager.dataplane.core.microbench import build_packet
 from net_manager.dataplane.core.packet import UDP
 from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
@@ -59,7 +60,7 @@ def free_udp_port(host: str) -> int:
         return probe.getsockname()[1]
 
 
-def start_node(bind: str, extra: Sequence[str] = (), **kwargs) -> Node:
+def start_node(bind: str, extra: Sequence[str] = (), tunnel_key: str = "") -> Node:
     """A fixed port, as on a real node: a restarted process is found where it was."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     node: Node
@@ -67,18 +68,21 @@ def start_node(bind: str, extra: Sequence[str] = (), **kwargs) -> Node:
     def on_resolve(service_ip: str, reply: Callable[[bool], None]) -> None:
         node.resolves.append((service_ip, reply))
 
-    supervisor = DataPlaneSupervisor(
-        None,
-        "10.19.1.254/12",
-        "fcef::dead:beef/7",
-        1450,
-        free_udp_port(bind),
+    options = DataPlaneOptions(
+        tun_name=None,
+        tun_v4_cidr="10.19.1.254/12",
+        tun_v6_cidr="fcef::dead:beef/7",
+        mtu=1450,
+        port=free_udp_port(bind),
         on_resolve=on_resolve,
         on_used=lambda jobs: node.used.extend(jobs),
+        tunnel_key=tunnel_key,
+    )
+    supervisor = DataPlaneSupervisor(
+        options,
         extra_args=["--bind", bind, "--tun-fd", str(theirs.fileno()), *extra],
         pass_fds=[theirs.fileno()],
         backoff_min=0.1,
-        **kwargs,
     )
     node = Node(supervisor, ours)
     node.theirs = theirs  # type: ignore[attr-defined]  # kept open for restarts
@@ -229,14 +233,17 @@ def test_stop_leaves_no_process() -> None:
 def test_a_process_that_cannot_start_is_retried_with_backoff() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind((NODE_A, 0))
-        supervisor = DataPlaneSupervisor(
-            None,
-            "10.19.1.254/12",
-            "",
-            1450,
-            taken.getsockname()[1],  # the port is in use: the process exits with 2
+        options = DataPlaneOptions(
+            tun_name=None,
+            tun_v4_cidr="10.19.1.254/12",
+            tun_v6_cidr="",
+            mtu=1450,
+            port=taken.getsockname()[1],  # the port is in use: the process exits with 2
             on_resolve=lambda ip, reply: None,
             on_used=lambda jobs: None,
+        )
+        supervisor = DataPlaneSupervisor(
+            options,
             extra_args=["--bind", NODE_A],
             backoff_min=0.05,
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from net_manager.control.services.table import TableEntry
+from net_manager.dataplane.backend import DataPlaneOptions
 from oakestra_net import topics
 from oakestra_net.log import get_logger
 from oakestra_net.messages import (
@@ -116,12 +117,12 @@ class ServiceFeed:
         if self._dataplane_factory is None or self.dataplane is not None:
             return
         tun = self.config.tun
-        self.dataplane = self._dataplane_factory(
-            tun.device_name,
-            f"{tun.tunnel_ip}/12",
-            f"{tun.tun_net_ipv6}/7",
-            tun.mtu,
-            self.config.node_public_port,
+        options = DataPlaneOptions(
+            tun_name=tun.device_name,
+            tun_v4_cidr=f"{tun.tunnel_ip}/12",
+            tun_v6_cidr=f"{tun.tun_net_ipv6}/7",
+            mtu=tun.mtu,
+            port=self.config.node_public_port,
             on_resolve=self.resolve_service_ip,
             on_used=self._jobs_used,
             netns_exec=self._netns_exec,
@@ -129,6 +130,7 @@ class ServiceFeed:
             tunnel_key=self.config.tunnel_key,
             on_tunnel=self._on_tunnel,
         )
+        self.dataplane = self._dataplane_factory(options)
         self.dataplane.start()
         self._push_snapshot()
 

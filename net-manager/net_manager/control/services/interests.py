@@ -80,14 +80,18 @@ class Interests:
             if was_local and not count and interest is not None:
                 interest.last_used = max(interest.last_used, now)
 
-    def expired(self, now: float | None = None) -> list[str]:
-        """Remove and return (sorted) the jobs idle >= idle_timeout with no local instance."""
+    def expired(self, now: float | None = None, *, lag: float = 0.0) -> list[str]:
+        """Remove and return (sorted) the jobs idle >= idle_timeout with no local instance.
+        `lag`: use is reported up to that many seconds late (the data plane looks at it
+        less often), so idleness is measured up to `now - lag`: a job used in the last
+        `lag` seconds is not dropped before that use is seen, only up to `lag` late."""
         now = self._clock() if now is None else now
+        seen_until = now - max(0.0, lag)
         with self._lock:
             gone = [
                 job_name
                 for job_name, interest in self._interests.items()
-                if now - interest.last_used >= self.idle_timeout
+                if seen_until - interest.last_used >= self.idle_timeout
                 and self._local.get(job_name, 0) == 0
             ]
             for job_name in gone:

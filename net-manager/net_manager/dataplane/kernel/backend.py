@@ -14,7 +14,9 @@ the miss when `push_snapshot` returns). A background thread, every
 `poll_interval` seconds, re-applies after a failure and reports the services whose
 kernel flows carried packets since the last round (`on_used`, like the proxy's Used
 reports), from conntrack's per-connection packet counts (`flows.py`), which it switches
-on in the node's namespace after the first apply.
+on in the node's namespace after the first apply. Listing conntrack costs time in
+proportion to the connections a tenant opens, so it is paced to a share of one core
+(`pace.py`); `use_lag()` tells the idle rule how late use may be seen then.
 
 An apply that fails removes our table: the TUN proxy then serves everything, which is
 slower but never wrong (stale rules could send traffic to an instance that left).
@@ -34,13 +36,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from net_manager.dataplane.backend import (
     DataPlaneBackend,
     DataPlaneFactory,
-    ResolveCallback,
+    DataPlaneOptions,
     TunnelCallback,
     UsedCallback,
 )
@@ -48,6 +51,7 @@ from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
 from net_manager.dataplane.io.probes import CAP_VXLAN, CAP_VXLAN_PEER
 from net_manager.dataplane.kernel.flows import parse_listing, used_destinations
 from net_manager.dataplane.kernel.nft import Conntrack, Nft, NftError, chain_packets
+from net_manager.dataplane.kernel.pace import ListingPace
 from net_manager.dataplane.kernel.ruleset import KernelPlan, departed, plan, tunnel_spec
 from net_manager.node.errors import KernelError
 from net_manager.node.tunnel import (
@@ -79,9 +83,11 @@ class KernelBackend:
         tunnel_mtu: int = 1450,
         on_tunnel: TunnelCallback | None = None,
         defer_additions: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`tunnel_port` 0 or no `on_tunnel`: no kernel tunnel (stage 1: local
-        instances only). `defer_additions`: see the module doc (only once started)."""
+        instances only). `defer_additions`: see the module doc (only once started).
+        `clock` times the conntrack listings (their cost paces them)."""
         self.inner = inner
         self._nft = nft
         self._conntrack = conntrack
@@ -90,6 +96,8 @@ class KernelBackend:
         self._poll_interval = poll_interval
         self._lock = threading.Lock()  # one apply at a time; guards the fields below
         self._table: tuple[list[ServiceEntry], list[Endpoint], str] | None = None
+        self._table_version = 0  # bumped by every table: the key of the plan below
+        self._planned: tuple[tuple[object, ...], KernelPlan] | None = None
         self._applied = ""  # the script in force ("" = none or unknown)
         self.plan: KernelPlan | None = None
         self._tunnel_port = tunnel_port if on_tunnel is not None else 0
@@ -101,6 +109,8 @@ class KernelBackend:
         self._live_flows: dict[str, int] = {}
         self._accounting = False  # conntrack counts packets per connection
         self._flow_packets: dict[str, int] = {}  # conntrack id -> packets at the last round
+        self._clock = clock
+        self._pace = ListingPace(poll_interval)  # the poll thread's; others only read it
         self._stats = {
             "kernel_applies": 0,
             "kernel_apply_errors": 0,
@@ -156,6 +166,7 @@ class KernelBackend:
     ) -> None:
         with self._lock:  # also keeps concurrent tables in the same order in both
             self._table = (list(services), list(local_instances), node_ip)
+            self._table_version += 1
             if self._thread is not None and self._defer_additions and self._only_adds_locked():
                 self.inner.push_snapshot(services, local_instances, node_ip)
                 self._wake.set()
@@ -170,7 +181,15 @@ class KernelBackend:
             values["kernel_services"] = len(self.plan.services) if self.plan else 0
             values["kernel_tunnel_peers"] = len(self.tunnel.peers) if self.tunnel else 0
             values["kernel_flows_created"] = self._retired_flows + sum(self._live_flows.values())
+        values["kernel_use_listings"] = self._pace.listings
+        values["kernel_use_rounds_skipped"] = self._pace.rounds_skipped
+        values["kernel_use_interval_seconds"] = round(self._pace.interval, 3)
+        values["kernel_use_listing_seconds"] = round(self._pace.cost, 3)
         return values
+
+    def use_lag(self) -> float:
+        """Seconds of kernel flows' use not looked at yet, beyond the poll pace."""
+        return self._pace.lag(self._clock())
 
     # ------------------------------------------------------------ internals
 
@@ -198,6 +217,7 @@ class KernelBackend:
             self._sync_locked()
             generation = self._stats["kernel_applies"] if self._applied else None
         if generation is None:
+            self._pace.nothing_to_list()
             return
         table = self._read_table()  # one listing: the counters and the `used` sets
         if table is None:
@@ -212,26 +232,17 @@ class KernelBackend:
         change first), so the proxy may have the table before they are applied."""
         if self._table is None or self.plan is None:
             return self._table is not None and not self._applied
-        services, local_instances, node_ip = self._table
+        services, _, node_ip = self._table
         tunnel, kernel_peers = self._tunnel_wanted(services, node_ip)
         if tunnel != self.tunnel or self._tunnel_failed:
             return False
-        wanted = plan(
-            services,
-            local_instances,
-            node_ip,
-            bridge=self._bridge,
-            kernel_peers=kernel_peers,
-            rtt=dict(self.inner.rtt),
-            tunnel=tunnel,
-        )
-        return not _takes_away(self.plan, wanted)
+        return not _takes_away(self.plan, self._plan_locked(tunnel, kernel_peers))
 
     def _sync_locked(self) -> None:
         """Apply the plan of the latest table when its rules differ from those in force."""
         if self._table is None or self._stop.is_set():
             return
-        services, local_instances, node_ip = self._table
+        services, _, node_ip = self._table
         tunnel, kernel_peers = self._tunnel_wanted(services, node_ip)
         if tunnel is not None and tunnel != self.tunnel:
             # Everything the old and the new rules may send through the device is there
@@ -239,15 +250,7 @@ class KernelBackend:
             self._set_tunnel_locked(_union(self.tunnel, tunnel))
         if tunnel is not None and self._tunnel_failed:
             tunnel, kernel_peers = None, set()
-        new_plan = plan(
-            services,
-            local_instances,
-            node_ip,
-            bridge=self._bridge,
-            kernel_peers=kernel_peers,
-            rtt=dict(self.inner.rtt),
-            tunnel=tunnel,
-        )
+        new_plan = self._plan_locked(tunnel, kernel_peers)
         script = new_plan.render()
         if script == self._applied:
             self.plan = new_plan
@@ -281,6 +284,26 @@ class KernelBackend:
             len(new_plan.services),
             len(new_plan.skipped),
         )
+
+    def _plan_locked(self, tunnel: TunnelSpec | None, kernel_peers: set[str]) -> KernelPlan:
+        """The plan of the latest table; computed once for a table, tunnel, set of peers
+        and RTTs (a deferred table is planned by push_snapshot and applied by the thread)."""
+        assert self._table is not None
+        services, local_instances, node_ip = self._table
+        rtt = dict(self.inner.rtt)
+        key = (self._table_version, tunnel, frozenset(kernel_peers), frozenset(rtt.items()))
+        if self._planned is None or self._planned[0] != key:
+            wanted = plan(
+                services,
+                local_instances,
+                node_ip,
+                bridge=self._bridge,
+                kernel_peers=kernel_peers,
+                rtt=rtt,
+                tunnel=tunnel,
+            )
+            self._planned = (key, wanted)
+        return self._planned[1]
 
     def _tunnel_wanted(
         self, services: list[ServiceEntry], node_ip: str
@@ -358,22 +381,30 @@ class KernelBackend:
         with self._lock:
             current = self.plan if self._applied else None
         if current is None or not current.services or self._conntrack is None:
+            self._pace.nothing_to_list()
             return
+        if not self._pace.due():
+            return
+        started = self._clock()
         try:
             listing = self._conntrack.listing()
         except NftError as err:
+            self._pace.listed(started, self._clock() - started)
             self._stats["kernel_use_read_errors"] += 1
             log.warning("cannot read which kernel flows carried packets: %s", err)
             return
         service_ips, self._flow_packets = used_destinations(
             self._flow_packets, parse_listing(listing), current.service_ips()
         )
+        cost = self._clock() - started
         jobs: set[str] = set()
         for service_ip in service_ips:
             jobs.update(current.jobs_of(service_ip))
         if jobs:
             self._stats["kernel_used_reports"] += 1
             self._on_used(sorted(jobs))
+        # Only now: until the use is reported, the idle rule must look back to the last listing.
+        self._pace.listed(started, cost)
 
 
 def _service_flows(table: list[dict[str, Any]]) -> dict[str, int]:
@@ -406,46 +437,21 @@ def kernel_factory(inner_factory: DataPlaneFactory, bridge: str) -> DataPlaneFac
     runs behind the same `netns_exec` as the data-plane process; with `on_tunnel` it
     runs the kernel tunnel on the port after the tunnel port."""
 
-    def build(
-        tun_name: str | None,
-        tun_v4_cidr: str,
-        tun_v6_cidr: str,
-        mtu: int,
-        port: int,
-        *,
-        on_resolve: ResolveCallback,
-        on_used: UsedCallback,
-        netns_exec: Sequence[str] | None = None,
-        flow_quota: float = 0.25,
-        tunnel_key: str = "",
-        vxlan: bool = False,
-        on_tunnel: TunnelCallback | None = None,
-    ) -> DataPlaneBackend:
+    def build(options: DataPlaneOptions) -> DataPlaneBackend:
         # The VXLAN device cannot seal: with a tunnel key everything stays on the TUN.
-        usable = on_tunnel is not None and not tunnel_key and 0 < port < 65535
-        tunnel_port = port_of(port) if usable else 0
-        inner = inner_factory(
-            tun_name,
-            tun_v4_cidr,
-            tun_v6_cidr,
-            mtu,
-            port,
-            on_resolve=on_resolve,
-            on_used=on_used,
-            netns_exec=netns_exec,
-            flow_quota=flow_quota,
-            tunnel_key=tunnel_key,
-            vxlan=bool(tunnel_port),
-        )
+        o = options
+        usable = o.on_tunnel is not None and not o.tunnel_key and 0 < o.port < 65535
+        tunnel_port = port_of(o.port) if usable else 0
+        inner = inner_factory(replace(o, vxlan=bool(tunnel_port), on_tunnel=None))
         return KernelBackend(
             inner,
-            Nft(netns_exec),
+            Nft(o.netns_exec),
             bridge=bridge,
-            on_used=on_used,
-            conntrack=Conntrack(netns_exec),
+            on_used=o.on_used,
+            conntrack=Conntrack(o.netns_exec),
             tunnel_port=tunnel_port,
-            tunnel_mtu=mtu,
-            on_tunnel=on_tunnel,
+            tunnel_mtu=o.mtu,
+            on_tunnel=o.on_tunnel,
             defer_additions=True,
         )
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from net_manager.dataplane.backend import DataPlaneOptions
 from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
 from net_manager.dataplane.supervisor import DataPlaneSupervisor
 from testsupport import wait_until
@@ -185,18 +186,18 @@ def start_plane(bed: Testbed, node: str, offload: str = "auto", tunnel_key: str 
         if plane.answer is not None:
             plane.answer(service_ip, reply)
 
-    supervisor = DataPlaneSupervisor(
-        "oaktun0",
-        "10.19.1.254/12",
-        "fcef::dead:beef/7",
-        1450,
-        PORT,
+    options = DataPlaneOptions(
+        tun_name="oaktun0",
+        tun_v4_cidr="10.19.1.254/12",
+        tun_v6_cidr="fcef::dead:beef/7",
+        mtu=1450,
+        port=PORT,
         on_resolve=on_resolve,
         on_used=lambda jobs: None,
         netns_exec=bed.netns_exec(node),
         tunnel_key=tunnel_key,
-        extra_args=["--offload", offload],
     )
+    supervisor = DataPlaneSupervisor(options, extra_args=["--offload", offload])
     plane = NodePlane(supervisor)
     supervisor.start()
     assert supervisor.wait_ready(15), f"data plane in {node} did not start"

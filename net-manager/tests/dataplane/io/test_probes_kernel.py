@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from net_manager.dataplane.backend import DataPlaneOptions
 from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
 from net_manager.dataplane.io.probes import CAP_VXLAN, CAP_VXLAN_PEER
 from net_manager.dataplane.supervisor import DataPlaneSupervisor
@@ -30,11 +31,18 @@ BOTH = CAP_VXLAN | CAP_VXLAN_PEER
 
 
 def start(bed: Testbed, node: str, vxlan: bool) -> DataPlaneSupervisor:
-    supervisor = DataPlaneSupervisor(
-        None, "10.19.1.254/12", "fcef::dead:beef/7", 1450, PORT,
-        on_resolve=lambda ip, reply: reply(False), on_used=lambda jobs: None,
-        netns_exec=bed.netns_exec(node), vxlan=vxlan,
-    )  # fmt: skip
+    options = DataPlaneOptions(
+        tun_name=None,
+        tun_v4_cidr="10.19.1.254/12",
+        tun_v6_cidr="fcef::dead:beef/7",
+        mtu=1450,
+        port=PORT,
+        on_resolve=lambda ip, reply: reply(False),
+        on_used=lambda jobs: None,
+        netns_exec=bed.netns_exec(node),
+        vxlan=vxlan,
+    )
+    supervisor = DataPlaneSupervisor(options)
     supervisor.start()
     assert supervisor.wait_ready(15), f"data plane in {node} did not start"
     return supervisor

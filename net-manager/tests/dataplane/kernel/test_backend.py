@@ -3,6 +3,8 @@ does when the kernel refuses, how it reports use and counts flows."""
 
 from __future__ import annotations
 
+import pytest
+
 from net_manager.dataplane.core.translate import Endpoint, ServiceEntry
 from net_manager.dataplane.kernel.backend import KernelBackend
 from net_manager.dataplane.kernel.nft import NftError
@@ -241,3 +243,106 @@ def test_without_deferral_every_table_is_applied_before_the_proxy_gets_it():
         assert events == ["nft", "proxy"]
     finally:
         backend.stop()
+
+
+def test_a_table_is_planned_once_whether_applied_at_once_or_deferred(monkeypatch):
+    from net_manager.dataplane.kernel import backend as module
+
+    real, calls = module.plan, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "plan", counted)
+    backend, events = started(defer_additions=True)
+    try:
+        backend.push_snapshot([RR], [A, B], HERE)  # only adds: planned here, applied by the thread
+        wait_until(lambda: "nft" in events)
+        assert len(calls) == 1
+        gained_remote = ServiceEntry(RR.service_ip, RR.service_ip_v6, "RR", (B, REMOTE))
+        backend.push_snapshot([gained_remote], [A, B], HERE)  # takes away: applied at once
+        assert len(calls) == 2 and backend.counters()["kernel_services"] == 0
+    finally:
+        backend.stop()
+
+
+class SlowConntrack(FakeConntrack):
+    """A listing that takes `cost` seconds of the fake clock (a tenant's many connections)."""
+
+    def __init__(self, clock: list[float], cost: float) -> None:
+        super().__init__()
+        self.clock, self.cost, self.listings = clock, cost, 0
+
+    def listing(self) -> str:
+        self.listings += 1
+        self.clock[0] += self.cost
+        return super().listing()
+
+
+def paced(cost: float):
+    clock = [100.0]
+    conntrack = SlowConntrack(clock, cost)
+    used: list[list[str]] = []
+    backend = KernelBackend(
+        Inner(),
+        FakeNft(),
+        bridge="oak-br0",
+        on_used=used.append,
+        poll_interval=1.0,
+        conntrack=conntrack,
+        clock=lambda: clock[0],
+    )
+    backend.push_snapshot([RR], [A, B], HERE)
+    return backend, conntrack, clock, used
+
+
+def rounds(backend: KernelBackend, clock: list[float], count: int) -> None:
+    for _ in range(count):
+        backend._run_once()
+        clock[0] += 1.0
+
+
+def test_a_costly_listing_runs_less_often_and_use_is_seen_at_the_next_one():
+    backend, conntrack, clock, used = paced(cost=0.5)
+    rounds(backend, clock, 1)
+    assert conntrack.listings == 1 and backend.use_lag() == pytest.approx(1.5)
+    conntrack.flows = [("7", "10.30.1.30", 3)]  # used right after the listing
+    rounds(backend, clock, 4)
+    assert conntrack.listings == 1 and used == []  # 0.5 s a listing: one per 5 s
+    assert backend.use_lag() == pytest.approx(5.5)  # the idle rule looks back to it
+    rounds(backend, clock, 1)
+    assert conntrack.listings == 2 and used == [["X.d.b.d"]]
+    counters = backend.counters()
+    assert counters["kernel_use_listings"] == 2 and counters["kernel_use_rounds_skipped"] == 4
+    assert counters["kernel_use_interval_seconds"] == 5.0
+    assert counters["kernel_use_listing_seconds"] == 0.5
+
+
+def test_a_cheap_listing_runs_every_round_without_lag():
+    backend, conntrack, clock, _ = paced(cost=0.05)
+    rounds(backend, clock, 5)
+    assert conntrack.listings == 5 and backend.use_lag() == 0.0
+    assert backend.counters()["kernel_use_rounds_skipped"] == 0
+
+
+def test_the_lag_ends_only_after_the_use_it_found_is_reported():
+    """Else the daemon could drop a job between the listing and its report."""
+    backend, conntrack, clock, _ = paced(cost=0.5)
+    rounds(backend, clock, 1)
+    conntrack.flows = [("7", "10.30.1.30", 3)]
+    lag_at_report: list[float] = []
+    backend._on_used = lambda jobs: lag_at_report.append(backend.use_lag())
+    rounds(backend, clock, 5)
+    assert lag_at_report == [pytest.approx(6.0)]  # still the previous listing's
+    assert backend.use_lag() == pytest.approx(1.5)
+
+
+def test_once_nothing_is_served_the_next_table_is_listed_at_once():
+    backend, conntrack, clock, _ = paced(cost=0.5)
+    rounds(backend, clock, 1)
+    backend.push_snapshot([], [A, B], HERE)
+    rounds(backend, clock, 1)
+    backend.push_snapshot([RR], [A, B], HERE)
+    rounds(backend, clock, 1)
+    assert conntrack.listings == 2

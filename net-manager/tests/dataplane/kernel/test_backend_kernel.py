@@ -289,6 +289,8 @@ def test_an_established_flow_counts_as_use_while_it_sends_and_not_when_quiet(nod
         assert exchange() == "b"  # the same flow again
         kernel._run_once()
         assert used == [["X.d.server.d"], ["X.d.server.d"]]
+        counters = kernel.counters()  # each listing is timed (it paces the next)
+        assert counters["kernel_use_listings"] == 4 and counters["kernel_use_listing_seconds"] > 0
     finally:
         nstools.stop_process(flow)
         kernel.stop()
