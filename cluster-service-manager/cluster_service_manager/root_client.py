@@ -142,9 +142,13 @@ class RootClient:
         body = {"cluster_id": cluster_id, "cluster_address": address, "cluster_port": port}
         self._call("cluster registration", "POST", "/api/net/cluster", json=body)
 
-    def root_state(self) -> dict:
-        """Ours: the root's store generation and whether it is rebuilding (NotFound: upstream)."""
-        body = self._call("root state", "GET", "/api/net/state")
+    def root_state(self, *, brief: bool = False) -> dict:
+        """Ours: the root's store generation and whether it is rebuilding (NotFound: upstream).
+
+        `brief`: without the lists of our interests and subnets (a root before `brief`
+        sends them anyway)."""
+        path = "/api/net/state?brief=1" if brief else "/api/net/state"
+        body = self._call("root state", "GET", path)
         if not isinstance(body, dict) or not isinstance(body.get("generation"), str):
             raise RootRejected(f"root state answer lacks a generation: {body!r:.100}")
         return body
