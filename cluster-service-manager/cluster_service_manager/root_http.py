@@ -23,6 +23,7 @@ import select
 import socket
 import ssl
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -65,7 +66,8 @@ class RootHttp:
         self._tls = _tls_context(verify) if self.https else None
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._all: set[http.client.HTTPConnection] = set()
+        # for close(); weak, so a finished thread's connection goes with its thread-local
+        self._all: weakref.WeakSet[http.client.HTTPConnection] = weakref.WeakSet()
 
     @staticmethod
     def usable_for(base_url: str, proxies: dict, cert: Any, auth: Any) -> bool:
@@ -141,7 +143,7 @@ class RootHttp:
 
     def close(self) -> None:
         with self._lock:
-            conns, self._all = self._all, set()
+            conns, self._all = list(self._all), weakref.WeakSet()
         for conn in conns:
             conn.close()
 

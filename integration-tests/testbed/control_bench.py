@@ -69,7 +69,7 @@ class Scale:
     interested: int = 500
     step_seconds: float = 3.0
     rates: tuple[int, ...] = (250, 500, 1000, 1500, 2000, 2500, 3000)
-    forward_rates: tuple[int, ...] = (50, 100, 250, 375, 500, 750)
+    forward_rates: tuple[int, ...] = (50, 100, 250, 375, 500, 625, 750)
     only: frozenset[str] = ROWS  # the measured rows to run; setup phases always run
 
     @classmethod
