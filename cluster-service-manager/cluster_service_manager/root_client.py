@@ -9,9 +9,9 @@ becomes one of three exceptions: `RootUnavailable` (try again later), `NotFound`
 answered something unusable; retrying cannot help). Deciding when to try again later
 is the caller's business.
 
-Calls go out on one kept-alive connection per thread (`root_http`, ~a third of the
-CPU of requests per call); requests remains for what that transport leaves out: a
-proxy from the environment, a client certificate, credentials in the URL.
+Calls go out on one kept-alive connection per thread (`root_http`, cheaper per call
+than requests); requests remains for what that transport leaves out: a proxy from the
+environment, a client certificate, credentials in the URL.
 """
 
 from __future__ import annotations
@@ -87,7 +87,10 @@ class RootClient:
         if RootHttp.usable_for(
             self.base_url, self.session.proxies, self.session.cert, self.session.auth
         ):
-            self._http = RootHttp(self.base_url, timeout=timeout, verify=self.session.verify)
+            try:
+                self._http = RootHttp(self.base_url, timeout=timeout, verify=self.session.verify)
+            except OSError as err:  # an unreadable CA bundle: requests says so on every call
+                log.warning("root calls through requests", reason=f"CA bundle: {err}"[:200])
 
     def _read_environment_once(self) -> None:
         """Proxy variables, CA bundle and .netrc for the root's URL, read now, not per call.

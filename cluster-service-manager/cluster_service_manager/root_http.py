@@ -73,8 +73,13 @@ class RootHttp:
     def usable_for(base_url: str, proxies: dict, cert: Any, auth: Any) -> bool:
         """Whether this transport can do what requests would for `base_url`."""
         parts = urlsplit(base_url)
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            return False  # requests reports it on every call, as before
         return (
             parts.scheme in ("http", "https")
+            and bool(parts.hostname)
             and parts.username is None
             and not requests.utils.select_proxy(base_url, proxies)
             and cert is None

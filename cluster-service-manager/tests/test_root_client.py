@@ -432,3 +432,18 @@ def test_a_proxy_keeps_requests_and_a_direct_route_does_not(monkeypatch):
     assert client("http://192.0.2.1:10099")._http is None  # type: ignore[attr-defined]
     monkeypatch.setenv("NO_PROXY", "192.0.2.1")
     assert client("http://192.0.2.1:10099")._http is not None  # type: ignore[attr-defined]
+
+
+def test_a_root_url_the_transport_cannot_parse_fails_per_call_not_at_start():
+    rc = client("http://127.0.0.1:notaport", attempts=1)
+    assert rc._http is None  # type: ignore[attr-defined]
+    with pytest.raises(RootUnavailable, match="root subnet GET"):
+        rc.new_subnet()
+
+
+def test_a_missing_ca_bundle_is_reported_per_call(tmp_path, monkeypatch):
+    """As before the transport: the client starts, and each call names the bundle."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "missing.crt"))
+    rc = client(f"https://127.0.0.1:{free_port()}", attempts=1)
+    with pytest.raises(OSError, match="missing.crt"):
+        rc.job_by_name("X.default.X3.default")
