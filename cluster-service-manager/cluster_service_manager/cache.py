@@ -160,11 +160,15 @@ class JobCache:
 
     # -- writing jobs ----------------------------------------------------------------
 
-    def store(self, job: Job, *, create: bool = True) -> CachedJob | None:
+    def store(
+        self, job: Job, *, create: bool = True, interested: str | None = None
+    ) -> CachedJob | None:
         """Insert or refresh a job from the root (see `jobs.merge_instances`); as stored.
 
         With `create=False` only a job still cached is refreshed (None otherwise): a
-        refresh must not bring back a job forgotten meanwhile.
+        refresh must not bring back a job forgotten meanwhile. `interested`: the node
+        whose query made us fetch it, recorded with the insert (one write, not two); a
+        refreshed job's interests are left as they are.
         """
         name = job.job_name
         for _ in range(MAX_ATTEMPTS):
@@ -172,7 +176,10 @@ class JobCache:
             if current is None and not create:
                 return None
             if current is None:
-                fresh = CachedJob(job.job_name, job.job_id, job.service_ips, job.instances)
+                nodes = (interested,) if interested else ()
+                fresh = CachedJob(
+                    job.job_name, job.job_id, job.service_ips, job.instances, interested_nodes=nodes
+                )
                 with self._writing() as memory:
                     try:
                         self.jobs.insert_one(fresh.to_store())

@@ -46,8 +46,11 @@ class Directory:
             return self.cache.by_ip(service_ip)
         return self.cache.get(job_name) if job_name else None
 
-    def resolve(self, *, job_name: str = "", service_ip: str = "") -> CachedJob | None:
-        """The job from the cache, else from the root (then cached); None if unknown.
+    def resolve(
+        self, *, job_name: str = "", service_ip: str = "", node_id: str | None = None
+    ) -> CachedJob | None:
+        """The job from the cache, else from the root (then cached, with `node_id`'s
+        interest if given); None if unknown.
 
         Raises RootUnavailable when it had to ask the root and got no answer.
         """
@@ -55,14 +58,14 @@ class Directory:
         if job is not None:
             return job
         if service_ip:
-            return self.fetch_by_ip(service_ip)
+            return self.fetch_by_ip(service_ip, interested=node_id)
         if not is_valid_job_name(job_name):
             return None
         with self.lock(job_name):
             # Many nodes asking for one new job at once queue on its lock: the first
             # fetches, the others find it cached (one root call, not one per node).
             job = self.cache.get(job_name)
-            return job if job is not None else self._fetch_locked(job_name)
+            return job if job is not None else self._fetch_locked(job_name, interested=node_id)
 
     def fetch_by_name(self, job_name: str, *, create: bool = True) -> CachedJob | None:
         """Ask the root (which records our interest) and store the answer; None if unknown.
@@ -74,7 +77,7 @@ class Directory:
         with self.lock(job_name):
             return self._fetch_locked(job_name, create=create)
 
-    def fetch_by_ip(self, service_ip: str) -> CachedJob | None:
+    def fetch_by_ip(self, service_ip: str, *, interested: str | None = None) -> CachedJob | None:
         if jobs.canonical_ip(service_ip) is None:
             return None
         generation = self._generation
@@ -84,17 +87,19 @@ class Directory:
             return None
         with self.lock(job.job_name):
             if self._generation != generation:
-                return self._fetch_locked(job.job_name)
-            return self.cache.store(job)
+                return self._fetch_locked(job.job_name, interested=interested)
+            return self.cache.store(job, interested=interested)
 
-    def _fetch_locked(self, job_name: str, *, create: bool = True) -> CachedJob | None:
+    def _fetch_locked(
+        self, job_name: str, *, create: bool = True, interested: str | None = None
+    ) -> CachedJob | None:
         try:
             job = _checked(self.root.job_by_name(job_name))
         except NotFound:
             return None
         if job.job_name != job_name:
             raise RootRejected(f"root answered job {job['job_name']} for {job_name}")
-        return self.cache.store(job, create=create)
+        return self.cache.store(job, create=create, interested=interested)
 
     def with_interest(self, job: CachedJob, node_id: str) -> CachedJob | None:
         """Record the node's interest in a cached job; fetch it again if it left the cache.
@@ -102,6 +107,8 @@ class Directory:
         Returns the job as cached with the interest, or None if the root no longer knows it.
         """
         name = job.job_name
+        if node_id in job.interested_nodes:  # stored with it: a job a node follows stays
+            return job
         for _ in range(INTEREST_ATTEMPTS):
             if self.cache.add_interest(name, node_id):
                 return job

@@ -131,7 +131,7 @@ class Handlers:
     def _query_root(self, node_id: str, msg: TableQueryRequest) -> None:
         key = msg.sip or msg.sname
         try:
-            job = self.directory.resolve(job_name=msg.sname, service_ip=msg.sip)
+            job = self.directory.resolve(job_name=msg.sname, service_ip=msg.sip, node_id=node_id)
             if job is not None:
                 job = self.directory.with_interest(job, node_id)
         except RootRejected as err:

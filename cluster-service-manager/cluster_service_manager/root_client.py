@@ -8,6 +8,10 @@ becomes one of three exceptions: `RootUnavailable` (try again later), `NotFound`
 (the root does not know the job), `RootRejected` (the root refused the request or
 answered something unusable; retrying cannot help). Deciding when to try again later
 is the caller's business.
+
+Calls go out on one kept-alive connection per thread (`root_http`, cheaper per call
+than requests); requests remains for what that transport leaves out: a proxy from the
+environment, a client certificate, credentials in the URL.
 """
 
 from __future__ import annotations
@@ -22,9 +26,14 @@ from requests.adapters import HTTPAdapter
 from oakestra_net.log import get_logger
 from oakestra_net.names import encode_path
 
+from .root_http import Answer, NoAnswer, RootHttp, basic_auth
+
 log = get_logger(__name__)
 
 RETRY_STATUSES = frozenset({502, 503, 504})
+# requests' session defaults; the thin transport sends its own Accept and no
+# Accept-Encoding (it does not decompress), User-Agent and Connection from http.client
+_REQUESTS_DEFAULTS = frozenset({"user-agent", "accept-encoding", "accept", "connection"})
 
 
 class RootError(Exception):
@@ -74,6 +83,14 @@ class RootClient:
         self.session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=32))
         self.session.mount("https://", HTTPAdapter(pool_connections=4, pool_maxsize=32))
         self._read_environment_once()
+        self._http: RootHttp | None = None
+        if RootHttp.usable_for(
+            self.base_url, self.session.proxies, self.session.cert, self.session.auth
+        ):
+            try:
+                self._http = RootHttp(self.base_url, timeout=timeout, verify=self.session.verify)
+            except OSError as err:  # an unreadable CA bundle: requests says so on every call
+                log.warning("root calls through requests", reason=f"CA bundle: {err}"[:200])
 
     def _read_environment_once(self) -> None:
         """Proxy variables, CA bundle and .netrc for the root's URL, read now, not per call.
@@ -128,9 +145,13 @@ class RootClient:
         body = {"cluster_id": cluster_id, "cluster_address": address, "cluster_port": port}
         self._call("cluster registration", "POST", "/api/net/cluster", json=body)
 
-    def root_state(self) -> dict:
-        """Ours: the root's store generation and whether it is rebuilding (NotFound: upstream)."""
-        body = self._call("root state", "GET", "/api/net/state")
+    def root_state(self, *, brief: bool = False) -> dict:
+        """Ours: the root's store generation and whether it is rebuilding (NotFound: upstream).
+
+        `brief`: without the lists of our interests and subnets (a root before `brief`
+        sends them anyway)."""
+        path = "/api/net/state?brief=1" if brief else "/api/net/state"
+        body = self._call("root state", "GET", path)
         if not isinstance(body, dict) or not isinstance(body.get("generation"), str):
             raise RootRejected(f"root state answer lacks a generation: {body!r:.100}")
         return body
@@ -158,8 +179,39 @@ class RootClient:
             self._sleep(self.backoff * 2 ** (attempt - 1))
         raise AssertionError("unreachable")
 
-    def _send(self, method: str, url: str, body: Any) -> requests.Response:
+    def _send(self, method: str, url: str, body: Any) -> requests.Response | Answer:
         """One request; `_NoAnswer` when it failed in a way that a retry may fix."""
+        if self._http is not None:
+            response: requests.Response | Answer = self._send_thin(method, url, body)
+        else:
+            response = self._send_requests(method, url, body)
+        if response.status_code in RETRY_STATUSES:
+            raise _NoAnswer(f"HTTP {response.status_code}", maybe_sent=True)
+        return response
+
+    def _send_thin(self, method: str, url: str, body: Any) -> Answer:
+        assert self._http is not None
+        try:
+            return self._http.send(method, url[len(self.base_url) :], self._headers(), body)
+        except NoAnswer as err:
+            raise _NoAnswer(str(err), maybe_sent=not err.never_sent) from None
+
+    def _headers(self) -> dict[str, str]:
+        """The session's headers (the API token among them) without requests' own
+        defaults, read per call: the app sets them after construction."""
+        headers = {
+            name: value
+            for name, value in self.session.headers.items()
+            if name.lower() not in _REQUESTS_DEFAULTS and isinstance(value, str)
+        }
+        headers["Accept"] = "application/json"
+        if isinstance(self.session.auth, tuple):
+            headers["Authorization"] = basic_auth(self.session.auth)
+        return headers
+
+    def _send_requests(self, method: str, url: str, body: Any) -> requests.Response:
+        """The requests path, for what the thin transport leaves out (a proxy, a client
+        certificate, credentials in the URL)."""
         try:
             response = self._request(method, url, body)
         except (requests.ConnectTimeout, requests.ConnectionError) as err:
@@ -167,8 +219,6 @@ class RootClient:
             raise _NoAnswer(_reason(err), maybe_sent=not never_sent) from None
         except requests.RequestException as err:  # read timeouts and the like
             raise _NoAnswer(_reason(err), maybe_sent=True) from None
-        if response.status_code in RETRY_STATUSES:
-            raise _NoAnswer(f"HTTP {response.status_code}", maybe_sent=True)
         return response
 
     def _request(self, method: str, url: str, body: Any) -> requests.Response:
@@ -189,7 +239,9 @@ class RootClient:
             cert=self.session.cert,
         )
 
-    def _answer(self, call: str, method: str, url: str, response: requests.Response) -> Any:
+    def _answer(
+        self, call: str, method: str, url: str, response: requests.Response | Answer
+    ) -> Any:
         status = response.status_code
         if status in (400, 404) and _unknown_cluster(response):
             self.on_unknown_cluster()  # the root lost us: register again (see root_watch)
@@ -214,6 +266,8 @@ class RootClient:
         return body
 
     def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
         self.session.close()
 
 
@@ -223,7 +277,7 @@ def _refused(err: requests.ConnectionError) -> bool:
     return "Connection refused" in text or "Errno 111" in text
 
 
-def _unknown_cluster(response: requests.Response) -> bool:
+def _unknown_cluster(response: requests.Response | Answer) -> bool:
     """Whether the root refused because it does not know this cluster."""
     text = _text(response).lower()
     return "not registered" in text or "is the cluster registered" in text
@@ -234,7 +288,7 @@ def _reason(err: Exception) -> str:
     return f"{type(err).__name__}: {text[:200]}"
 
 
-def _text(response: requests.Response) -> str:
+def _text(response: requests.Response | Answer) -> str:
     try:
         body = response.json()
     except ValueError:

@@ -129,8 +129,8 @@ class RootWatch:
         """One round; the seconds until the next."""
         # read before the state: a removal done in between is then skipped, not refilled
         dropping = self._dropping() if not self.refilled else set()
-        try:
-            state = self.root.root_state()
+        try:  # the lists of interests and subnets are needed until both were taken
+            state = self.root.root_state(brief=self.refilled and self.subnets_kept)
         except NotFound:
             return UNSUPPORTED_INTERVAL
         except RootError as err:

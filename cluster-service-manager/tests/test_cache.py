@@ -86,6 +86,16 @@ def test_store_refresh_keeps_interests_and_node_reports(cache):
     assert cache.get(NAME) == stored
 
 
+def test_a_job_fetched_for_a_node_is_stored_with_its_interest(cache, db):
+    """One write: the insert carries the asking node; a refresh leaves interests alone,
+    and the job is not forgotten while the node follows it."""
+    stored = cache.store(root_job(), interested="nodeA")
+    assert stored.interested_nodes == ("nodeA",)
+    assert db["jobs"].find_one({"_id": NAME})["interested_nodes"] == ["nodeA"]
+    assert cache.store(root_job(), interested="nodeB").interested_nodes == ("nodeA",)
+    assert not cache.forget_if_unused(NAME)
+
+
 def test_lookup_by_any_service_ip_in_canonical_form(cache):
     cache.store(root_job())
     for address in ("10.30.1.30", "fdff:2000::1", "10.30.0.3", "fdff:0:0::2"):

@@ -10,7 +10,7 @@ import pytest
 from csm_helpers import LiveServer
 
 from cluster_service_manager.root_client import NotFound, RootClient, RootRejected, RootUnavailable
-from testsupport import free_port
+from testsupport import free_port, wait_until
 
 pytestmark = pytest.mark.process  # real broker / server / subprocess
 
@@ -35,7 +35,8 @@ class ScriptedRoot:
             status, answer, delay = self.script.pop(0) if self.script else (200, {}, 0.0)
         time.sleep(delay)
         data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
-        start_response(f"{status} X", [("Content-Type", "application/json")])
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        start_response(f"{status} X", headers)
         return [data]
 
 
@@ -259,3 +260,190 @@ def test_concurrent_queries_for_one_new_job_ask_the_root_once(scripted, db):
         thread.join(10)
     assert [a.job_name for a in answers] == [JOB["job_name"]] * 4
     assert len(root.requests) == 1
+
+
+class KeepAliveRoot:
+    """ScriptedRoot behind an HTTP/1.1 server that keeps connections open as gunicorn does
+    (werkzeug's closes each one); counts the connections it accepted."""
+
+    def __init__(self, root: ScriptedRoot, port: int | None = None) -> None:
+        import http.server
+
+        self.root = root
+        self.connections = 0
+        self.sockets: list = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                owner.connections += 1
+                owner.sockets.append(self.request)
+                super().setup()
+
+            def _serve(self):
+                path, _, _query = self.path.partition("?")
+                environ = {
+                    "REQUEST_METHOD": self.command,
+                    "PATH_INFO": path,
+                    "CONTENT_LENGTH": self.headers.get("Content-Length", ""),
+                    "wsgi.input": self.rfile,
+                }
+                answer: list = []
+                chunks = owner.root(environ, lambda status, head: answer.extend([status, head]))
+                self.send_response(int(answer[0].split()[0]))
+                for name, value in answer[1]:
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(b"".join(chunks))
+
+            do_GET = do_POST = do_DELETE = _serve
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port or free_port()), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Stop listening and close every connection, kept-alive ones included."""
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+        for sock in self.sockets:
+            try:
+                sock.shutdown(2)
+            except OSError:
+                pass
+
+
+def test_calls_share_one_kept_alive_connection_per_thread():
+    root = ScriptedRoot()
+    server = KeepAliveRoot(root)
+    try:
+        root.answer((200, JOB), (200, JOB), (200, JOB), (200, JOB))
+        rc = client(server.url)
+        for _ in range(3):
+            assert rc.job_by_name("X.default.X3.default") == JOB
+        assert server.connections == 1
+        other = threading.Thread(target=lambda: rc.job_by_name("X.default.X3.default"))
+        other.start()
+        other.join(5)
+        assert server.connections == 2  # another thread, its own connection
+        rc.close()
+    finally:
+        server.stop()
+
+
+def test_a_connection_the_root_closed_while_idle_is_replaced():
+    """gunicorn closes kept-alive connections after 5 idle seconds: the next call opens a
+    new one instead of failing (for a subnet: instead of giving up on a maybe-sent call)."""
+    root = ScriptedRoot()
+    server = KeepAliveRoot(root)
+    rc = client(server.url)
+    try:
+        root.answer((200, JOB))
+        rc.job_by_name("X.default.X3.default")
+        server.stop()  # closes the kept-alive connection on the root's side
+        stale = rc._http._local.conn  # type: ignore[union-attr]
+        server = KeepAliveRoot(root, port=server.port)
+        root.answer((200, {"subnet_addr": "10.16.0.0", "subnet_addr_v6": "fc00::"}))
+        wait_until(lambda: _closed(stale.sock), message="the old connection closed by the root")
+        assert rc.new_subnet() == ("10.16.0.0", "fc00::")
+        assert rc.sleeps == []  # no retry: the stale connection was not used
+        assert server.connections == 1
+    finally:
+        server.stop()
+
+
+def _closed(sock) -> bool:
+    import select
+
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def test_headers_and_json_body_reach_the_root(scripted):
+    root, url = scripted
+    seen: list[dict] = []
+    original = root.__call__
+
+    def recording(environ, start_response):
+        seen.append({k: v for k, v in environ.items() if k.startswith(("HTTP_", "CONTENT_"))})
+        return original(environ, start_response)
+
+    server = LiveServer(recording).start()
+    try:
+        rc = client(server.url)
+        rc.session.headers.update({"Authorization": "Bearer t0ken"})  # what the app does
+        rc.report_locations("a" * 24, [])
+    finally:
+        server.stop()
+    assert seen[0]["HTTP_AUTHORIZATION"] == "Bearer t0ken"
+    assert seen[0]["CONTENT_TYPE"] == "application/json"
+    assert "gzip" not in seen[0].get("HTTP_ACCEPT_ENCODING", "")
+    assert root.requests[-1] == (
+        "POST",
+        "/api/net/service/net_deploy_status",
+        {"job_id": "a" * 24, "instances": []},
+    )
+
+
+def test_tls_with_the_ca_bundle_from_the_environment(tmp_path, monkeypatch):
+    import ssl
+
+    from werkzeug.serving import make_server
+
+    from testsupport.pki import make_pki
+
+    pki = make_pki(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki / "server.crt", pki / "server.key")
+    root = ScriptedRoot()
+    port = free_port()
+    server = make_server("127.0.0.1", port, root, threaded=True, ssl_context=context)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        root.answer((200, JOB), (200, JOB))
+        untrusted = client(f"https://127.0.0.1:{port}", attempts=1)
+        with pytest.raises(RootUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+            untrusted.job_by_name("X.default.X3.default")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki / "ca.crt"))
+        trusted = client(f"https://127.0.0.1:{port}")
+        assert trusted._http is not None  # type: ignore[attr-defined]
+        assert trusted.job_by_name("X.default.X3.default") == JOB
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_a_proxy_keeps_requests_and_a_direct_route_does_not(monkeypatch):
+    for name in ("no_proxy", "NO_PROXY", "http_proxy", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    assert client("http://192.0.2.1:10099")._http is None  # type: ignore[attr-defined]
+    monkeypatch.setenv("NO_PROXY", "192.0.2.1")
+    assert client("http://192.0.2.1:10099")._http is not None  # type: ignore[attr-defined]
+
+
+def test_a_root_url_the_transport_cannot_parse_fails_per_call_not_at_start():
+    rc = client("http://127.0.0.1:notaport", attempts=1)
+    assert rc._http is None  # type: ignore[attr-defined]
+    with pytest.raises(RootUnavailable, match="root subnet GET"):
+        rc.new_subnet()
+
+
+def test_a_missing_ca_bundle_is_reported_per_call(tmp_path, monkeypatch):
+    """As before the transport: the client starts, and each call names the bundle."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "missing.crt"))
+    rc = client(f"https://127.0.0.1:{free_port()}", attempts=1)
+    with pytest.raises(OSError, match="missing.crt"):
+        rc.job_by_name("X.default.X3.default")

@@ -14,8 +14,10 @@ class FakeRoot:
         self.generation: str | None = "g1"
         self.calls: list[tuple] = []
         self.cluster: dict | None = None
+        self.brief: list[bool] = []
 
-    def root_state(self) -> dict:
+    def root_state(self, *, brief: bool = False) -> dict:
+        self.brief.append(brief)
         if self.generation is None:
             raise RootUnavailable("down")
         if self.generation == "upstream":
@@ -120,7 +122,10 @@ def test_a_restarted_cluster_refills_its_cache_before_it_pushes_its_state(db):
     root.cluster = {"cluster_id": "c1", "cluster_address": "192.0.2.10", "cluster_port": 10110}
     answers = {"g1": [JOB["job_name"]]}
     root_state = root.root_state
-    root.root_state = lambda: {**root_state(), "interests": answers.get(root.generation, [])}
+    root.root_state = lambda **kw: {
+        **root_state(**kw),
+        "interests": answers.get(root.generation, []),
+    }
     fetched = []
     unavailable = [True]
 
@@ -153,8 +158,8 @@ def test_a_job_whose_interest_removal_is_journaled_is_not_refilled(db):
     )
     root = FakeRoot()
     root_state = root.root_state
-    root.root_state = lambda: {
-        **root_state(),
+    root.root_state = lambda **kw: {
+        **root_state(**kw),
         "interests": [JOB["job_name"], "X.default.X2.default"],
     }
     fetched: list[str] = []
@@ -170,7 +175,7 @@ def test_the_roots_record_of_our_subnets_is_kept_and_pushed_to_a_new_root(db):
     root = FakeRoot()
     root_state = root.root_state
     recorded = {"v4": ["10.16.0.64", "10.16.0.128"], "v6": ["fc00::100", "fc00::200"]}
-    root.root_state = lambda: {**root_state(), "subnets": recorded}
+    root.root_state = lambda **kw: {**root_state(**kw), "subnets": recorded}
     pushed: list[dict] = []
     push_state = root.push_state
     root.push_state = lambda state: (pushed.append(state), push_state(state))[1]
@@ -185,3 +190,25 @@ def test_the_roots_record_of_our_subnets_is_kept_and_pushed_to_a_new_root(db):
     assert sorted(map(str, pushed[-1]["subnets"])) == sorted(
         [str({"subnet_addr": "10.16.0.128"}), str({"subnet_addr_v6": "fc00::200"})]
     )
+
+
+def test_the_lists_are_asked_for_until_taken_then_only_the_brief_state(db):
+    """Interests and subnets grow with the jobs and nodes; the watch needs them once per
+    process, the generation every round."""
+    cache = JobCache(db, "c1")
+    root = FakeRoot()
+    unavailable = [True]
+
+    def refill(job_name: str) -> None:
+        if unavailable[0]:
+            raise RootUnavailable("busy")
+
+    root_state = root.root_state
+    root.root_state = lambda **kw: {**root_state(**kw), "interests": [JOB["job_name"]]}
+    watch = RootWatch(root, cache, None, refill=refill)  # type: ignore[arg-type]
+    watch.check()  # the refill failed: the lists again next round
+    unavailable[0] = False
+    watch.check()
+    watch.check()
+    watch.check()
+    assert root.brief == [False, False, True, True]

@@ -1,6 +1,6 @@
 """Control-plane benchmark: a real root, cluster service manager and Mosquitto, many nodes.
 
-    python -m testbed.control_bench [--quick] [--store embedded|secantus|both]
+    python -m testbed.control_bench [--quick] [--store embedded|secantus|both] [--only ROWS]
 
 Everything listens on 127.0.0.1 ports this benchmark opened itself; no namespaces are
 needed. The simulated nodes are real MQTT connections held by one process (`loadgen`,
@@ -54,6 +54,9 @@ CLUSTER_ID = "6630c0000000000000000b01"
 CLIENTS = 8
 CACHED_P99 = 0.050  # the issue's latency targets (seconds)
 FORWARDED_P99 = 0.100
+# Measured rows `--only` can select; root deploys and caching always run (later rows
+# measure against the state they leave).
+ROWS = frozenset({"subnets", "cpu", "sname", "sip", "forwarded", "fanout", "shared"})
 
 
 @dataclass
@@ -66,7 +69,8 @@ class Scale:
     interested: int = 500
     step_seconds: float = 3.0
     rates: tuple[int, ...] = (250, 500, 1000, 1500, 2000, 2500, 3000)
-    forward_rates: tuple[int, ...] = (50, 100, 250, 375, 500, 750)
+    forward_rates: tuple[int, ...] = (50, 100, 250, 375, 500, 625, 750)
+    only: frozenset[str] = ROWS  # the measured rows to run; setup phases always run
 
     @classmethod
     def quick(cls) -> Scale:
@@ -190,6 +194,7 @@ class Stack:
         root_env.update(ROOT_REBUILD_MIN_SECONDS="0", ROOT_REBUILD_MAX_SECONDS="0")
         root_env.update(self._store("root"))
         root = self._spawn("root", [_program("root-service-manager")], {**quiet, **root_env})
+        self.root_proc = root
         wait_for(lambda: self._healthy(self.root_port), 30, "root", root)
         cluster_env = {
             "MY_PORT": str(self.cluster_port),
@@ -378,10 +383,16 @@ class Bench:
 
     def subnets(self) -> None:
         start = time.monotonic()
+        cpu = self.stack.root_proc.cpu_seconds()
         done = _parallel(
             self.scale.subnets, self.stack.root_port, lambda http, i: http.get("/api/net/subnet")
         )
-        self.row("subnet allocations", f"{len(done) / (done[-1] - start):.0f}/s")
+        used = self.stack.root_proc.cpu_seconds() - cpu
+        self.row(
+            "subnet allocations",
+            f"{len(done) / (done[-1] - start):.0f}/s; "
+            f"root CPU {1000 * used / len(done):.2f} ms each",
+        )
 
     # -- cluster cache ---------------------------------------------------------------
 
@@ -447,6 +458,8 @@ class Bench:
         """Queries by name for jobs the root knows and the cluster has not cached."""
         best, shortfall, within = None, "no forwarded queries left to send", 0
         index = first
+        answered = 0
+        cpu = self.stack.root_proc.cpu_seconds(), self.stack.cluster.cpu_seconds()
         for rate in self.scale.forward_rates:
             count = int(rate * self.scale.step_seconds)
             if index + count > self.scale.root_services:
@@ -454,6 +467,7 @@ class Bench:
             keys = [("sname", job_name(i)) for i in range(index, index + count)]
             index += count
             result = nodes.run(nodes.open_loop(keys, rate, self.scale.step_seconds, once=True))
+            answered += result.answered
             print(f"    forwarded, offered {rate}/s: {result.describe()}", file=sys.stderr)
             if not result.kept_up(rate):
                 shortfall = f"short of {rate}/s offered: {result.describe()}"
@@ -461,9 +475,17 @@ class Bench:
             best = result
             if result.percentile(0.99) <= FORWARDED_P99:
                 within = rate
+        root_cpu = self.stack.root_proc.cpu_seconds() - cpu[0]
+        cluster_cpu = self.stack.cluster.cpu_seconds() - cpu[1]
+        per_query = (
+            f"; CPU per query: root {1000 * root_cpu / answered:.2f} ms, "
+            f"cluster {1000 * cluster_cpu / answered:.2f} ms"
+            if answered
+            else ""
+        )
         self.row(
             "queries forwarded to the root",
-            (best.describe() if best else shortfall) + _within(within, FORWARDED_P99),
+            (best.describe() if best else shortfall) + _within(within, FORWARDED_P99) + per_query,
         )
         return index
 
@@ -507,24 +529,34 @@ class Bench:
 
     def run(self) -> list[tuple[str, str]]:
         scale = self.scale
+        only = scale.only
         self.root_deploys()
-        self.subnets()
+        if "subnets" in only:
+            self.subnets()
+        if not only - {"subnets"}:
+            return self.rows
         nodes = loadgen.Nodes("127.0.0.1", self.stack.broker_port, scale.nodes)
         nodes.run(nodes.connect())
         try:
             self.cache_jobs(0, scale.small, nodes)
-            self.cpu_per_1000(nodes, scale.small, str(scale.small))
+            if "cpu" in only:
+                self.cpu_per_1000(nodes, scale.small, str(scale.small))
             self.cache_jobs(scale.small, scale.services, nodes)
-            self.cpu_per_1000(nodes, scale.services, str(scale.services))
-            self.query_rates(nodes, "sname", scale.services)
-            self.query_rates(nodes, "sip", scale.services)
-            self.forwarded(nodes, scale.services)
-            try:
-                self.fan_out(nodes, 0)
-            except TimeoutError:
-                label = f"scale change fan-out ({scale.interested} interested nodes)"
-                self.row(label, "not every node had the new table within 30 s")
-            if self.stack.mongo_url is not None:
+            if "cpu" in only:
+                self.cpu_per_1000(nodes, scale.services, str(scale.services))
+            if "sname" in only:
+                self.query_rates(nodes, "sname", scale.services)
+            if "sip" in only:
+                self.query_rates(nodes, "sip", scale.services)
+            if "forwarded" in only:
+                self.forwarded(nodes, scale.services)
+            if "fanout" in only:
+                try:
+                    self.fan_out(nodes, 0)
+                except TimeoutError:
+                    label = f"scale change fan-out ({scale.interested} interested nodes)"
+                    self.row(label, "not every node had the new table within 30 s")
+            if self.stack.mongo_url is not None and "shared" in only:
                 self.shared_cluster(nodes, scale.services)
         finally:
             nodes.stop()
@@ -587,9 +619,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, help="simulated nodes (MQTT connections)")
     parser.add_argument("--services", type=int, help="jobs cached in the cluster")
     parser.add_argument("--root-services", type=int, help="services deployed at the root")
+    parser.add_argument("--subnets", type=int, help="subnet allocations measured")
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated measured rows to run, of: {', '.join(sorted(ROWS))}",
+    )
     args = parser.parse_args(argv)
     scale = Scale.quick() if args.quick else Scale()
-    for name in ("nodes", "services", "root_services"):
+    if args.only:
+        chosen = frozenset(args.only.split(","))
+        if chosen - ROWS:
+            parser.error(f"unknown rows {', '.join(sorted(chosen - ROWS))}; known: {sorted(ROWS)}")
+        scale.only = chosen
+    for name in ("nodes", "services", "root_services", "subnets"):
         if getattr(args, name) is not None:
             setattr(scale, name, getattr(args, name))
     raise_file_limit()

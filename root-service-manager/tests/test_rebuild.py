@@ -218,3 +218,21 @@ def test_state_lists_the_callers_node_subnets_and_a_new_store_takes_them_back(db
     assert new_c1.get("/api/net/state").get_json()["subnets"]["v4"] == sorted(
         [subnet["subnet_addr"], again["subnet_addr"]]
     )
+
+
+def test_the_brief_state_leaves_the_lists_out(db):
+    app = make_app(db, max_wait=0.0)
+    c1 = client_from(app, C1)
+    register_cluster(c1, "c1", C1)
+    assert c1.get("/api/net/subnet").status_code == 200
+    full = c1.get("/api/net/state").get_json()
+    brief = c1.get("/api/net/state?brief=1").get_json()
+    assert full["subnets"]["v4"] and "interests" in full
+    assert brief == {k: v for k, v in full.items() if k not in ("interests", "subnets")}
+    assert brief["cluster"]["cluster_id"] == "c1"
+    assert (
+        client_from(app, "192.0.2.99").get("/api/net/state?brief=true").get_json()["cluster"]
+        is None
+    )
+    refused = c1.get("/api/net/state?brief=yes")
+    assert refused.status_code == 400 and "brief" in refused.get_json()["reason"]

@@ -1,7 +1,5 @@
 """MqttClient against a real Mosquitto of our own (loopback, free port), plus its pure helpers."""
 
-import datetime
-import ipaddress
 import json
 import logging
 import random
@@ -23,6 +21,7 @@ from oakestra_net.mqtt import (
     topic_matches,
 )
 from testsupport import Broker, free_port, mosquitto_password_file, wait_until
+from testsupport.pki import make_pki
 
 pytestmark = pytest.mark.process  # real broker / server / subprocess
 
@@ -504,53 +503,6 @@ def test_username_and_password(tmp_path, make_client, caplog):
         assert refused and "authori" in refused[0].fields["reason"].lower()
         right = make_client(broker, name="right", username="cluster", password="s3cret")
         assert right.wait_connected(5)
-
-
-def make_pki(directory):
-    """A CA, a server certificate for 127.0.0.1 and a client certificate (key encrypted)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-
-    def issue(subject, key, issuer=None, issuer_key=None, ca=False, ip=None):
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(issuer.subject if issuer else name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if ip:
-            san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))])
-            builder = builder.add_extension(san, critical=False)
-        return builder.sign(issuer_key or key, hashes.SHA256())
-
-    def write(name, cert, key, password=None):
-        (directory / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        encryption = (
-            serialization.BestAvailableEncryption(password.encode())
-            if password
-            else serialization.NoEncryption()
-        )
-        (directory / f"{name}.key").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-            )
-        )
-
-    ca_key, server_key, client_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
-    ca = issue("test-ca", ca_key, ca=True)
-    write("ca", ca, ca_key)
-    write("server", issue("127.0.0.1", server_key, ca, ca_key, ip="127.0.0.1"), server_key)
-    write("cluster_net", issue("cluster_net", client_key, ca, ca_key), client_key, "keypass")
-    return directory
 
 
 def test_tls_with_client_certificate(tmp_path, make_client):
