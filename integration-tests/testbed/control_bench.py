@@ -18,7 +18,10 @@ aiomqtt). Phases, each printed as a row of one table:
 - CPU seconds of the cluster service manager per 1,000 cached queries at a small and at
   the full cache size;
 - with MongoDB (SecantusDB) only: cached queries by name again, with the cluster
-  service manager restarted as two processes sharing the nodes' topics.
+  service manager restarted as two processes sharing the nodes' topics; and the store's
+  own floor (round trips/s of an insert and a find by `_id` from 8 clients, measured
+  first), with each row's store operations per request (the server's `opcounters`) and
+  so the rate the server's floor allows for that many operations.
 
 Before the query phases the benchmark waits until the root has delivered its pushes and
 the cluster has done its root work (each location report comes back as a push the
@@ -47,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from pymongo import MongoClient
 
 from testbed import loadgen
 
@@ -341,12 +345,71 @@ def _ok(reply: requests.Response) -> dict:
     return reply.json()
 
 
+class StoreOps:
+    """Operations a MongoDB-wire server has served (`serverStatus.opcounters`, summed),
+    and its floor: round trips/s of the simplest requests the managers make."""
+
+    KINDS = ("insert", "query", "update", "delete", "getmore", "command")
+
+    def __init__(self, mongo_url: str) -> None:
+        self.client: MongoClient = MongoClient(f"{mongo_url}?retryWrites=false")
+
+    def count(self) -> int:
+        counters = self.client.admin.command("serverStatus")["opcounters"]
+        return sum(int(counters.get(kind, 0)) for kind in self.KINDS)
+
+    def floor(self, pairs: int) -> float:
+        """Round trips/s of insert_one + find_one by `_id` from CLIENTS threads."""
+        collection = self.client["oakestra_bench_floor"]["floor"]
+        collection.drop()
+
+        def pair(index: int) -> None:
+            collection.insert_one({"_id": index, "job_name": job_name(index)})
+            collection.find_one({"_id": index})
+
+        start = time.monotonic()
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            for result in pool.map(pair, range(pairs)):
+                del result
+        seconds = time.monotonic() - start
+        collection.drop()
+        return 2 * pairs / seconds
+
+    def close(self) -> None:
+        self.client.close()
+
+
 class Bench:
     def __init__(self, stack: Stack, scale: Scale) -> None:
         self.stack = stack
         self.scale = scale
         self.rows: list[tuple[str, str]] = []
         self.service_ips: dict[int, str] = {}
+        self.store = StoreOps(stack.mongo_url) if stack.mongo_url else None
+        self.floor = 0.0  # the store's round trips/s
+
+    def measured(self, phase: Callable[[], int]) -> None:
+        """Run a phase that writes one row and returns how many requests it made; with a
+        MongoDB-wire store, append the store operations per request and the rate the
+        store's floor allows for that many."""
+        before = self.store.count() if self.store else 0
+        made = phase()
+        if not self.store or not self.floor or not made:
+            return
+        per_request = (self.store.count() - before) / made
+        name, value = self.rows[-1]
+        value += f"; store ops each {per_request:.1f}"
+        if per_request:
+            value += f", floor allows {self.floor / per_request:.0f}/s"
+        self.rows[-1] = (name, value)
+
+    def store_floor(self) -> None:
+        pairs = max(200, self.scale.subnets)
+        self.floor = self.store.floor(pairs) if self.store else 0.0
+        self.row(
+            f"store floor (insert + find by _id, {CLIENTS} clients)",
+            f"{self.floor:.0f} round trips/s",
+        )
 
     def row(self, name: str, value: str) -> None:
         print(f"  {name}: {value}", file=sys.stderr, flush=True)
@@ -354,7 +417,7 @@ class Bench:
 
     # -- root ------------------------------------------------------------------------
 
-    def root_deploys(self) -> None:
+    def root_deploys(self) -> int:
         start = time.monotonic()
 
         def deploy(http: Http, i: int) -> None:
@@ -380,8 +443,9 @@ class Bench:
             f"root deploys ({len(done)} services + {len(done)} instances, {CLIENTS} clients)",
             f"{ops / total:.0f}/s; last {window} / first {window} rate = {last / first:.2f}",
         )
+        return ops
 
-    def subnets(self) -> None:
+    def subnets(self) -> int:
         start = time.monotonic()
         cpu = self.stack.root_proc.cpu_seconds()
         done = _parallel(
@@ -393,6 +457,7 @@ class Bench:
             f"{len(done) / (done[-1] - start):.0f}/s; "
             f"root CPU {1000 * used / len(done):.2f} ms each",
         )
+        return len(done)
 
     # -- cluster cache ---------------------------------------------------------------
 
@@ -431,16 +496,15 @@ class Bench:
             f"{1000 * used / result.answered:.2f} ({result.answered / result.seconds:.0f}/s)",
         )
 
-    def query_rates(
-        self, nodes: loadgen.Nodes, kind: str, cached: int, processes: str = ""
-    ) -> None:
+    def query_rates(self, nodes: loadgen.Nodes, kind: str, cached: int, processes: str = "") -> int:
         if kind == "sname":
             keys = [("sname", job_name(i)) for i in range(cached)]
         else:
             keys = [("sip", self.service_ips[i]) for i in range(cached)]
-        best, first, within = None, None, 0
+        best, first, within, answered = None, None, 0, 0
         for rate in self.scale.rates:
             result = nodes.run(nodes.open_loop(keys, rate, self.scale.step_seconds))
+            answered += result.answered
             print(f"    offered {rate}/s: {result.describe()}", file=sys.stderr, flush=True)
             first = first or f"short of {rate}/s offered: {result.describe()}"
             if not result.kept_up(rate):
@@ -453,6 +517,7 @@ class Bench:
             f"cached table queries {label} ({cached} services, {len(nodes.ids)} nodes{processes})",
             (best.describe() if best else str(first)) + _within(within, CACHED_P99),
         )
+        return answered
 
     def forwarded(self, nodes: loadgen.Nodes, first: int) -> int:
         """Queries by name for jobs the root knows and the cluster has not cached."""
@@ -487,7 +552,7 @@ class Bench:
             "queries forwarded to the root",
             (best.describe() if best else shortfall) + _within(within, FORWARDED_P99) + per_query,
         )
-        return index
+        return answered
 
     def fan_out(self, nodes: loadgen.Nodes, target: int) -> None:
         name = job_name(target)
@@ -530,9 +595,11 @@ class Bench:
     def run(self) -> list[tuple[str, str]]:
         scale = self.scale
         only = scale.only
-        self.root_deploys()
+        if self.store:
+            self.store_floor()
+        self.measured(self.root_deploys)
         if "subnets" in only:
-            self.subnets()
+            self.measured(self.subnets)
         if not only - {"subnets"}:
             return self.rows
         nodes = loadgen.Nodes("127.0.0.1", self.stack.broker_port, scale.nodes)
@@ -545,11 +612,11 @@ class Bench:
             if "cpu" in only:
                 self.cpu_per_1000(nodes, scale.services, str(scale.services))
             if "sname" in only:
-                self.query_rates(nodes, "sname", scale.services)
+                self.measured(lambda: self.query_rates(nodes, "sname", scale.services))
             if "sip" in only:
-                self.query_rates(nodes, "sip", scale.services)
+                self.measured(lambda: self.query_rates(nodes, "sip", scale.services))
             if "forwarded" in only:
-                self.forwarded(nodes, scale.services)
+                self.measured(lambda: self.forwarded(nodes, scale.services))
             if "fanout" in only:
                 try:
                     self.fan_out(nodes, 0)
@@ -561,6 +628,10 @@ class Bench:
         finally:
             nodes.stop()
         return self.rows
+
+    def close(self) -> None:
+        if self.store:
+            self.store.close()
 
 
 @contextmanager
@@ -598,9 +669,11 @@ def raise_file_limit() -> None:
 def run_once(scale: Scale, mongo_url: str | None, workdir: Path) -> list[tuple[str, str]]:
     workdir.mkdir(parents=True, exist_ok=True)
     stack = Stack(workdir, mongo_url).start()
+    bench = Bench(stack, scale)
     try:
-        return Bench(stack, scale).run()
+        return bench.run()
     finally:
+        bench.close()
         stack.stop()
 
 

@@ -6,14 +6,23 @@ only persists. Every pool has a cursor document advanced with one atomic
 whose `_id` is `<pool>/<address>`, so two callers can never own the same address
 (MongoDB rejects the second insert). A released address is reused only when the
 cursor comes round to it again, so stale caches elsewhere cannot reach a new owner
-early. No in-process locks: several processes may share one database. Each
-reservation also records its position in the pool (`slot`), so the next free address
-after a run of taken ones is found with ordered range queries on an index, a number
-logarithmic in the pool's size, and the cursor jumps past the run.
+early. Several processes may share one database: uniqueness never depends on
+anything held in a process.
+
+A process takes its cursor positions LEASE at a time (one `$inc` by LEASE) and hands
+them out in order, so a reservation is one insert, not a cursor update and an insert:
+on a MongoDB server each is a round trip. Positions a process leased but did not use
+(it stopped, or met a taken address) are skipped until the cursor comes round; with
+several processes, addresses come in interleaved blocks instead of one sequence.
+
+Each reservation also records its position in the pool (`slot`), so the next free
+address after a run of taken ones is found with ordered range queries on an index, a
+number logarithmic in the pool's size, and the cursor jumps past the run.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -33,6 +42,8 @@ BATCH = 1000
 WINDOWS = 8
 # Attempts when concurrent callers keep winning the free address found.
 MAX_RACES = 64
+# Cursor positions a process takes with one cursor update.
+LEASE = 16
 # Positions are stored as fixed-width decimal strings: the v6 pools have more than 2**63
 # positions (too large for a BSON integer) and strings of equal width sort numerically.
 SLOT_WIDTH = 40
@@ -54,13 +65,24 @@ class Allocator:
     """Reserve and release addresses of the pools in one MongoDB database.
 
     `gate` is called before every new reservation; it raises when allocation must wait
-    (the root is rebuilding what is in use). `restore` is not gated.
+    (the root is rebuilding what is in use). `restore` is not gated. `lease`: cursor
+    positions taken per cursor update (1: every reservation advances the cursor).
     """
 
-    def __init__(self, db: Any, gate: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, db: Any, gate: Callable[[], None] | None = None, *, lease: int = LEASE
+    ) -> None:
+        if lease < 1:
+            raise ValueError(f"lease must be >= 1, got {lease}")
         self._cursors = db[CURSORS]
         self._reservations = db[RESERVATIONS]
         self._gate = gate or (lambda: None)
+        self._lease_size = lease
+        # pool -> [next ticket, end) of this process's leased cursor positions. The lock
+        # only keeps two threads from taking the same ticket (which would cost a failed
+        # insert); it is never held across a database call.
+        self._leases: dict[Pool, tuple[int, int]] = {}
+        self._leases_lock = threading.Lock()
         self.reserved_total: Counter[str] = Counter()  # reservations made by this process
 
     def ensure_indexes(self) -> None:
@@ -89,6 +111,7 @@ class Allocator:
             position = ticket % size
             if self._insert(pool, position, owner):
                 return nth(pool, position)
+            self._drop_lease(pool)  # the next positions are likely taken too
             free = self._next_free(pool, position)
             if free is None:
                 raise PoolExhausted(f"no free address left in pool {pool} (all {size} in use)")
@@ -141,8 +164,13 @@ class Allocator:
     def preview(self, pool: Pool, count: int) -> list[str]:
         """The next `count` addresses `reserve` would hand out now (nothing is reserved)."""
         size = pool_size(pool)
-        cursor = self._cursors.find_one({"_id": str(pool)})
-        start = int(cursor["next"]) % size if cursor else 0
+        with self._leases_lock:
+            lease = self._leases.get(pool)
+        if lease is not None and lease[0] < lease[1]:
+            start = lease[0] % size
+        else:
+            cursor = self._cursors.find_one({"_id": str(pool)})
+            start = int(cursor["next"]) % size if cursor else 0
         found: list[str] = []
         position = start
         while len(found) < count:
@@ -204,11 +232,30 @@ class Allocator:
         return full
 
     def _advance(self, pool: Pool) -> int:
+        """The next cursor position (ticket) of this process: from its lease, or the
+        first of a new lease taken from the cursor."""
+        with self._leases_lock:
+            lease = self._leases.get(pool)
+            if lease is not None and lease[0] < lease[1]:
+                self._leases[pool] = (lease[0] + 1, lease[1])
+                return lease[0]
+        start = self._take_from_cursor(pool, self._lease_size)
+        if self._lease_size > 1:
+            with self._leases_lock:
+                # a thread that took a lease at the same time may lose its rest: skipped
+                self._leases[pool] = (start + 1, start + self._lease_size)
+        return start
+
+    def _drop_lease(self, pool: Pool) -> None:
+        with self._leases_lock:
+            self._leases.pop(pool, None)
+
+    def _take_from_cursor(self, pool: Pool, count: int) -> int:
         for _ in range(3):
             try:
                 doc = self._cursors.find_one_and_update(
                     {"_id": str(pool)},
-                    {"$inc": {"next": 1}},
+                    {"$inc": {"next": count}},
                     upsert=True,
                     return_document=ReturnDocument.BEFORE,
                 )

@@ -72,9 +72,10 @@ class Services:
         deadline = time.monotonic() + CLAIM_WAIT_SECONDS
         pause = 0.005
         while True:
-            existing = self._same_job(job_id, request.job_name)
-            if existing is None and self._claim(job_id, request):
+            # The claim first: a new job (the usual case) costs one insert, no lookup.
+            if self._claim(job_id, request):
                 return self._allocate(job_id, request), True
+            existing = self._same_job(job_id, request.job_name)
             if existing is not None and existing.get("state") != ALLOCATING:
                 return existing, False
             if time.monotonic() > deadline:

@@ -28,10 +28,12 @@ def test_freed_address_comes_back_only_after_the_cursor_went_round(db):
     allocator.release(Pool.SERVICE_V4, first)
     second = allocator.reserve(Pool.SERVICE_V4, owner)
     assert second != first
-    # move the cursor to the pool's end, as if 65,531 more addresses had been handed out
+    # move the cursor to the pool's end, as if 65,531 more addresses had been handed out;
+    # a new process (allocator) takes its positions from there
     db["ip_cursors"].update_one(
         {"_id": "service_v4"}, {"$set": {"next": pool_size(Pool.SERVICE_V4) - 1}}
     )
+    allocator = Allocator(db)
     last = allocator.reserve(Pool.SERVICE_V4, owner)
     assert last == nth(Pool.SERVICE_V4, pool_size(Pool.SERVICE_V4) - 1)
     assert allocator.reserve(Pool.SERVICE_V4, owner) == first  # wrapped: the freed one
@@ -105,7 +107,50 @@ def test_service_pool_past_long_user_chosen_runs(db):
     assert allocator.reserve(Pool.SERVICE_V4, owner) == nth(Pool.SERVICE_V4, 0)
     assert allocator.reserve(Pool.SERVICE_V4, owner) == nth(Pool.SERVICE_V4, 8500)
     assert allocator.reserve(Pool.SERVICE_V4, owner) == nth(Pool.SERVICE_V4, 8501)
-    assert db["ip_cursors"].find_one({"_id": "service_v4"})["next"] == 8502
+    assert db["ip_cursors"].find_one({"_id": "service_v4"})["next"] > 8501  # jumped the run
+
+
+def test_a_process_updates_the_cursor_once_per_lease(db):
+    allocator = Allocator(db)
+    owner = {"kind": "instance", "job_name": "a.b.c.d"}
+    addresses = [allocator.reserve(Pool.SERVICE_V4, owner) for _ in range(ipam.LEASE + 1)]
+    assert addresses == [nth(Pool.SERVICE_V4, n) for n in range(ipam.LEASE + 1)]
+    assert db["ip_cursors"].find_one({"_id": "service_v4"})["next"] == 2 * ipam.LEASE
+
+
+def test_a_restarted_process_skips_the_rest_of_its_lease(db):
+    owner = {"kind": "subnet"}
+    assert Allocator(db).reserve(Pool.SUBNET_V4, owner) == nth(Pool.SUBNET_V4, 0)
+    restarted = Allocator(db)
+    assert restarted.reserve(Pool.SUBNET_V4, owner) == nth(Pool.SUBNET_V4, ipam.LEASE)
+
+
+def test_processes_sharing_the_store_never_hand_out_one_address_twice(db):
+    processes = [Allocator(db), Allocator(db), Allocator(db, lease=1)]
+    owner = {"kind": "instance", "job_name": "a.b.c.d"}
+    with ThreadPoolExecutor(16) as pool:
+        addresses = list(
+            pool.map(lambda i: processes[i % 3].reserve(Pool.SERVICE_V4, owner), range(1500))
+        )
+    assert len(set(addresses)) == 1500
+    assert processes[0].used(Pool.SERVICE_V4) == 1500
+
+
+def test_a_taken_address_in_the_lease_is_skipped_with_the_rest_of_the_lease(db):
+    allocator = Allocator(db)
+    owner = {"kind": "rr", "job_name": "a.b.c.d"}
+    assert allocator.reserve(Pool.SERVICE_V4, owner) == nth(Pool.SERVICE_V4, 0)
+    other = {"kind": "rr", "job_name": "x"}
+    allocator.reserve_specific(Pool.SERVICE_V4, nth(Pool.SERVICE_V4, 1), other)
+    allocator.reserve_specific(Pool.SERVICE_V4, nth(Pool.SERVICE_V4, 2), other)
+    assert allocator.reserve(Pool.SERVICE_V4, owner) == nth(Pool.SERVICE_V4, 3)
+    # the rest of the lease was dropped: the next address comes from the cursor
+    assert allocator.reserve(Pool.SERVICE_V4, owner) == nth(Pool.SERVICE_V4, ipam.LEASE)
+
+
+def test_lease_must_be_positive(db):
+    with pytest.raises(ValueError, match="lease"):
+        Allocator(db, lease=0)
 
 
 def test_preview_lists_the_next_free_addresses_without_reserving(db):
@@ -114,3 +159,12 @@ def test_preview_lists_the_next_free_addresses_without_reserving(db):
     preview = allocator.preview(Pool.SERVICE_V4, 3)
     assert preview == ["10.30.0.1", "10.30.0.3", "10.30.0.4"]
     assert allocator.used(Pool.SERVICE_V4) == 1
+
+
+def test_preview_starts_where_this_process_hands_out_next(db):
+    allocator = Allocator(db)
+    owner = {"kind": "rr", "job_name": "j"}
+    assert allocator.reserve(Pool.SERVICE_V4, owner) == "10.30.0.1"  # leased up to 16
+    preview = allocator.preview(Pool.SERVICE_V4, 2)
+    assert preview == ["10.30.0.2", "10.30.0.3"]
+    assert allocator.reserve(Pool.SERVICE_V4, owner) == preview[0]
