@@ -11,9 +11,11 @@ anything held in a process.
 
 A process takes its cursor positions LEASE at a time (one `$inc` by LEASE) and hands
 them out in order, so a reservation is one insert, not a cursor update and an insert:
-on a MongoDB server each is a round trip. Positions a process leased but did not use
-(it stopped, or met a taken address) are skipped until the cursor comes round; with
-several processes, addresses come in interleaved blocks instead of one sequence.
+on a MongoDB server each is a round trip. `reserve_all` makes the reservations of one
+request (a service's four addresses, a node's two subnets) with one insert. Positions
+a process leased but did not use (it stopped, or met a taken address) are skipped
+until the cursor comes round; with several processes, addresses come in interleaved
+blocks instead of one sequence.
 
 Each reservation also records its position in the pool (`slot`), so the next free
 address after a run of taken ones is found with ordered range queries on an index, a
@@ -24,11 +26,11 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from oakestra_net.addressing import Pool, PoolExhausted, index_of, nth, pool_size
 
@@ -47,6 +49,7 @@ LEASE = 16
 # Positions are stored as fixed-width decimal strings: the v6 pools have more than 2**63
 # positions (too large for a BSON integer) and strings of equal width sort numerically.
 SLOT_WIDTH = 40
+DUPLICATE_KEY = 11000  # MongoDB's error code for a unique index violation
 
 
 class AddressTaken(ValueError):
@@ -105,12 +108,48 @@ class Allocator:
         address by address.
         """
         self._gate()
+        return self._reserve(pool, owner, None)
+
+    def reserve_all(self, wanted: Sequence[tuple[Pool, Mapping[str, Any]]]) -> list[str]:
+        """One address from each (pool, owner) of `wanted`, in that order; all or none.
+
+        Each takes the next position of its pool's lease and all are inserted at once;
+        one whose position was taken goes on from there the way `reserve` does.
+        """
+        self._gate()
+        if not wanted:
+            return []
+        tickets = [self._advance(pool) for pool, _ in wanted]
+        docs = [
+            _reservation(pool, ticket % pool_size(pool), owner)
+            for (pool, owner), ticket in zip(wanted, tickets, strict=True)
+        ]
+        taken = self._insert_all(docs)
+        got: list[str | None] = [
+            None if index in taken else nth(pool, ticket % pool_size(pool))
+            for index, ((pool, _), ticket) in enumerate(zip(wanted, tickets, strict=True))
+        ]
+        try:
+            for index in sorted(taken):
+                pool, owner = wanted[index]
+                got[index] = self._reserve(pool, owner, tickets[index])
+        except BaseException:
+            for (pool, _), address in zip(wanted, got, strict=True):
+                self.release(pool, address)
+            raise
+        return [address for address in got if address is not None]
+
+    def _reserve(self, pool: Pool, owner: Mapping[str, Any], taken: int | None) -> str:
+        """`reserve`; `taken`: a ticket whose position was just found taken."""
         size = pool_size(pool)
         for _ in range(MAX_RACES):
-            ticket = self._advance(pool)
+            if taken is None:
+                ticket = self._advance(pool)
+                if self._insert(pool, ticket % size, owner):
+                    return nth(pool, ticket % size)
+            else:
+                ticket, taken = taken, None
             position = ticket % size
-            if self._insert(pool, position, owner):
-                return nth(pool, position)
             self._drop_lease(pool)  # the next positions are likely taken too
             free = self._next_free(pool, position)
             if free is None:
@@ -265,20 +304,40 @@ class Allocator:
         raise RuntimeError(f"cannot advance the cursor of pool {pool}")
 
     def _insert(self, pool: Pool, position: int, owner: Mapping[str, Any]) -> bool:
-        address = nth(pool, position)
         try:
-            self._reservations.insert_one(
-                {
-                    "_id": _reservation_id(pool, address),
-                    "pool": str(pool),
-                    "slot": _slot(position),
-                    "owner": dict(owner),
-                }
-            )
+            self._reservations.insert_one(_reservation(pool, position, owner))
         except DuplicateKeyError:
             return False
         self.reserved_total[str(pool)] += 1
         return True
+
+    def _insert_all(self, docs: list[dict[str, Any]]) -> set[int]:
+        """Insert reservations in one request; the indexes of those already taken."""
+        try:
+            self._reservations.insert_many(docs, ordered=False)
+            taken: set[int] = set()
+        except BulkWriteError as err:
+            errors = err.details.get("writeErrors", [])
+            taken = {e["index"] for e in errors if e.get("code") == DUPLICATE_KEY}
+            if len(taken) < len(errors):  # not only taken addresses: undo and report
+                failed = {e["index"] for e in errors}
+                for index, doc in enumerate(docs):
+                    if index not in failed:
+                        self._reservations.delete_one({"_id": doc["_id"]})
+                raise
+        for index, doc in enumerate(docs):
+            if index not in taken:
+                self.reserved_total[doc["pool"]] += 1
+        return taken
+
+
+def _reservation(pool: Pool, position: int, owner: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "_id": _reservation_id(pool, nth(pool, position)),
+        "pool": str(pool),
+        "slot": _slot(position),
+        "owner": dict(owner),
+    }
 
 
 def _same_owner(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:

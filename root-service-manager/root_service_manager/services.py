@@ -143,21 +143,30 @@ class Services:
         raise ApiError(409, f"_id {job_id} is already used by another job")
 
     def _reserve_service_ips(self, request: ServiceRequest) -> list[dict]:
-        taken: list[tuple[Pool, str]] = []
+        """RR and Closest addresses, v4 and v6: the chosen ones one by one, the others
+        with one request to the store."""
+        wanted: list[tuple[Pool, str | None, dict]] = []
+        for _ip_type, kind, pool_v6 in SERVICE_IP_KINDS:
+            owner = {"kind": kind, "job_name": request.job_name}
+            wanted.append((Pool.SERVICE_V4, request.chosen.get(f"{kind}_v4"), owner))
+            wanted.append((pool_v6, request.chosen.get(f"{kind}_v6"), owner))
+        addresses: list[str | None] = [None] * len(wanted)
         try:
-            entries = []
-            for ip_type, kind, pool_v6 in SERVICE_IP_KINDS:
-                owner = {"kind": kind, "job_name": request.job_name}
-                v4 = self._reserve(Pool.SERVICE_V4, request.chosen.get(f"{kind}_v4"), owner)
-                taken.append((Pool.SERVICE_V4, v4))
-                v6 = self._reserve(pool_v6, request.chosen.get(f"{kind}_v6"), owner)
-                taken.append((pool_v6, v6))
-                entries.append(JobServiceIp(ip_type, v4, v6).to_document())
-            return entries
+            for index, (pool, chosen, owner) in enumerate(wanted):
+                if chosen:
+                    addresses[index] = self._reserve(pool, chosen, owner)
+            free = [index for index, address in enumerate(addresses) if address is None]
+            picked = self._reserve_all([(wanted[i][0], wanted[i][2]) for i in free])
+            for index, address in zip(free, picked, strict=True):
+                addresses[index] = address
         except BaseException:
-            for pool, address in taken:
+            for (pool, _, _), address in zip(wanted, addresses, strict=True):
                 self.allocator.release(pool, address)
             raise
+        return [
+            JobServiceIp(ip_type, addresses[2 * n], addresses[2 * n + 1]).to_document()
+            for n, (ip_type, _, _) in enumerate(SERVICE_IP_KINDS)
+        ]
 
     def _reserve(self, pool: Pool, chosen: str | None, owner: dict) -> str:
         try:
@@ -166,6 +175,12 @@ class Services:
             return self.allocator.reserve(pool, owner)
         except AddressTaken as err:
             raise ApiError(400, str(err)) from None
+        except PoolExhausted as err:
+            raise ApiError(503, str(err)) from None
+
+    def _reserve_all(self, wanted: list[tuple[Pool, dict]]) -> list[str]:
+        try:
+            return self.allocator.reserve_all(wanted)
         except PoolExhausted as err:
             raise ApiError(503, str(err)) from None
 
@@ -178,12 +193,7 @@ class Services:
         if current is not None:
             return self._move_instance(job, current, cluster_id)
         owner = {"kind": "instance", "job_name": job["job_name"], "instance_number": number}
-        v4 = self._reserve(Pool.SERVICE_V4, None, owner)
-        try:
-            v6 = self._reserve(Pool.INSTANCE_V6, None, owner)
-        except BaseException:
-            self.allocator.release(Pool.SERVICE_V4, v4)
-            raise
+        v4, v6 = self._reserve_all([(Pool.SERVICE_V4, owner), (Pool.INSTANCE_V6, owner)])
         instance = {"instance_number": number, "instance_ip": v4, "instance_ip_v6": v6}
         instance["cluster_id"] = cluster_id
         result = self.jobs.update_one(

@@ -31,16 +31,16 @@ class ClaimWatcher:
 
 def test_a_deploy_racing_an_allocation_answers_the_complete_addresses(app, root, db):
     services = root.services
-    reserve = services.allocator.reserve
+    reserve_all = services.allocator.reserve_all
     first_reserving = threading.Event()
     let_first_finish = threading.Event()
 
-    def slow_reserve(pool, owner):
+    def slow_reserve_all(wanted):
         first_reserving.set()
         assert let_first_finish.wait(10), "the test never let the first allocation finish"
-        return reserve(pool, owner)
+        return reserve_all(wanted)
 
-    services.allocator.reserve = slow_reserve
+    services.allocator.reserve_all = slow_reserve_all
     watcher = ClaimWatcher(services.jobs)
     services.jobs = watcher
     answers: dict[str, object] = {}

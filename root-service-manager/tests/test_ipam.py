@@ -168,3 +168,51 @@ def test_preview_starts_where_this_process_hands_out_next(db):
     preview = allocator.preview(Pool.SERVICE_V4, 2)
     assert preview == ["10.30.0.2", "10.30.0.3"]
     assert allocator.reserve(Pool.SERVICE_V4, owner) == preview[0]
+
+
+def test_reserve_all_takes_one_address_of_each_pool_in_order(db):
+    allocator = Allocator(db)
+    owner = {"kind": "subnet"}
+    first = allocator.reserve_all([(Pool.SUBNET_V4, owner), (Pool.SUBNET_V6, owner)])
+    assert first == [nth(Pool.SUBNET_V4, 0), nth(Pool.SUBNET_V6, 0)]
+    assert allocator.reserve(Pool.SUBNET_V4, owner) == nth(Pool.SUBNET_V4, 1)
+    assert allocator.reserve_all([]) == []
+    assert allocator.used(Pool.SUBNET_V4) == 2 and allocator.used(Pool.SUBNET_V6) == 1
+
+
+def test_reserve_all_goes_past_a_taken_address_and_keeps_the_others(db):
+    allocator = Allocator(db)
+    owner = {"kind": "instance", "job_name": "a.b.c.d"}
+    allocator.reserve_specific(Pool.SERVICE_V4, nth(Pool.SERVICE_V4, 0), {"kind": "rr"})
+    got = allocator.reserve_all([(Pool.SERVICE_V4, owner), (Pool.INSTANCE_V6, owner)])
+    assert got == [nth(Pool.SERVICE_V4, 1), nth(Pool.INSTANCE_V6, 0)]
+    assert allocator.owner_of(Pool.SERVICE_V4, got[0]) == owner
+
+
+@pytest.mark.slow  # fills the v4 subnet pool: 15,359 reservations in one insert_many
+def test_reserve_all_keeps_nothing_when_one_pool_is_full(db):
+    allocator = Allocator(db)
+    _reserved_in_bulk(db, Pool.SUBNET_V4, range(pool_size(Pool.SUBNET_V4)), {"kind": "subnet"})
+    owner = {"kind": "subnet"}
+    with pytest.raises(PoolExhausted, match="subnet_v4"):
+        allocator.reserve_all([(Pool.SUBNET_V6, owner), (Pool.SUBNET_V4, owner)])
+    assert allocator.used(Pool.SUBNET_V6) == 0
+
+
+def test_groups_and_single_reservations_from_two_processes_never_collide(db):
+    processes = [Allocator(db), Allocator(db)]
+    owner = {"kind": "instance", "job_name": "a.b.c.d"}
+
+    def reserve(index: int) -> list[str]:
+        allocator = processes[index % 2]
+        if index % 3:
+            return allocator.reserve_all([(Pool.SERVICE_V4, owner), (Pool.INSTANCE_V6, owner)])
+        return [allocator.reserve(Pool.SERVICE_V4, owner)]
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(reserve, range(900)))
+    v4 = [addresses[0] for addresses in results]
+    v6 = [addresses[1] for addresses in results if len(addresses) == 2]
+    assert len(set(v4)) == 900 and len(set(v6)) == 600
+    assert processes[0].used(Pool.SERVICE_V4) == 900
+    assert processes[1].used(Pool.INSTANCE_V6) == 600

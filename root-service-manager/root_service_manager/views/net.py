@@ -203,14 +203,9 @@ def new_subnet():
     caller = _root().clusters.by_address(request.remote_addr)
     owner = {"kind": "subnet", "cluster_id": caller["cluster_id"] if caller else None}
     try:
-        v4 = allocator.reserve(Pool.SUBNET_V4, owner)
+        v4, v6 = allocator.reserve_all([(Pool.SUBNET_V4, owner), (Pool.SUBNET_V6, owner)])
     except PoolExhausted as err:
         raise ApiError(503, f"no node subnet left: {err}") from None
-    try:
-        v6 = allocator.reserve(Pool.SUBNET_V6, owner)
-    except PoolExhausted as err:
-        allocator.release(Pool.SUBNET_V4, v4)
-        raise ApiError(503, f"no IPv6 node subnet left: {err}") from None
     return jsonify({"subnet_addr": v4, "subnet_addr_v6": v6})
 
 
