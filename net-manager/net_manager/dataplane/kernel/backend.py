@@ -386,10 +386,11 @@ class KernelBackend:
         if not self._pace.due():
             return
         started = self._clock()
+        self._pace.begin()
         try:
             listing = self._conntrack.listing()
         except NftError as err:
-            self._pace.listed(started, self._clock() - started)
+            self._pace.failed(self._clock() - started)
             self._stats["kernel_use_read_errors"] += 1
             log.warning("cannot read which kernel flows carried packets: %s", err)
             return

@@ -11,7 +11,11 @@ While the listing is slower than the poll rounds, use is seen late: a service us
 after a listing is only reported at the next one. `lag(now)` says by how much, so the
 idle rule measures idleness up to the last listing instead of up to now (see
 `Interests.expired`): a used service is never dropped early, only up to one interval
-late. At the poll pace the lag is 0 and the rule is as before.
+late. At the poll pace the lag is 0 and the rule is as before. A listing under way or
+one that failed has not seen the use since the last good one either: the lag runs on from
+that one (for at most `BLIND_GRACE` while listings keep failing, as logged and counted).
+The interval is capped at `MAX_INTERVAL` so use is never reported later than that: beyond
+3 s per listing (some 300,000 connections) the listing takes more than its share.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 import math
 
 SHARE = 0.10  # of one core, for listing + parse
+MAX_INTERVAL = 30.0  # seconds between listings at most
+BLIND_GRACE = 60.0  # seconds the lag runs on while listings fail
 
 
 class ListingPace:
@@ -36,7 +42,10 @@ class ListingPace:
         self.listings = 0
         self.rounds_skipped = 0
         self._skip = 0  # poll rounds left before the next listing
-        self._listed_at: float | None = None  # when the last listing began
+        self._listed_at: float | None = None  # when the last good listing began
+        self._listing = False  # one has begun and not ended yet
+        self._failing = False  # the last one failed
+        self.failures = 0
 
     def due(self) -> bool:
         """Whether this poll round lists (call once per round)."""
@@ -46,14 +55,28 @@ class ListingPace:
             return False
         return True
 
+    def begin(self) -> None:
+        """A listing begins: until it ends, the use since the last one is not seen."""
+        self._listing = True
+
     def listed(self, started: float, cost: float) -> None:
-        """A listing began at `started` and took `cost` seconds (parse included; failed
-        ones too: they cost as well)."""
-        cost = max(0.0, cost)
-        self.cost = cost
+        """A listing began at `started` and took `cost` seconds, parse included."""
+        self._pace(cost)
         self.listings += 1
         self._listed_at = started
-        self.interval = max(self.poll_interval, cost / self.share)
+        self._listing = self._failing = False
+
+    def failed(self, cost: float) -> None:
+        """The listing that began took `cost` seconds and saw nothing: paced like any other
+        (it cost as much), and the use since the last good one stays unseen."""
+        self._pace(cost)
+        self.failures += 1
+        self._listing, self._failing = False, True
+
+    def _pace(self, cost: float) -> None:
+        cost = max(0.0, cost)
+        self.cost = cost
+        self.interval = max(self.poll_interval, min(cost / self.share, MAX_INTERVAL))
         # 1e-9: 0.3 / 0.1 / 1.0 is 2.9999999999999996 rounds, not 3
         rounds = max(1, math.ceil(self.interval / self.poll_interval - 1e-9))
         self._skip = rounds - 1
@@ -64,12 +87,17 @@ class ListingPace:
 
     def lag(self, now: float) -> float:
         """Seconds of use not looked at yet beyond the poll pace: 0 at the poll pace, else
-        the time since the last listing began; 0 again once the next listing is overdue by
-        a whole interval (nothing is listed any more: nothing served, or the poll thread
-        stuck), so no interest is kept for ever."""
-        if self._listed_at is None or self.interval <= self.poll_interval:
+        the time since the last good listing began; 0 again once the next listing is
+        overdue by a whole interval (nothing is listed any more: nothing served, or the
+        poll thread stuck) or listings have failed for `BLIND_GRACE`, so no interest is
+        kept for ever."""
+        if self._listed_at is None:
             return 0.0
-        elapsed = now - self._listed_at
+        elapsed = max(0.0, now - self._listed_at)
+        if self._failing:
+            return elapsed if elapsed < BLIND_GRACE else 0.0
+        if self.interval <= self.poll_interval and not self._listing:
+            return 0.0
         if elapsed >= 2 * self.interval + self.poll_interval:
             return 0.0
-        return max(0.0, elapsed)
+        return elapsed

@@ -346,3 +346,16 @@ def test_once_nothing_is_served_the_next_table_is_listed_at_once():
     backend.push_snapshot([RR], [A, B], HERE)
     rounds(backend, clock, 1)
     assert conntrack.listings == 2
+
+
+def test_after_a_failed_listing_the_idle_rule_still_looks_back_to_the_last_good_one():
+    backend, conntrack, clock, used = paced(cost=0.05)
+    rounds(backend, clock, 1)  # a good listing at 100
+    conntrack.broken = True
+    rounds(backend, clock, 2)
+    assert backend.use_lag() == pytest.approx(3.15)  # nothing seen since 100 (3 rounds, 3 listings)
+    assert backend.counters()["kernel_use_read_errors"] == 2
+    conntrack.broken = False
+    conntrack.flows = [("7", "10.30.1.30", 3)]
+    rounds(backend, clock, 1)
+    assert used == [["X.d.b.d"]] and backend.use_lag() == 0.0

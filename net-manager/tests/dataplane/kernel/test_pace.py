@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from net_manager.dataplane.kernel.pace import ListingPace
+from net_manager.dataplane.kernel.pace import BLIND_GRACE, MAX_INTERVAL, ListingPace
 
 
 def rounds_until_due(pace: ListingPace) -> int:
@@ -45,7 +45,7 @@ def test_the_next_listing_waits_ten_times_the_last_cost(
     assert pace.rounds_skipped == rounds - 1
 
 
-@pytest.mark.parametrize("cost", [0.0, 0.05, 0.1, 0.18, 0.37, 1.0, 4.2])
+@pytest.mark.parametrize("cost", [0.0, 0.05, 0.1, 0.18, 0.37, 1.0, 2.9])
 @pytest.mark.parametrize("poll", [0.25, 1.0, 3.0])
 def test_listing_never_takes_more_than_its_share_of_a_core(cost: float, poll: float) -> None:
     pace = ListingPace(poll, share=0.1)
@@ -65,8 +65,49 @@ def test_the_pace_follows_the_last_cost_back_down() -> None:
 
 def test_a_failed_listing_paces_like_any_other() -> None:
     pace = ListingPace(1.0)
-    pace.listed(0.0, 0.4)  # conntrack ran 0.4 s, then failed: it cost as much
+    pace.begin()
+    pace.failed(0.4)  # conntrack ran 0.4 s, then failed: it cost as much
     assert rounds_until_due(pace) == 4
+    assert (pace.listings, pace.failures) == (0, 1)
+
+
+@pytest.mark.parametrize("cost", [3.5, 10.0, 60.0])
+def test_use_is_never_looked_at_more_than_the_cap_apart(cost: float) -> None:
+    pace = ListingPace(1.0)
+    pace.listed(0.0, cost)  # a slow listing (or a timeout) would space them 10 x cost
+    assert pace.interval == MAX_INTERVAL
+    assert rounds_until_due(pace) == MAX_INTERVAL
+
+
+def test_a_failed_listing_leaves_the_use_since_the_last_good_one_unseen() -> None:
+    pace = ListingPace(1.0)
+    pace.listed(100.0, 0.05)
+    pace.begin()
+    pace.failed(0.05)  # at the poll pace: still, nothing was seen since 100
+    assert pace.lag(102.5) == pytest.approx(2.5)
+    pace.begin()
+    pace.failed(0.05)
+    assert pace.lag(100.0 + BLIND_GRACE - 0.5) == pytest.approx(BLIND_GRACE - 0.5)
+    assert pace.lag(100.0 + BLIND_GRACE) == 0.0  # blind for too long: interests may go
+    pace.begin()
+    pace.listed(170.0, 0.05)
+    assert pace.lag(170.5) == 0.0
+
+
+def test_a_failure_before_any_good_listing_keeps_nothing() -> None:
+    pace = ListingPace(1.0)
+    pace.begin()
+    pace.failed(0.05)
+    assert pace.lag(5.0) == 0.0
+
+
+def test_use_is_unseen_while_a_listing_runs() -> None:
+    pace = ListingPace(1.0)
+    pace.listed(100.0, 0.05)
+    pace.begin()  # at 101, and it takes a while
+    assert pace.lag(101.8) == pytest.approx(1.8)
+    pace.listed(101.0, 0.05)
+    assert pace.lag(101.8) == 0.0
 
 
 def test_use_is_late_only_while_listing_is_slower_than_the_poll() -> None:
