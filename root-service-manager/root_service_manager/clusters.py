@@ -15,13 +15,14 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from oakestra_net.log import get_logger
 
 log = get_logger(__name__)
 
 INTERESTS = "cluster_interests"
+INDEX_NOT_FOUND = 27  # MongoDB's error code
 
 
 def caller_address(remote_addr: str | None) -> str:
@@ -59,7 +60,12 @@ class Clusters:
             self.clusters.update_one({"_id": doc["_id"]}, {"$unset": {"interests": ""}})
             log.info("interests moved to their own collection", cluster_id=doc["cluster_id"])
         if "interests_1" in self.clusters.index_information():
-            self.clusters.drop_index("interests_1")
+            try:
+                self.clusters.drop_index("interests_1")
+            except OperationFailure as err:
+                # another worker starting at the same time dropped it first
+                if err.code != INDEX_NOT_FOUND and "index not found" not in str(err):
+                    raise
 
     def register(self, cluster_id: str, address: str, port: int) -> dict:
         doc = {"cluster_address": caller_address(address), "cluster_port": port}

@@ -77,3 +77,26 @@ def test_interest_arrays_of_an_earlier_version_are_moved_once(db):
     assert db["clusters"].count_documents({"interests": {"$exists": True}}) == 0
     assert "interests_1" not in db["clusters"].index_information()
     assert [c["cluster_id"] for c in clusters.interested_in("b.x.y.z")] == ["old"]
+
+
+class _IndexDroppedMeanwhile:
+    """The clusters collection as a second worker sees it: the old index listed, then
+    dropped by the first worker before this one drops it."""
+
+    def __init__(self, collection) -> None:
+        self._collection = collection
+
+    def __getattr__(self, name):
+        return getattr(self._collection, name)
+
+    def index_information(self) -> dict:
+        return {**self._collection.index_information(), "interests_1": {"key": [("interests", 1)]}}
+
+
+def test_two_workers_moving_interests_at_once_both_start(db):
+    db["clusters"].insert_one({"cluster_id": "old", "interests": ["a.x.y.z"]})
+    Clusters(db).ensure_indexes()  # the first worker: moves and drops the index
+    second = Clusters(db)
+    second.clusters = _IndexDroppedMeanwhile(db["clusters"])
+    second.ensure_indexes()
+    assert second.by_id("old")["interests"] == ["a.x.y.z"]

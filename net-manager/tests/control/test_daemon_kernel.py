@@ -446,6 +446,7 @@ def test_the_nodes_own_pid_is_400(running, cluster, ns, node):
         lambda: os.stat(f"/proc/{host_process.pid}/ns/net").st_ino == node_file.st_ino,
         message="process entered the node namespace",
     )
+
     # the kernel tunnel device comes and goes with the data plane's first table, on its own
     def container_links() -> list[str]:
         return [link for link in daemon.kernel.list_links() if link != TUNNEL_DEVICE]
