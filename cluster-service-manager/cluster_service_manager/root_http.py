@@ -9,7 +9,10 @@ root client: retries, which failures may be retried, and what an answer means.
 Timeouts are requests' (`timeout` bounds the connect and every read). TLS verifies with
 the CA bundle requests would use (`verify`: True, False or a bundle path). A kept-alive
 connection the root closed while idle is noticed before reuse (it reads as readable)
-and replaced, as urllib3 does. Proxies, client certificates and credentials in the URL
+and replaced, as urllib3 does. One idle for more than `REUSE_IDLE_SECONDS` is replaced
+without being tried: the root (gunicorn closes after 5 idle seconds) or a proxy may be
+closing it just as the request goes out, and a POST lost that way looks maybe-sent, which
+the root client does not retry. Proxies, client certificates and credentials in the URL
 are not handled here: the root client keeps requests for those (`usable_for`).
 """
 
@@ -18,17 +21,22 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import math
 import os.path
 import select
 import socket
 import ssl
 import threading
+import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests.utils
+
+REUSE_IDLE_SECONDS = 2.0  # well inside the root's 5 s keep-alive
 
 
 class NoAnswer(Exception):
@@ -54,7 +62,14 @@ class Answer:
 
 
 class RootHttp:
-    def __init__(self, base_url: str, *, timeout: float, verify: bool | str = True) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float,
+        verify: bool | str = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"root URL must be http(s)://host[:port]: {base_url!r}")
@@ -64,6 +79,7 @@ class RootHttp:
         self.prefix = parts.path.rstrip("/")
         self.timeout = timeout
         self._tls = _tls_context(verify) if self.https else None
+        self._clock = clock
         self._local = threading.local()
         self._lock = threading.Lock()
         # for close(); weak, so a finished thread's connection goes with its thread-local
@@ -120,11 +136,18 @@ class RootHttp:
             raise NoAnswer(f"{type(err).__name__}: {err}", never_sent=False) from None
         if reply.will_close:
             self._drop(conn)
+        else:
+            self._local.idle_since = self._clock()
         return Answer(reply.status, content)
 
     def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
         conn = getattr(self._local, "conn", None)
-        if conn is not None and conn.sock is not None and not _closed_by_peer(conn.sock):
+        if (
+            conn is not None
+            and conn.sock is not None
+            and self._clock() - getattr(self._local, "idle_since", -math.inf) <= REUSE_IDLE_SECONDS
+            and not _closed_by_peer(conn.sock)
+        ):
             return conn, False
         if conn is not None:
             self._drop(conn)

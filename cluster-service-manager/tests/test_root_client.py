@@ -363,6 +363,30 @@ def test_a_connection_the_root_closed_while_idle_is_replaced():
         server.stop()
 
 
+def test_a_connection_idle_for_longer_than_two_seconds_is_not_reused():
+    """The root may be closing it just as the request goes out; for a POST that would
+    be a maybe-sent call, never retried."""
+    root = ScriptedRoot()
+    server = KeepAliveRoot(root)
+    rc = client(server.url)
+    now = [100.0]
+    rc._http._clock = lambda: now[0]  # type: ignore[union-attr]
+    try:
+        root.answer((200, JOB), (200, JOB), (200, JOB))
+        rc.job_by_name("X.default.X3.default")
+        now[0] += 2.0
+        rc.job_by_name("X.default.X3.default")
+        assert server.connections == 1  # idle 2 s: still kept
+        first = rc._http._local.conn  # type: ignore[union-attr]
+        now[0] += 2.1
+        rc.job_by_name("X.default.X3.default")
+        assert server.connections == 2 and first.sock is None  # replaced and closed
+        assert rc.sleeps == []
+    finally:
+        rc.close()
+        server.stop()
+
+
 def _closed(sock) -> bool:
     import select
 
