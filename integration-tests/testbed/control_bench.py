@@ -354,9 +354,9 @@ class StoreOps:
     def __init__(self, mongo_url: str) -> None:
         self.client: MongoClient = MongoClient(f"{mongo_url}?retryWrites=false")
 
-    def count(self) -> int:
+    def count(self) -> dict[str, int]:
         counters = self.client.admin.command("serverStatus")["opcounters"]
-        return sum(int(counters.get(kind, 0)) for kind in self.KINDS)
+        return {kind: int(counters.get(kind, 0)) for kind in self.KINDS}
 
     def floor(self, pairs: int) -> float:
         """Round trips/s of insert_one + find_one by `_id` from CLIENTS threads."""
@@ -392,13 +392,18 @@ class Bench:
         """Run a phase that writes one row and returns how many requests it made; with a
         MongoDB-wire store, append the store operations per request and the rate the
         store's floor allows for that many."""
-        before = self.store.count() if self.store else 0
+        before = self.store.count() if self.store else {}
         made = phase()
         if not self.store or not self.floor or not made:
             return
-        per_request = (self.store.count() - before) / made
+        after = self.store.count()
+        each = {kind: (after[kind] - before[kind]) / made for kind in after}
+        per_request = sum(each.values())
         name, value = self.rows[-1]
         value += f"; store ops each {per_request:.1f}"
+        kinds = [f"{kind} {count:.1f}" for kind, count in each.items() if count >= 0.05]
+        if kinds:
+            value += f" ({', '.join(kinds)})"
         if per_request:
             value += f", floor allows {self.floor / per_request:.0f}/s"
         self.rows[-1] = (name, value)
