@@ -161,18 +161,25 @@ class JobCache:
     # -- writing jobs ----------------------------------------------------------------
 
     def store(
-        self, job: Job, *, create: bool = True, interested: str | None = None
+        self,
+        job: Job,
+        *,
+        create: bool = True,
+        interested: str | None = None,
+        absent: bool = False,
     ) -> CachedJob | None:
         """Insert or refresh a job from the root (see `jobs.merge_instances`); as stored.
 
         With `create=False` only a job still cached is refreshed (None otherwise): a
         refresh must not bring back a job forgotten meanwhile. `interested`: the node
         whose query made us fetch it, recorded with the insert (one write, not two); a
-        refreshed job's interests are left as they are.
+        refreshed job's interests are left as they are. `absent`: the caller has just
+        found the job missing, so the insert is tried without reading first (a job
+        stored meanwhile turns it into a refresh, as without the hint).
         """
         name = job.job_name
-        for _ in range(MAX_ATTEMPTS):
-            current = self.get(name)
+        for attempt in range(MAX_ATTEMPTS):
+            current = None if absent and attempt == 0 else self.get(name)
             if current is None and not create:
                 return None
             if current is None:

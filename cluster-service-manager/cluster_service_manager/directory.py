@@ -54,18 +54,18 @@ class Directory:
 
         Raises RootUnavailable when it had to ask the root and got no answer.
         """
-        job = self.cached(job_name=job_name, service_ip=service_ip)
-        if job is not None:
-            return job
         if service_ip:
-            return self.fetch_by_ip(service_ip, interested=node_id)
+            job = self.cache.by_ip(service_ip)
+            return job if job is not None else self.fetch_by_ip(service_ip, interested=node_id)
         if not is_valid_job_name(job_name):
             return None
         with self.lock(job_name):
             # Many nodes asking for one new job at once queue on its lock: the first
             # fetches, the others find it cached (one root call, not one per node).
             job = self.cache.get(job_name)
-            return job if job is not None else self._fetch_locked(job_name, interested=node_id)
+            if job is not None:
+                return job
+            return self._fetch_locked(job_name, interested=node_id, absent=True)
 
     def fetch_by_name(self, job_name: str, *, create: bool = True) -> CachedJob | None:
         """Ask the root (which records our interest) and store the answer; None if unknown.
@@ -91,15 +91,21 @@ class Directory:
             return self.cache.store(job, interested=interested)
 
     def _fetch_locked(
-        self, job_name: str, *, create: bool = True, interested: str | None = None
+        self,
+        job_name: str,
+        *,
+        create: bool = True,
+        interested: str | None = None,
+        absent: bool = False,
     ) -> CachedJob | None:
+        """`absent`: the caller found the job missing from the cache under its lock."""
         try:
             job = _checked(self.root.job_by_name(job_name))
         except NotFound:
             return None
         if job.job_name != job_name:
             raise RootRejected(f"root answered job {job['job_name']} for {job_name}")
-        return self.cache.store(job, create=create, interested=interested)
+        return self.cache.store(job, create=create, interested=interested, absent=absent)
 
     def with_interest(self, job: CachedJob, node_id: str) -> CachedJob | None:
         """Record the node's interest in a cached job; fetch it again if it left the cache.

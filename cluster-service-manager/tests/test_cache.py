@@ -96,6 +96,17 @@ def test_a_job_fetched_for_a_node_is_stored_with_its_interest(cache, db):
     assert not cache.forget_if_unused(NAME)
 
 
+def test_a_job_stored_meanwhile_turns_an_insert_without_reading_into_a_refresh(cache):
+    """`absent`: the caller saw the job missing; another process stored it since."""
+    cache.store(root_job(2), interested="nodeA")
+    cache.update_instances(NAME, lambda i: jobs.with_location(i, 1, "nodeA", location(1)))
+    stored = cache.store(root_job(3), interested="nodeB", absent=True)
+    assert [i.instance_number for i in stored.instances] == [0, 1, 2]
+    assert stored.instances[1].namespace_ip == "10.16.0.3"  # the node report kept
+    assert stored.interested_nodes == ("nodeA",)
+    assert cache.get(NAME) == stored
+
+
 def test_lookup_by_any_service_ip_in_canonical_form(cache):
     cache.store(root_job())
     for address in ("10.30.1.30", "fdff:2000::1", "10.30.0.3", "fdff:0:0::2"):
