@@ -1,6 +1,11 @@
 """Control-plane benchmark: a real root, cluster service manager and Mosquitto, many nodes.
 
     python -m testbed.control_bench [--quick] [--store embedded|secantus|both] [--only ROWS]
+                                    [--mongo-url mongodb://host:port/]
+
+`--mongo-url` adds a run against a MongoDB server of yours (the bench's own databases
+`oakestra_bench_*` there are dropped first; retryable writes stay on, as in production):
+`--store embedded --mongo-url ...` puts it beside the embedded baseline of the same run.
 
 Everything listens on 127.0.0.1 ports this benchmark opened itself; no namespaces are
 needed. The simulated nodes are real MQTT connections held by one process (`loadgen`,
@@ -17,7 +22,7 @@ aiomqtt). Phases, each printed as a row of one table:
   announcements per change, refetches per node;
 - CPU seconds of the cluster service manager per 1,000 cached queries at a small and at
   the full cache size;
-- with MongoDB (SecantusDB) only: cached queries by name again, with the cluster
+- with MongoDB (SecantusDB or `--mongo-url`) only: cached queries by name again, with the cluster
   service manager restarted as two processes sharing the nodes' topics; and the store's
   own floor (round trips/s of an insert and a find by `_id` from 8 clients, measured
   first), with each row's store operations per request (the server's `opcounters`) and
@@ -48,6 +53,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from pymongo import MongoClient
@@ -60,6 +66,7 @@ CACHED_P99 = 0.050  # the issue's latency targets (seconds)
 FORWARDED_P99 = 0.100
 # Measured rows `--only` can select; root deploys and caching always run (later rows
 # measure against the state they leave).
+BENCH_DATABASE = "oakestra_bench_"  # root, cluster, floor: dropped before a --mongo-url run
 ROWS = frozenset({"subnets", "cpu", "sname", "sip", "forwarded", "fanout", "shared"})
 
 
@@ -177,6 +184,7 @@ class Stack:
 
     workdir: Path
     mongo_url: str | None
+    retry_writes: bool = False  # pymongo's default; off for SecantusDB (see _store)
     procs: list[Proc] = field(default_factory=list)
     broker_port: int = 0
     root_port: int = 0
@@ -244,7 +252,8 @@ class Stack:
         as the run goes on (measured: root deploys 22/s instead of 122/s over 2,000)."""
         if not self.mongo_url:
             return {}
-        return {"MONGO_URL": f"{self.mongo_url}oakestra_bench_{component}?retryWrites=false"}
+        options = "" if self.retry_writes else "?retryWrites=false"
+        return {"MONGO_URL": f"{self.mongo_url}{BENCH_DATABASE}{component}{options}"}
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
         proc = Proc(name, argv, self.workdir / f"{name}.log", env)
@@ -360,7 +369,7 @@ class StoreOps:
 
     def floor(self, pairs: int) -> float:
         """Round trips/s of insert_one + find_one by `_id` from CLIENTS threads."""
-        collection = self.client["oakestra_bench_floor"]["floor"]
+        collection = self.client[f"{BENCH_DATABASE}floor"]["floor"]
         collection.drop()
 
         def pair(index: int) -> None:
@@ -671,15 +680,38 @@ def raise_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def run_once(scale: Scale, mongo_url: str | None, workdir: Path) -> list[tuple[str, str]]:
+def run_once(
+    scale: Scale, mongo_url: str | None, workdir: Path, *, retry_writes: bool = False
+) -> list[tuple[str, str]]:
     workdir.mkdir(parents=True, exist_ok=True)
-    stack = Stack(workdir, mongo_url).start()
+    stack = Stack(workdir, mongo_url, retry_writes).start()
     bench = Bench(stack, scale)
     try:
         return bench.run()
     finally:
         bench.close()
         stack.stop()
+
+
+def server_url(url: str) -> str:
+    """`mongodb://[user:password@]host[:port][/]` as the stack's base URL (ends in `/`)."""
+    parts = urlsplit(url)
+    if parts.scheme != "mongodb" or not parts.hostname or parts.path not in ("", "/"):
+        raise ValueError(f"--mongo-url must be mongodb://[user:password@]host[:port]/, got {url!r}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"--mongo-url takes no database or options, got {url!r}")
+    return urlunsplit(("mongodb", parts.netloc, "/", "", ""))
+
+
+def fresh_bench_databases(url: str) -> None:
+    """Drop what an earlier run left in the bench's own databases (and only those)."""
+    client: MongoClient = MongoClient(url, serverSelectionTimeoutMS=10_000)
+    try:
+        for name in client.list_database_names():
+            if name.startswith(BENCH_DATABASE):
+                client.drop_database(name)
+    finally:
+        client.close()
 
 
 def print_table(results: dict[str, list[tuple[str, str]]]) -> None:
@@ -699,10 +731,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root-services", type=int, help="services deployed at the root")
     parser.add_argument("--subnets", type=int, help="subnet allocations measured")
     parser.add_argument(
+        "--mongo-url",
+        help="also run against this MongoDB server (mongodb://[user:password@]host[:port]/); "
+        f"it uses and first drops the databases named {BENCH_DATABASE}*",
+    )
+    parser.add_argument(
         "--only",
         help=f"comma-separated measured rows to run, of: {', '.join(sorted(ROWS))}",
     )
     args = parser.parse_args(argv)
+    mongo_url = None
+    if args.mongo_url:
+        try:
+            mongo_url = server_url(args.mongo_url)
+        except ValueError as err:
+            parser.error(str(err))
     scale = Scale.quick() if args.quick else Scale()
     if args.only:
         chosen = frozenset(args.only.split(","))
@@ -723,6 +766,13 @@ def main(argv: list[str] | None = None) -> int:
             print("== SecantusDB", file=sys.stderr)
             with secantus(base) as url:
                 results["SecantusDB"] = run_once(scale, url, base / "secantus")
+        if mongo_url:
+            where = urlsplit(mongo_url).hostname
+            print(f"== MongoDB at {where}", file=sys.stderr)
+            fresh_bench_databases(mongo_url)
+            results[f"MongoDB at {where}"] = run_once(
+                scale, mongo_url, base / "mongodb", retry_writes=True
+            )
     print_table(results)
     return 0
 
