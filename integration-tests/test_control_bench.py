@@ -1,5 +1,5 @@
-"""The control-plane benchmark still runs end to end (tiny counts, both stores: the
-embedded one and a MongoDB-wire server given by URL, here a SecantusDB)."""
+"""The control-plane benchmark still runs end to end (tiny counts, both kinds of store:
+the embedded one and a MongoDB-wire server given by URL, here a SecantusDB)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ def test_quick_bench_prints_every_row_for_both_stores(capsys, tmp_path):
         stale = {"job_name": "from.an.earlier.run"}
         left_over["oakestra_bench_root"]["jobs"].insert_one(dict(stale))
         left_over["keep_me"]["things"].insert_one({"x": 1})
+        # --store secantus would run a second server the same way (only retryWrites differs,
+        # see test_each_component_gets_its_own_database_with_the_servers_options): not twice here
         assert control_bench.main(["--quick", "--store", "embedded", "--mongo-url", url]) == 0
         assert left_over["oakestra_bench_root"]["jobs"].count_documents(stale) == 0
         assert left_over["keep_me"]["things"].count_documents({}) == 1  # not the bench's
@@ -50,18 +52,30 @@ def test_quick_bench_prints_every_row_for_both_stores(capsys, tmp_path):
     ("given", "base"),
     [
         ("mongodb://db.example:27017", "mongodb://db.example:27017/"),
-        ("mongodb://u:p@db.example/", "mongodb://u:p@db.example/"),
+        ("mongodb://u:p@db.example/", "mongodb://u:p@db.example/?authSource=admin"),
+        ("mongodb://u:p@h/?authSource=ops&tls=true", "mongodb://u:p@h/?authSource=ops&tls=true"),
     ],
 )
 def test_a_server_url_becomes_the_stacks_base(given, base):
     assert control_bench.server_url(given) == base
 
 
+def test_each_component_gets_its_own_database_with_the_servers_options():
+    server = control_bench.server_url("mongodb://u:p@db.example/?tls=true")
+    assert (
+        control_bench.database_url(server, "oakestra_bench_root", retry_writes=True)
+        == "mongodb://u:p@db.example/oakestra_bench_root?tls=true&authSource=admin"
+    )
+    assert control_bench.database_url("mongodb://h:1/", "x", retry_writes=False) == (
+        "mongodb://h:1/x?retryWrites=false"
+    )
+
+
 @pytest.mark.parametrize(
     "given",
-    ["http://db.example/", "mongodb:///", "mongodb://db.example/mydb", "mongodb://h/?tls=true"],
+    ["http://db.example/", "mongodb:///", "mongodb://db.example/mydb", "mongodb://h/#x"],
 )
-def test_a_server_url_with_a_database_or_options_is_refused(given, capsys):
+def test_a_server_url_with_a_database_is_refused(given, capsys):
     with pytest.raises(SystemExit) as exited:
         control_bench.main(["--quick", "--store", "embedded", "--mongo-url", given])
     assert exited.value.code == 2

@@ -96,11 +96,33 @@ def test_a_job_fetched_for_a_node_is_stored_with_its_interest(cache, db):
     assert not cache.forget_if_unused(NAME)
 
 
-def test_a_job_stored_meanwhile_turns_an_insert_without_reading_into_a_refresh(cache):
+def _counting_reads(cache, monkeypatch) -> list[str]:
+    reads: list[str] = []
+    read = cache.get
+
+    def get(name):
+        reads.append(name)
+        return read(name)
+
+    monkeypatch.setattr(cache, "get", get)
+    return reads
+
+
+def test_a_job_seen_missing_is_inserted_without_reading_it_first(cache, monkeypatch):
+    reads = _counting_reads(cache, monkeypatch)
+    stored = cache.store(root_job(), interested="nodeA", absent=True)
+    assert reads == [] and stored.interested_nodes == ("nodeA",)
+    cache.store(root_job())  # without the hint: read, then refresh
+    assert reads == [NAME]
+
+
+def test_a_job_stored_meanwhile_turns_an_insert_without_reading_into_a_refresh(cache, monkeypatch):
     """`absent`: the caller saw the job missing; another process stored it since."""
     cache.store(root_job(2), interested="nodeA")
     cache.update_instances(NAME, lambda i: jobs.with_location(i, 1, "nodeA", location(1)))
+    reads = _counting_reads(cache, monkeypatch)
     stored = cache.store(root_job(3), interested="nodeB", absent=True)
+    assert reads == [NAME]  # the insert failed first, then the refresh read it
     assert [i.instance_number for i in stored.instances] == [0, 1, 2]
     assert stored.instances[1].namespace_ip == "10.16.0.3"  # the node report kept
     assert stored.interested_nodes == ("nodeA",)

@@ -57,6 +57,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from pymongo import MongoClient
+from pymongo.errors import OperationFailure
 
 from testbed import loadgen
 
@@ -252,8 +253,8 @@ class Stack:
         as the run goes on (measured: root deploys 22/s instead of 122/s over 2,000)."""
         if not self.mongo_url:
             return {}
-        options = "" if self.retry_writes else "?retryWrites=false"
-        return {"MONGO_URL": f"{self.mongo_url}{BENCH_DATABASE}{component}{options}"}
+        url = database_url(self.mongo_url, BENCH_DATABASE + component, self.retry_writes)
+        return {"MONGO_URL": url}
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
         proc = Proc(name, argv, self.workdir / f"{name}.log", env)
@@ -361,10 +362,19 @@ class StoreOps:
     KINDS = ("insert", "query", "update", "delete", "getmore", "command")
 
     def __init__(self, mongo_url: str) -> None:
-        self.client: MongoClient = MongoClient(f"{mongo_url}?retryWrites=false")
+        self.client: MongoClient = MongoClient(database_url(mongo_url, "", retry_writes=False))
+        self.counting = True
 
-    def count(self) -> dict[str, int]:
-        counters = self.client.admin.command("serverStatus")["opcounters"]
+    def count(self) -> dict[str, int] | None:
+        """None once the server refused (serverStatus needs the clusterMonitor role)."""
+        if not self.counting:
+            return None
+        try:
+            counters = self.client.admin.command("serverStatus")["opcounters"]
+        except OperationFailure as err:
+            print(f"  store operations not counted: {err}", file=sys.stderr, flush=True)
+            self.counting = False
+            return None
         return {kind: int(counters.get(kind, 0)) for kind in self.KINDS}
 
     def floor(self, pairs: int) -> float:
@@ -401,11 +411,13 @@ class Bench:
         """Run a phase that writes one row and returns how many requests it made; with a
         MongoDB-wire store, append the store operations per request and the rate the
         store's floor allows for that many."""
-        before = self.store.count() if self.store else {}
+        before = self.store.count() if self.store else None
         made = phase()
-        if not self.store or not self.floor or not made:
+        if not self.store or before is None or not self.floor or not made:
             return
         after = self.store.count()
+        if after is None:
+            return
         each = {kind: (after[kind] - before[kind]) / made for kind in after}
         per_request = sum(each.values())
         name, value = self.rows[-1]
@@ -694,13 +706,28 @@ def run_once(
 
 
 def server_url(url: str) -> str:
-    """`mongodb://[user:password@]host[:port][/]` as the stack's base URL (ends in `/`)."""
+    """`mongodb://[user:password@]host[:port][/][?options]`, checked; a user without an
+    `authSource` is looked up in `admin` (the URL will name the bench's databases)."""
     parts = urlsplit(url)
-    if parts.scheme != "mongodb" or not parts.hostname or parts.path not in ("", "/"):
-        raise ValueError(f"--mongo-url must be mongodb://[user:password@]host[:port]/, got {url!r}")
-    if parts.query or parts.fragment:
-        raise ValueError(f"--mongo-url takes no database or options, got {url!r}")
-    return urlunsplit(("mongodb", parts.netloc, "/", "", ""))
+    if parts.scheme != "mongodb" or not parts.hostname or parts.fragment:
+        raise ValueError(
+            f"--mongo-url must be mongodb://[user:password@]host[:port]/[?options], got {url!r}"
+        )
+    if parts.path not in ("", "/"):
+        raise ValueError(f"--mongo-url names no database (the bench uses its own), got {url!r}")
+    options = [option for option in parts.query.split("&") if option]
+    if parts.username and not any(o.lower().startswith("authsource=") for o in options):
+        options.append("authSource=admin")
+    return urlunsplit(("mongodb", parts.netloc, "/", "&".join(options), ""))
+
+
+def database_url(server: str, database: str, retry_writes: bool) -> str:
+    """The server's URL naming `database`, retryable writes off unless `retry_writes`."""
+    parts = urlsplit(server)
+    options = [option for option in parts.query.split("&") if option]
+    if not retry_writes:
+        options.append("retryWrites=false")
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", "&".join(options), ""))
 
 
 def fresh_bench_databases(url: str) -> None:

@@ -13,9 +13,10 @@ idle rule measures idleness up to the last listing instead of up to now (see
 `Interests.expired`): a used service is never dropped early, only up to one interval
 late. At the poll pace the lag is 0 and the rule is as before. A listing under way or
 one that failed has not seen the use since the last good one either: the lag runs on from
-that one (for at most `BLIND_GRACE` while listings keep failing, as logged and counted).
-The interval is capped at `MAX_INTERVAL` so use is never reported later than that: beyond
-3 s per listing (some 300,000 connections) the listing takes more than its share.
+that one (for at most `BLIND_GRACE`: a listing runs up to its timeout, and failures are
+logged and counted). The interval is capped at `MAX_INTERVAL`, so use is seen at most
+about that plus twice a listing's time late; beyond 3 s per listing (some 300,000
+connections) the listing then takes more than its share.
 """
 
 from __future__ import annotations
@@ -63,15 +64,18 @@ class ListingPace:
         """A listing began at `started` and took `cost` seconds, parse included."""
         self._pace(cost)
         self.listings += 1
+        # lag() reads these from another thread: each step leaves a consistent view
         self._listed_at = started
-        self._listing = self._failing = False
+        self._failing = False
+        self._listing = False
 
     def failed(self, cost: float) -> None:
         """The listing that began took `cost` seconds and saw nothing: paced like any other
         (it cost as much), and the use since the last good one stays unseen."""
         self._pace(cost)
         self.failures += 1
-        self._listing, self._failing = False, True
+        self._failing = True  # before the listing ends: lag() never sees neither
+        self._listing = False
 
     def _pace(self, cost: float) -> None:
         cost = max(0.0, cost)
@@ -89,14 +93,15 @@ class ListingPace:
         """Seconds of use not looked at yet beyond the poll pace: 0 at the poll pace, else
         the time since the last good listing began; 0 again once the next listing is
         overdue by a whole interval (nothing is listed any more: nothing served, or the
-        poll thread stuck) or listings have failed for `BLIND_GRACE`, so no interest is
-        kept for ever."""
-        if self._listed_at is None:
+        poll thread stuck), or, while a listing runs or after it failed, after
+        `BLIND_GRACE`, so no interest is kept for ever."""
+        listed_at = self._listed_at
+        if listed_at is None:
             return 0.0
-        elapsed = max(0.0, now - self._listed_at)
-        if self._failing:
+        elapsed = max(0.0, now - listed_at)
+        if self._failing or self._listing:  # a listing may run up to its timeout
             return elapsed if elapsed < BLIND_GRACE else 0.0
-        if self.interval <= self.poll_interval and not self._listing:
+        if self.interval <= self.poll_interval:
             return 0.0
         if elapsed >= 2 * self.interval + self.poll_interval:
             return 0.0

@@ -106,6 +106,9 @@ def test_use_is_unseen_while_a_listing_runs() -> None:
     pace.listed(100.0, 0.05)
     pace.begin()  # at 101, and it takes a while
     assert pace.lag(101.8) == pytest.approx(1.8)
+    # at the poll pace a listing would be overdue after 3 s; this one runs up to its timeout
+    assert pace.lag(110.5) == pytest.approx(10.5)
+    assert pace.lag(100.0 + BLIND_GRACE) == 0.0
     pace.listed(101.0, 0.05)
     assert pace.lag(101.8) == 0.0
 
